@@ -1,0 +1,266 @@
+"""Typed configuration: the protocol, its rounds, the data, and each experiment.
+
+Defaults live here in code; YAML files in ``experiments/`` override them. A YAML may say
+``extends: other.yaml`` (a path relative to itself) to start from another file. Every field is
+validated at load; errors name the YAML file and the field path, e.g.
+``experiments/demo.yaml: round1.gap: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pianoray.data.tiers import Tier, parse_tier
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as ``FILE: field.path: message`` lines."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+TierList = list[Tier]
+
+
+def _tiers(v: Any) -> list[Tier]:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError("expected a list of tiers such as [T1, T2]")
+    return [parse_tier(x) for x in v]
+
+
+class DemoConfig(Strict):
+    """The built-in demo corpus, generated into ``data.root`` when that folder is absent."""
+
+    seed: int = 0
+    scale: float = Field(1.0, gt=0)
+
+
+class DataConfig(Strict):
+    root: Path = Path("demo-data")
+    # "cache": a pianoray cache (the demo, or `pianoray extract` output); "percepiano": the real
+    # PercePiano folder layout (MIDI + labels, no frames: symbolic experiments only).
+    source: Literal["cache", "percepiano"] = "cache"
+    labels: Literal["percepiano19", "composite"] = "composite"
+    taxonomy: Path | None = None  # None: the shipped 6-dimension taxonomy
+    folds: Path | None = None  # None: generated (passage-stratified) and stored with the run
+    k: int = Field(4, ge=2)
+    fold_unit: Literal["passage", "performer"] = "passage"
+    val_fraction: float = Field(0.2, gt=0, lt=0.5)
+    max_frames: int = Field(64, ge=1)  # random crop of frame sequences (training); eval uses a centre crop
+    max_notes: int = Field(512, ge=8)
+    demo: DemoConfig | None = None
+
+
+class OptimConfig(Strict):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=2)
+
+
+class LossConfig(Strict):
+    lambda_rank: float = Field(1.0, ge=0)
+    lambda_contrastive: float = Field(0.5, ge=0)
+    lambda_invariance: float = Field(0.5, ge=0)
+    ranking: Literal["logistic", "margin"] = "logistic"
+    margin: float = Field(0.1, ge=0)
+    # Pairs whose label gap is below this are ignored by the ranking loss and by pairwise accuracy:
+    # raters cannot separate performances closer than this on a [0, 1] scale.
+    rank_threshold: float = Field(0.05, ge=0, lt=1)
+    temperature: float = Field(0.07, gt=0)
+
+
+class ResourcesConfig(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class ExperimentConfig(Strict):
+    """One experiment: a registered encoder with its sizes and (optionally) its own optimiser/loss."""
+
+    encoder: str | None = None  # registry name; defaults to the experiment's key
+    enabled: bool = True
+    model: dict[str, Any] = Field(default_factory=dict)  # validated against the encoder's config type
+    optim: OptimConfig | None = None
+    loss: LossConfig | None = None
+    resources: ResourcesConfig | None = None
+    pretrain_epochs: int | None = Field(None, ge=0)
+
+
+class Round1Config(Strict):
+    epochs: int = Field(50, ge=1)
+    fold: int = Field(0, ge=0)
+    rungs: list[int] = Field(default_factory=lambda: [10, 25])
+    gap: float = Field(10.0, gt=0)  # percentage points of pairwise accuracy
+    mode: Literal["sync", "async"] = "sync"
+    noise_guard: bool = False
+    patience: int | None = Field(None, ge=1)
+    tiers: TierList = Field(default_factory=lambda: [Tier.T1, Tier.T2])
+
+    _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
+
+    @model_validator(mode="after")
+    def _rungs_in_budget(self) -> "Round1Config":
+        bad = [r for r in self.rungs if r < 1 or r >= self.epochs]
+        if bad:
+            raise ValueError(f"rungs {bad} must lie in [1, epochs={self.epochs})")
+        if sorted(set(self.rungs)) != list(self.rungs):
+            raise ValueError("rungs must be strictly increasing")
+        return self
+
+
+class Round2Config(Strict):
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1)
+    folds: int = Field(4, ge=1)
+    tiers: TierList = Field(default_factory=lambda: [Tier.T1, Tier.T2, Tier.T3, Tier.T4])
+    num_to_keep: int = Field(3, ge=1)
+    max_failures: int = Field(2, ge=0)
+    workers_per_fold: int = Field(1, ge=1)
+
+    _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
+
+
+class SelectionConfig(Strict):
+    robustness_veto: float = Field(0.15, gt=0, lt=1)  # relative drop in pairwise accuracy
+    tie_tolerance: float = Field(0.0, ge=0)  # pairwise-accuracy difference treated as a tie (then R2)
+
+
+class ProtocolConfig(Strict):
+    name: str = "pianoray"
+    seed: int = 42
+    storage: str = "runs"  # local path, NFS path or s3://bucket/prefix
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    round1: Round1Config = Field(default_factory=Round1Config)
+    round2: Round2Config = Field(default_factory=Round2Config)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "ProtocolConfig":
+        if self.round1.fold >= self.data.k:
+            raise ValueError(f"round1.fold={self.round1.fold} but data.k={self.data.k}")
+        if self.round2.folds > self.data.k:
+            raise ValueError(f"round2.folds={self.round2.folds} exceeds data.k={self.data.k}")
+        return self
+
+    # Resolved views of an experiment: its own settings where given, the protocol's otherwise.
+    def encoder_name(self, name: str) -> str:
+        return self.experiments[name].encoder or name
+
+    def optim_for(self, name: str) -> OptimConfig:
+        return self.experiments[name].optim or self.optim
+
+    def loss_for(self, name: str) -> LossConfig:
+        return self.experiments[name].loss or self.loss
+
+    def resources_for(self, name: str) -> ResourcesConfig:
+        return self.experiments[name].resources or self.resources
+
+    def enabled_experiments(self) -> list[str]:
+        return [n for n, e in self.experiments.items() if e.enabled]
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: extends: cycle through {' -> '.join(str(p) for p in seen)}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        raw = _deep_merge(_read_yaml(path.parent / str(parent), seen + (path,)), raw)
+    # Relative data paths are relative to the YAML file that names them, so configs work from any cwd.
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("root", "taxonomy", "folds"):
+            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+                data[key] = str((path.parent / data[key]).resolve())
+    return raw
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{source}: {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _validate_models(source: str, cfg: ProtocolConfig) -> None:
+    """Check every experiment's encoder exists and its ``model`` dict fits that encoder's config type."""
+    from pianoray.models import registry  # lazy: config must import without torch-heavy modules
+
+    problems = []
+    for name, exp in cfg.experiments.items():
+        enc = cfg.encoder_name(name)
+        try:
+            spec = registry.get(enc)
+        except KeyError as e:
+            problems.append(f"{source}: experiments.{name}.encoder: {e.args[0]}")
+            continue
+        try:
+            spec.config_cls.model_validate(exp.model)
+        except ValidationError as err:
+            for e in err.errors():
+                loc = ".".join(str(p) for p in e["loc"])
+                problems.append(f"{source}: experiments.{name}.model.{loc}: {e['msg']}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def model_config(cfg: ProtocolConfig, name: str) -> Any:
+    """The validated model config object for experiment ``name``."""
+    from pianoray.models import registry
+
+    return registry.get(cfg.encoder_name(name)).config_cls.model_validate(cfg.experiments[name].model)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    check_models: bool = True,
+) -> ProtocolConfig:
+    """Load defaults, then ``path`` (YAML), then ``overrides`` (a nested dict); validate everything.
+
+    Raises ConfigError whose lines name the file and the field path.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    try:
+        cfg = ProtocolConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+    for name, exp in cfg.experiments.items():
+        if exp.pretrain_epochs is not None and not math.isfinite(exp.pretrain_epochs):
+            raise ConfigError(f"{source}: experiments.{name}.pretrain_epochs: must be finite")
+    if check_models:
+        _validate_models(source, cfg)
+    return cfg

@@ -1,0 +1,72 @@
+"""The one batch type every encoder, loss and metric sees.
+
+A batch mixes tiers. Each sample carries its tier; the supervision fields below are filled where the
+sample's tier has them and hold a neutral value (and a False mask) elsewhere, so that the multi-task
+total can mask each loss term by tier without branching.
+
+Encoder inputs live in ``inputs``, keyed by *view* name ("frames", "notes", "remi", "graph",
+"hetero_graph", "curves", ...). An encoder declares the views it reads (``Encoder.views``) and the
+data layer loads only those. Sequence views are padded with a boolean mask (True = real position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A collated, tier-mixed batch of B segments with N label dimensions.
+
+    Attributes:
+        segment_ids: list[str] of length B.
+        tier: [B] long, 1..4 (``pianoray.data.tiers.Tier``).
+        labels: [B, N] float in [0, 1]; zeros where ``has_labels`` is False.
+        has_labels: [B] bool; True for T1 samples with labels (regression target).
+        rank_target: [B, N] float; the value ranked within ``rank_group``: the labels for T1, a
+            placement score (1 = best of the round, 0 = worst, the same in every dimension) for T2.
+        rank_group: [B] long; samples are compared only within one group (T1: passage, T2: competition
+            round); -1 = takes part in no ranking pair.
+        piece: [B] long; piece code, for InfoNCE positives (same piece, other performer); -1 = none.
+        performer: [B] long; performer code; -1 = unknown.
+        pair: [B] long; for T4, the batch index of the sample's clean/augmented twin; -1 = none.
+        inputs: view name -> batched encoder input (tensors, masks, or a PyG batch).
+        meta: free-form per-batch extras (e.g. passage keys for metrics); never used by encoders.
+    """
+
+    segment_ids: list[str]
+    tier: Tensor
+    labels: Tensor
+    has_labels: Tensor
+    rank_target: Tensor
+    rank_group: Tensor
+    piece: Tensor
+    performer: Tensor
+    pair: Tensor
+    inputs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.segment_ids)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """A copy with every tensor (and every object with ``.to``) moved to ``device``."""
+
+        def move(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            if hasattr(x, "to") and not isinstance(x, (str, bytes)):
+                return x.to(device)
+            return x
+
+        changes = {
+            f.name: move(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("segment_ids", "meta")
+        }
+        return replace(self, **changes)

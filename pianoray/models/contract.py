@@ -1,0 +1,150 @@
+"""The shared pipeline and the encoder contract.
+
+Seed pipeline: sequence [B, T, D] -> attention pooling [B, D] -> shared encoder (2-layer MLP + LayerNorm)
+-> z [B, 512] -> per-dimension ranking heads and a sigmoid regression head, N dimensions each.
+
+Every encoder (audio, symbolic, fusion) implements ``encode(batch) -> EncoderOutput(tokens, mask, z)``:
+the sequence is kept (not only z) so that a fusion module can attend over the other modality's tokens.
+Subclass :class:`PooledEncoder` and implement ``sequence(batch)``; pooling and the shared encoder come
+with it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from pianoray.data.batch import Batch
+
+Z_DIM = 512
+
+
+class EncoderOutput(NamedTuple):
+    """tokens: [B, T, D] float; mask: [B, T] bool (True = real); z: [B, 512] float."""
+
+    tokens: Tensor
+    mask: Tensor
+    z: Tensor
+
+
+class ModelOutput(NamedTuple):
+    """z: [B, 512]; scores: [B, N] ranking-head scores (unbounded); regression: [B, N] in (0, 1);
+    tokens / mask: the encoder's sequence, for fusion and diagnostics."""
+
+    z: Tensor
+    scores: Tensor
+    regression: Tensor
+    tokens: Tensor
+    mask: Tensor
+
+
+class AttentionPooling(nn.Module):
+    """Masked attention pooling: [B, T, D] + mask [B, T] -> [B, D].
+
+    A learned query scores each position; padded positions get -inf before the softmax. A row whose
+    mask is all False pools to zeros rather than NaN.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        logits = self.score(x).squeeze(-1)  # [B, T]
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        weights = torch.nan_to_num(weights, nan=0.0)  # all-masked rows
+        return torch.einsum("bt,btd->bd", weights, x)
+
+
+class SharedEncoder(nn.Module):
+    """2-layer MLP with LayerNorm: [B, D_in] -> z [B, 512]."""
+
+    def __init__(self, in_dim: int, hidden: int = Z_DIM, out_dim: int = Z_DIM, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, out_dim),
+            nn.LayerNorm(out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class RankingHeads(nn.Module):
+    """One scoring head per dimension: z [B, 512] -> scores [B, N] (higher = more of that dimension).
+
+    Each dimension has its own small MLP, so dimensions do not share a single linear direction.
+    """
+
+    def __init__(self, n_dims: int, z_dim: int = Z_DIM, hidden: int = 128) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(z_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) for _ in range(n_dims)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.cat([h(z) for h in self.heads], dim=-1)
+
+
+class RegressionHead(nn.Module):
+    """z [B, 512] -> [B, N] in (0, 1) through a sigmoid, matching labels scaled to [0, 1]."""
+
+    def __init__(self, n_dims: int, z_dim: int = Z_DIM) -> None:
+        super().__init__()
+        self.linear = nn.Linear(z_dim, n_dims)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.linear(z))
+
+
+class Encoder(nn.Module):
+    """Base of every encoder. ``views`` names the batch inputs it reads (``Batch.inputs`` keys)."""
+
+    views: ClassVar[tuple[str, ...]] = ()
+
+    def encode(self, batch: Batch) -> EncoderOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> EncoderOutput:
+        return self.encode(batch)
+
+
+class PooledEncoder(Encoder):
+    """An encoder whose backbone yields a sequence; pooling and the shared MLP turn it into z.
+
+    Subclasses set ``token_dim`` (D) and implement ``sequence(batch) -> (tokens [B,T,D], mask [B,T])``.
+    """
+
+    def __init__(self, token_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.token_dim = token_dim
+        self.pool = AttentionPooling(token_dim)
+        self.shared = SharedEncoder(token_dim, dropout=dropout)
+
+    def sequence(self, batch: Batch) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def encode(self, batch: Batch) -> EncoderOutput:
+        tokens, mask = self.sequence(batch)
+        return EncoderOutput(tokens, mask, self.shared(self.pool(tokens, mask)))
+
+
+class PerformanceModel(nn.Module):
+    """An encoder plus the shared heads; what the training loop trains, whatever the encoder."""
+
+    def __init__(self, encoder: Encoder, n_dims: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.ranking = RankingHeads(n_dims)
+        self.regression = RegressionHead(n_dims)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        out = self.encoder.encode(batch)
+        return ModelOutput(out.z, self.ranking(out.z), self.regression(out.z), out.tokens, out.mask)
