@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pianoray.data.tiers import Tier, parse_tier
+from pianoray.settings import shared_data_dir
 
 
 class ConfigError(ValueError):
@@ -194,12 +195,16 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = raw.pop("extends", None)
     if parent is not None:
         raw = _deep_merge(_read_yaml(path.parent / str(parent), seen + (path,)), raw)
-    # Relative data paths are relative to the YAML file that names them, so configs work from any cwd.
+    # Relative data paths are relative to the YAML file that names them, so configs work from any cwd;
+    # "{shared_data}" stands for the real-data folder (PIANORAY_SHARED_DATA, default ../shared/data).
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("root", "taxonomy", "folds"):
-            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
-                data[key] = str((path.parent / data[key]).resolve())
+            value = data.get(key)
+            if isinstance(value, str):
+                value = value.replace("{shared_data}", str(shared_data_dir()))
+                p = Path(value).expanduser()
+                data[key] = str(p if p.is_absolute() else (path.parent / p).resolve())
     return raw
 
 

@@ -11,12 +11,14 @@ with it.
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from pianoray.data.batch import Batch
+from pianoray.data.tiers import Tier
 
 Z_DIM = 512
 
@@ -104,13 +106,43 @@ class RegressionHead(nn.Module):
         return torch.sigmoid(self.linear(z))
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of an experiment (A2 has two; most have one).
+
+    epochs: this stage's share of the budget; tiers: the data it trains on (None = the round's tiers);
+    terms: the loss terms it optimises (None = all of the multi-task total).
+    """
+
+    name: str
+    epochs: int
+    tiers: tuple[Tier, ...] | None = None
+    terms: frozenset[str] | None = None
+    select: bool = True  # False: early stopping / checkpoint ranking ignore this stage (self-supervised)
+
+
 class Encoder(nn.Module):
-    """Base of every encoder. ``views`` names the batch inputs it reads (``Batch.inputs`` keys)."""
+    """Base of every encoder. ``views`` names the batch inputs it reads (``Batch.inputs`` keys).
+
+    Hooks the training loop calls (defaults suit most encoders):
+    - ``stages(total_epochs)``: the stage plan; [] means one supervised stage on the round's tiers.
+    - ``param_groups(base_lr)``: optimiser groups (A3 gives deeper layers smaller learning rates).
+    - ``on_epoch_start(epoch, total_epochs)``: e.g. gradual unfreezing.
+    """
 
     views: ClassVar[tuple[str, ...]] = ()
 
     def encode(self, batch: Batch) -> EncoderOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def stages(self, total_epochs: int) -> list[Stage]:
+        return []
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": base_lr}]
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        return None
 
     def forward(self, batch: Batch) -> EncoderOutput:
         return self.encode(batch)

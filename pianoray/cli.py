@@ -1,0 +1,313 @@
+"""The ``pianoray`` command line.
+
+Every problem a user can cause (a bad config field, a missing file, corrupt MIDI) ends as one line on
+stderr naming the file, key or field, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pianoray.config import ConfigError, ProtocolConfig, load_config
+from pianoray.settings import shared_data_dir
+
+app = typer.Typer(
+    help="Staged elimination of piano-performance evaluation encoders on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build and inspect data: demo corpus, folds, labels, symbolic caches.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err = Console(stderr=True)
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as-is, exit 2."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the expected failure types into one-line messages and exit code 2."""
+    from pianoray.data.midi import MidiError
+
+    try:
+        yield
+    except (UserError, ConfigError, MidiError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        for line in str(msg).splitlines() or ["error"]:
+            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _config(config: Optional[Path], data: Optional[Path]) -> ProtocolConfig:
+    overrides = {"data": {"root": str(data.resolve())}} if data is not None else None
+    return load_config(config, overrides)
+
+
+def _default_percepiano() -> Path:
+    return shared_data_dir() / "percepiano"
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Path = typer.Option(..., "--out", help="Folder to write the demo corpus into."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same corpus."),
+    scale: float = typer.Option(1.0, help="Size multiplier (1 = minutes-long protocol on 2 CPUs)."),
+) -> None:
+    """Generate the built-in demo corpus (all four tiers, MIDI, labels, grades, STOP labels)."""
+    from pianoray.data.demo import generate_demo
+
+    with user_errors():
+        if scale <= 0:
+            raise UserError(f"--scale: must be > 0, got {scale}")
+        with console.status(f"generating demo corpus (seed {seed}, scale {scale})"):
+            root = generate_demo(out, seed=seed, scale=scale)
+        _print_corpus_summary(root)
+
+
+def _print_corpus_summary(root: Path) -> None:
+    from pianoray.config import DataConfig
+    from pianoray.data.corpus import open_corpus
+
+    corpus = open_corpus(DataConfig(root=root))
+    table = Table(title=f"corpus {root}")
+    table.add_column("tier")
+    table.add_column("segments", justify="right")
+    table.add_column("frames", justify="right")
+    for tier in corpus.tiers:
+        m = corpus.manifest(tier)
+        frames = int(m["n_frames"].sum()) if "n_frames" in m and len(m) else 0
+        table.add_row(tier.name, str(len(m)), str(frames))
+    console.print(table)
+
+
+@data_app.command("folds")
+def data_folds(
+    out: Path = typer.Option(..., "--out", help="JSON file to write."),
+    percepiano: Optional[Path] = typer.Option(None, help="PercePiano folder (default: the shared data's)."),
+    asap: Optional[Path] = typer.Option(None, help="ASAP folder instead: a passage is the piece."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A pianoray cache (e.g. the demo) instead."),
+    k: int = typer.Option(4, min=2, help="Number of folds."),
+    unit: str = typer.Option("passage", help="passage (never split a passage) or performer (performer split)."),
+    val_fraction: float = typer.Option(0.2, help="Inner validation share of each training part."),
+    seed: int = typer.Option(42),
+) -> None:
+    """Write passage-stratified k-fold splits (with inner validation splits) as versioned JSON."""
+    from pianoray.data import folds as folds_mod
+
+    with user_errors():
+        if unit not in ("passage", "performer"):
+            raise UserError(f"--unit: must be passage or performer, got {unit!r}")
+        keys, groups, strata, source = _fold_units(percepiano, asap, data, unit)
+        fs = folds_mod.make_folds(keys, groups, k=k, unit=unit, val_fraction=val_fraction, seed=seed, strata=strata)
+        fs.save(out)
+        table = Table(title=f"{k} folds over {len(keys)} segments of {source} (unit: {unit})")
+        for col in ("fold", "train", "val", "test", f"test {unit}s"):
+            table.add_column(col, justify="right")
+        g = dict(zip(keys, groups))
+        for i, f in enumerate(fs.folds):
+            table.add_row(str(i), str(len(f.train)), str(len(f.val)), str(len(f.test)),
+                          str(len({g[x] for x in f.test})))
+        console.print(table)
+        console.print(f"wrote {out}")
+
+
+def _fold_units(percepiano: Optional[Path], asap: Optional[Path], data: Optional[Path], unit: str):
+    import pandas as pd
+
+    chosen = [x for x in (percepiano, asap, data) if x is not None]
+    if len(chosen) > 1:
+        raise UserError("give only one of --percepiano, --asap, --data")
+    if asap is not None:
+        meta = asap / "metadata.csv"
+        if not meta.is_file():
+            raise UserError(f"{meta}: ASAP metadata.csv not found")
+        df = pd.read_csv(meta)
+        keys = df["midi_performance"].tolist()
+        pieces = df["folder"].tolist()
+        performers = [Path(p).stem.rstrip("0123456789M").rstrip("_") for p in keys]
+        return keys, (pieces if unit == "passage" else performers), pieces, str(asap)
+    if data is not None:
+        from pianoray.config import DataConfig
+        from pianoray.data.corpus import open_corpus
+        from pianoray.data.tiers import Tier
+
+        m = open_corpus(DataConfig(root=data)).manifest(Tier.T1)
+        col = "passage" if unit == "passage" else "performer"
+        return m["segment_id"].tolist(), m[col].astype(str).tolist(), m["piece"].tolist(), str(data)
+    from pianoray.data.percepiano import load_percepiano
+
+    root = percepiano or _default_percepiano()
+    df = load_percepiano(root)
+    col = "passage" if unit == "passage" else "performer"
+    return df["segment_id"].tolist(), df[col].astype(str).tolist(), df["piece"].tolist(), str(root)
+
+
+@data_app.command("labels")
+def data_labels(
+    out: Path = typer.Option(..., "--out", help="labels.json to write (segment id -> {dimension: value})."),
+    percepiano: Optional[Path] = typer.Option(None, help="PercePiano folder (default: the shared data's)."),
+    taxonomy: Optional[Path] = typer.Option(None, help="taxonomy.json (default: the shipped 6 dimensions)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data root holding percepiano/ instead."),
+) -> None:
+    """Build composite labels from PercePiano's 19 dimensions through a taxonomy."""
+    from pianoray.data.labels import build_composite_labels, write_labels_json
+    from pianoray.data.percepiano import load_percepiano
+    from pianoray.data.taxonomy import Taxonomy
+
+    with user_errors():
+        root = percepiano or (data / "percepiano" if data is not None else _default_percepiano())
+        tax = Taxonomy.load(taxonomy) if taxonomy is not None else Taxonomy.default()
+        df = load_percepiano(root)
+        labels = build_composite_labels(dict(zip(df["segment_id"], df["labels19"])), tax)
+        write_labels_json(out, labels)
+        table = Table(title=f"{len(tax.names)} composite dimensions over {len(labels)} segments")
+        for col in ("dimension", "mean", "std", "min", "max"):
+            table.add_column(col, justify="right" if col != "dimension" else "left")
+        import numpy as np
+
+        values = np.array([[v[n] for n in tax.names] for v in labels.values()])
+        for j, name in enumerate(tax.names):
+            col = values[:, j]
+            table.add_row(name, f"{col.mean():.3f}", f"{col.std():.3f}", f"{col.min():.3f}", f"{col.max():.3f}")
+        console.print(table)
+        console.print(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------------------------- validate
+
+
+@app.command()
+def validate(
+    config: Path = typer.Option(..., "--config", help="Protocol YAML (e.g. experiments/demo.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+) -> None:
+    """Check a config and its data before anything runs: one line per problem, exit 2 if any."""
+    from pianoray.validation import validate_all
+
+    with user_errors():
+        cfg = _config(config, data)
+        with console.status("checking data"):
+            problems, summary = validate_all(cfg)
+    for line in summary:
+        console.print(line, highlight=False)
+    if problems:
+        for p in problems:
+            err.print(f"[red]error:[/red] {p}", highlight=False, soft_wrap=True)
+        err.print(f"{len(problems)} problem(s) in {config}")
+        raise typer.Exit(EXIT_USAGE)
+    console.print(f"[green]ok[/green]: {config} and its data are valid")
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    experiment: str = typer.Option(..., "--experiment", help="Registered experiment name (see `pianoray experiments`)."),
+    fold: int = typer.Option(0, "--fold", help="Fold index."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML (default: experiments/demo.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+    epochs: Optional[int] = typer.Option(None, help="Budget (default: the config's round-2 epochs)."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience (default: round 2's)."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint folder (top-3 + latest); resumes if it has one."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
+) -> None:
+    """Train one experiment on one fold in-process, without Ray (the reference for Ray overhead)."""
+    from pianoray.training.runner import train_one
+
+    with user_errors():
+        cfg = _config(config or _default_config(), data)
+        train_one(cfg, experiment, fold, epochs=epochs, patience=patience, out=out, as_json=as_json,
+                  console=err if as_json else console)
+
+
+def _default_config() -> Path:
+    from pianoray.settings import PROJECT_ROOT
+
+    return PROJECT_ROOT / "experiments" / "demo.yaml"
+
+
+@app.command()
+def experiments(
+    config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML: mark which are enabled."),
+) -> None:
+    """List the registered encoders: track, role, views."""
+    from pianoray.models import registry
+
+    with user_errors():
+        cfg = load_config(config) if config else None
+    table = Table(title="registered encoders")
+    for col in ("name", "track", "role", "views", "in config", "description"):
+        table.add_column(col)
+    for name, spec in sorted(registry.all_specs().items(), key=lambda kv: (kv[1].track, kv[0])):
+        enabled = "-" if cfg is None else ("yes" if name in cfg.enabled_experiments() else "no")
+        table.add_row(name, spec.track, spec.role, ",".join(spec.views), enabled, spec.description)
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------- protocol (later)
+
+_NOT_YET = (
+    "the Ray elimination protocol (Round 1 screening, Round 2 4-fold Ray Train, selection, ledger) is not "
+    "built yet: it is the protocol issue. Available now: `pianoray data ...`, `pianoray validate`, "
+    "`pianoray train` (one experiment, one fold, no Ray)."
+)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML (default: experiments/demo.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+) -> None:
+    """Run the staged-elimination protocol. Not built yet: prepares and validates the demo, then says so."""
+    from pianoray.validation import prepare_data, validate_all
+
+    with user_errors():
+        cfg = _config(config or _default_config(), data)
+        prepare_data(cfg, console)
+        problems, summary = validate_all(cfg)
+        for line in summary:
+            console.print(line, highlight=False)
+        if problems:
+            raise UserError("\n".join(problems))
+    err.print(f"[yellow]not yet:[/yellow] {_NOT_YET}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def status(storage: Optional[Path] = typer.Option(None, "--storage")) -> None:
+    """Show a run's progress from its ledger. Not built yet (the protocol issue)."""
+    err.print(f"[yellow]not yet:[/yellow] `pianoray status` reads the protocol's ledger; {_NOT_YET}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def report(storage: Optional[Path] = typer.Option(None, "--storage")) -> None:
+    """Write the comparison report of a run. Not built yet (the protocol issue)."""
+    err.print(f"[yellow]not yet:[/yellow] `pianoray report` reads the protocol's ledger; {_NOT_YET}")
+    raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,97 @@
+"""What one experiment trains on: the corpus, the chosen label set, the folds, and loaders per split.
+
+Folds come from ``data.folds`` when given, else they are generated (passage-stratified, seeded) from the
+labelled T1 segments, so every run of a config sees the same folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from pianoray.config import ProtocolConfig
+from pianoray.data.tiers import Tier
+from pianoray.models.registry import DataSpec
+
+
+@dataclass
+class ExperimentData:
+    corpus: Any  # pianoray.data.corpus.Corpus
+    label_names: list[str]
+    labels: dict[str, np.ndarray]
+    folds: Any  # pianoray.data.folds.FoldSet
+    max_frames: int
+    max_notes: int
+    _datasets: dict[tuple, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: ProtocolConfig) -> "ExperimentData":
+        from pianoray.data.corpus import open_corpus
+        from pianoray.data.folds import FoldSet, make_folds
+        from pianoray.data.taxonomy import Taxonomy
+
+        corpus = open_corpus(cfg.data)
+        taxonomy = Taxonomy.load(cfg.data.taxonomy) if cfg.data.taxonomy else Taxonomy.default()
+        names, labels = corpus.labels(cfg.data.labels, taxonomy)
+        if cfg.data.folds is not None:
+            folds = FoldSet.load(cfg.data.folds)
+        else:
+            m = corpus.manifest(Tier.T1)
+            m = m[m["segment_id"].isin(labels)]
+            unit_col = "passage" if cfg.data.fold_unit == "passage" else "performer"
+            folds = make_folds(
+                m["segment_id"].tolist(),
+                m[unit_col].astype(str).tolist(),
+                k=cfg.data.k,
+                unit=cfg.data.fold_unit,
+                val_fraction=cfg.data.val_fraction,
+                seed=cfg.seed,
+                strata=m["piece"].astype(str).tolist(),
+            )
+        return cls(corpus, list(names), labels, folds, cfg.data.max_frames, cfg.data.max_notes)
+
+    def data_spec(self) -> DataSpec:
+        width = self.corpus.meta.width if self.corpus.has_frames() else None
+        return DataSpec(n_dims=len(self.label_names), frame_width=width)
+
+    def fold(self, index: int) -> dict[str, list[str]]:
+        f = self.folds.folds[index]
+        return {"train": list(f.train), "val": list(f.val), "test": list(f.test)}
+
+    def dataset(self, fold: int, split: str, tiers: Iterable[Tier], views: Iterable[str]) -> Any:
+        from pianoray.data.loaders import build_split
+
+        key = (fold, split, tuple(sorted(tiers)), tuple(views))
+        if key not in self._datasets:
+            self._datasets[key] = build_split(
+                self.corpus,
+                self.fold(fold),
+                split,
+                tiers=list(key[2]),
+                views=list(key[3]),
+                labels=self.labels,
+                max_frames=self.max_frames,
+                max_notes=self.max_notes,
+            )
+        return self._datasets[key]
+
+    def loader(
+        self,
+        fold: int,
+        split: str,
+        tiers: Iterable[Tier],
+        views: Iterable[str],
+        batch_size: int,
+        *,
+        epoch: int,
+        seed: int = 0,
+    ) -> Any:
+        """Batches of one split. Training order and crops depend only on (seed, epoch), so a resumed run
+        sees exactly the batches an uninterrupted one would."""
+        from pianoray.data.loaders import make_loader
+
+        ds = self.dataset(fold, split, tiers, views)
+        train = split == "train"
+        return make_loader(ds, batch_size=batch_size, shuffle=train, seed=seed * 100_003 + epoch, train=train)

@@ -1,0 +1,109 @@
+"""Run a model over a split and score it with the metrics suite.
+
+Validation (every epoch, for model selection) uses pairwise accuracy and R2 on the fold's inner
+validation split. The full suite (test part, once, from the best checkpoint) adds robustness on
+augmented twins, competition Spearman, and linear-probe difficulty rho and STOP AUC on z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from pianoray.data.batch import Batch
+from pianoray.models.contract import PerformanceModel
+from pianoray.objectives import metrics
+
+
+@dataclass
+class Predictions:
+    """M evaluated segments: ids [M], scores/regression/labels [M,N], group keys [M], z [M,512]."""
+
+    segment_ids: list[str]
+    scores: np.ndarray
+    regression: np.ndarray
+    labels: np.ndarray
+    has_labels: np.ndarray
+    groups: np.ndarray
+    z: np.ndarray
+
+    def subset(self, ids: Iterable[str]) -> "Predictions":
+        index = {s: i for i, s in enumerate(self.segment_ids)}
+        rows = np.array([index[s] for s in ids if s in index], dtype=int)
+        return Predictions(
+            [self.segment_ids[i] for i in rows],
+            self.scores[rows],
+            self.regression[rows],
+            self.labels[rows],
+            self.has_labels[rows],
+            self.groups[rows],
+            self.z[rows],
+        )
+
+
+@torch.no_grad()
+def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.device) -> Predictions:
+    was_training = model.training
+    model.eval()
+    ids, scores, reg, labels, has, groups, zs = [], [], [], [], [], [], []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    for batch in batches:
+        b = batch.to(device)
+        with autocast:
+            out = model(b)
+        ids.extend(batch.segment_ids)
+        scores.append(out.scores.float().cpu().numpy())
+        reg.append(out.regression.float().cpu().numpy())
+        labels.append(batch.labels.float().numpy())
+        has.append(batch.has_labels.numpy())
+        groups.extend(batch.meta.get("rank_group_keys") or [str(g) for g in batch.rank_group.tolist()])
+        zs.append(out.z.float().cpu().numpy())
+    model.train(was_training)
+    if not ids:
+        raise ValueError("nothing to evaluate: the split is empty")
+    return Predictions(
+        ids,
+        np.concatenate(scores),
+        np.concatenate(reg),
+        np.concatenate(labels),
+        np.concatenate(has),
+        np.asarray(groups, dtype=object),
+        np.concatenate(zs),
+    )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def validation_metrics(
+    pred: Predictions, *, threshold: float, n_boot: int = 200, seed: int = 0, prefix: str = "val"
+) -> dict[str, Any]:
+    """Selection metrics: pairwise accuracy (ranking heads; ties 0.5; |gap| >= threshold, same passage),
+    its 95% CI, R2 (regression head), each mean and per dimension. Keys are ``{prefix}/...``."""
+    keep = pred.has_labels.astype(bool)
+    p = pred.subset([s for s, k in zip(pred.segment_ids, keep) if k])
+    pw = metrics.pairwise_accuracy(p.scores, p.labels, p.groups, threshold=threshold, n_boot=n_boot, seed=seed)
+    pw0 = metrics.pairwise_accuracy(p.scores, p.labels, p.groups, threshold=0.0, n_boot=0, seed=seed)
+    r2 = metrics.r2(p.regression, p.labels, p.groups, n_boot=n_boot, seed=seed)
+    return {
+        f"{prefix}/pairwise_accuracy": pw.mean,
+        f"{prefix}/pairwise_accuracy_ci": list(pw.ci),
+        f"{prefix}/pairwise_accuracy_per_dim": _list(pw.per_dim),
+        f"{prefix}/pairwise_accuracy_t0": pw0.mean,
+        f"{prefix}/r2": r2.mean,
+        f"{prefix}/r2_ci": list(r2.ci),
+        f"{prefix}/r2_per_dim": _list(r2.per_dim),
+        f"{prefix}/n": int(len(p.segment_ids)),
+    }
+
+
+def _list(a: np.ndarray | None) -> list[float] | None:
+    return None if a is None else [float(x) for x in np.asarray(a)]

@@ -1,0 +1,101 @@
+"""``pianoray train``: one experiment, one fold, in-process, no Ray, with a live epoch table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from pianoray.config import ProtocolConfig
+from pianoray.data.tiers import Tier
+from pianoray.training.checkpoint import TopKSink
+from pianoray.training.data import ExperimentData
+from pianoray.training.loop import Budget, EpochResult, fit
+
+
+def _summary(r: EpochResult) -> dict[str, Any]:
+    m = r.metrics
+    return {
+        "epoch": r.epoch,
+        "pairwise_accuracy": {
+            "mean": m["val/pairwise_accuracy"],
+            "ci": m["val/pairwise_accuracy_ci"],
+            "per_dim": m["val/pairwise_accuracy_per_dim"],
+        },
+        "pairwise_accuracy_t0": m["val/pairwise_accuracy_t0"],
+        "r2": {"mean": m["val/r2"], "ci": m["val/r2_ci"], "per_dim": m["val/r2_per_dim"]},
+    }
+
+
+def train_one(
+    cfg: ProtocolConfig,
+    experiment: str,
+    fold: int,
+    *,
+    epochs: int | None = None,
+    patience: int | None = None,
+    out: Path | None = None,
+    as_json: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    if experiment not in cfg.experiments:
+        known = ", ".join(cfg.experiments) or "(none)"
+        raise KeyError(f"--experiment: {experiment!r} is not in the config's experiments ({known})")
+    if not 0 <= fold < cfg.data.k:
+        raise ValueError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
+    data = ExperimentData.from_config(cfg)
+    budget = Budget(epochs or cfg.round2.epochs, patience if patience is not None else cfg.round2.patience)
+    sink = TopKSink(out, k=cfg.round2.num_to_keep) if out is not None else None
+    resume = sink.latest() if sink is not None else None
+
+    table = Table(title=f"{experiment} · fold {fold} · {len(data.label_names)} dims ({cfg.data.labels})")
+    for col in ("epoch", "stage", "train loss", "val pairwise [95% CI]", "val R2", "best", "s"):
+        table.add_column(col, justify="right")
+    best: EpochResult | None = None
+    last: EpochResult | None = None
+    t0 = time.perf_counter()
+    with Live(table, console=console, refresh_per_second=4, transient=False):
+        for r in fit(cfg, experiment, data, fold, budget, tiers=[t for t in cfg.round2.tiers if t in data.corpus.tiers],
+                     sink=sink, resume_from=resume):
+            m = r.metrics
+            lo, hi = m["val/pairwise_accuracy_ci"]
+            mark = "*" if r.best_epoch == r.epoch else ""
+            table.add_row(
+                str(r.epoch), r.stage, f"{m.get('train/total', float('nan')):.4f}",
+                f"{m['val/pairwise_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['val/r2']:.3f}",
+                f"{r.best_metric:.3f}{mark}" if r.best_metric is not None else "-", f"{r.seconds:.1f}",
+            )
+            last = r
+            if r.best_epoch == r.epoch:
+                best = r
+    if last is None:
+        raise ValueError(f"nothing to train: {out} already holds a finished run of {budget.epochs} epochs")
+    result = {
+        "experiment": experiment,
+        "fold": fold,
+        "labels": cfg.data.labels,
+        "dimensions": data.label_names,
+        "epochs_run": last.epoch,
+        "early_stopped": last.early_stopped,
+        "best_epoch": last.best_epoch,
+        "best": _summary(best) if best is not None else None,
+        "final": _summary(last),
+        "seconds": time.perf_counter() - t0,
+        "checkpoints": str(out) if out is not None else None,
+    }
+    if as_json:
+        print(json.dumps(result, default=float))
+    else:
+        b = result["best"]
+        if b:
+            console.print(
+                f"best epoch {result['best_epoch']}: pairwise {b['pairwise_accuracy']['mean']:.3f} "
+                f"[{b['pairwise_accuracy']['ci'][0]:.3f}, {b['pairwise_accuracy']['ci'][1]:.3f}], R2 {b['r2']['mean']:.3f}"
+            )
+    return result

@@ -1,0 +1,88 @@
+"""Checks run before anything trains: config, data, labels, folds, tiers, and what each experiment needs.
+
+``validate_all`` returns one-line problems naming the file, key or field; the CLI prints them and exits 2.
+It never raises for a data problem it can describe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from pianoray.config import ProtocolConfig
+from pianoray.data.tiers import Tier
+
+
+def prepare_data(cfg: ProtocolConfig, console: Console | None = None) -> None:
+    """Generate the demo corpus into ``data.root`` when the config asks for one and it is absent."""
+    root = Path(cfg.data.root)
+    if cfg.data.source == "cache" and cfg.data.demo is not None and not (root / "corpus.json").is_file():
+        from pianoray.data.demo import generate_demo
+
+        if console is not None:
+            console.print(f"demo corpus absent: generating it into {root} (seed {cfg.data.demo.seed})")
+        generate_demo(root, seed=cfg.data.demo.seed, scale=cfg.data.demo.scale)
+
+
+def validate_all(cfg: ProtocolConfig) -> tuple[list[str], list[str]]:
+    """(problems, summary lines) for ``cfg`` and the data it names."""
+    from pianoray.data.corpus import open_corpus
+    from pianoray.data.midi import MidiError
+    from pianoray.models import registry
+
+    problems: list[str] = []
+    summary: list[str] = []
+    root = Path(cfg.data.root)
+    if not root.exists():
+        hint = " (run `pianoray data demo --out DIR` or `pianoray run`, which generates it)" if cfg.data.demo else ""
+        return [f"data.root: {root}: no such folder{hint}"], summary
+    try:
+        corpus = open_corpus(cfg.data)
+    except (FileNotFoundError, ValueError, KeyError, MidiError) as e:
+        return [str(e.args[0] if isinstance(e, KeyError) else e)], summary
+    summary.append(
+        f"corpus {root}: "
+        + ", ".join(f"{t.name} {len(corpus.manifest(t))} segments" for t in corpus.tiers)
+    )
+    problems.extend(corpus.check())
+
+    # Labels: the taxonomy must load and every T1 segment needs labels.
+    try:
+        names, values = corpus.labels(cfg.data.labels, _taxonomy(cfg))
+        summary.append(f"labels: {cfg.data.labels}, {len(names)} dimensions")
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        problems.append(f"data.labels: {e}")
+
+    # Tiers the rounds train on must be present and non-empty.
+    for field, tiers in (("round1.tiers", cfg.round1.tiers), ("round2.tiers", cfg.round2.tiers)):
+        for t in tiers:
+            if t not in corpus.tiers or len(corpus.manifest(t)) == 0:
+                problems.append(f"{field}: tier {t.name} is empty in {root}")
+
+    # Folds: given ones must never split a passage and must cover the labelled segments.
+    if cfg.data.folds is not None:
+        from pianoray.data.folds import FoldSet, check_folds
+
+        try:
+            fs = FoldSet.load(cfg.data.folds)
+            m = corpus.manifest(Tier.T1)
+            col = "passage" if cfg.data.fold_unit == "passage" else "performer"
+            problems.extend(f"data.folds: {p}" for p in check_folds(fs, dict(zip(m["segment_id"], m[col].astype(str)))))
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(f"data.folds: {e}")
+
+    # Each enabled experiment's views must be servable by this corpus.
+    has_frames = corpus.has_frames()
+    for name in cfg.enabled_experiments():
+        spec = registry.get(cfg.encoder_name(name))
+        if "frames" in spec.views and not has_frames:
+            problems.append(f"experiments.{name}: encoder {spec.name} reads cached frames, but {root} has none")
+    summary.append(f"experiments: {', '.join(cfg.enabled_experiments()) or '(none)'}")
+    return problems, summary
+
+
+def _taxonomy(cfg: ProtocolConfig):
+    from pianoray.data.taxonomy import Taxonomy
+
+    return Taxonomy.load(cfg.data.taxonomy) if cfg.data.taxonomy is not None else Taxonomy.default()

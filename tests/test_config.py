@@ -1,0 +1,82 @@
+"""Every YAML in experiments/ (and tests/e2e.yaml) loads and validates; errors name the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pianoray.config import ConfigError, ProtocolConfig, load_config
+from pianoray.data.tiers import Tier
+from pianoray.settings import PROJECT_ROOT
+
+YAMLS = sorted((PROJECT_ROOT / "experiments").glob("*.yaml")) + sorted((PROJECT_ROOT / "tests").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_every_yaml_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, ProtocolConfig)
+    assert cfg.enabled_experiments(), f"{path} enables no experiment"
+
+
+def test_protocol_yaml_has_the_seed_budgets() -> None:
+    cfg = load_config(PROJECT_ROOT / "experiments" / "protocol.yaml")
+    assert cfg.round1.epochs == 50
+    assert cfg.round2.epochs == 200 and cfg.round2.patience == 20
+    assert cfg.round2.folds == 4 and cfg.data.k == 4
+    assert cfg.optim.batch_size == 16
+    assert cfg.round1.tiers == [Tier.T1, Tier.T2]
+
+
+def test_relative_data_root_is_relative_to_the_yaml(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    y = tmp_path / "sub" / "c.yaml"
+    y.write_text("data: {root: ../corpus}\n")
+    assert load_config(y).data.root == (tmp_path / "corpus").resolve()
+
+
+def test_extends_merges_deeply(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("round1: {epochs: 9, rungs: [3]}\noptim: {lr: 0.1}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nround1: {gap: 5}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.round1.epochs, cfg.round1.rungs, cfg.round1.gap, cfg.optim.lr) == (9, [3], 5, 0.1)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("round1: {gap: -1}\n", "round1.gap"),
+        ("round1: {epochs: 5, rungs: [7]}\n", "round1"),
+        ("optim: {lr: fast}\n", "optim.lr"),
+        ("data: {labels: twenty}\n", "data.labels"),
+        ("round2: {tiers: [T1, T9]}\n", "round2.tiers"),
+        ("rounds: 3\n", "rounds"),  # unknown top-level field
+        ("experiments: {audio-frozen: {model: {depth: 3}}}\n", "experiments.audio-frozen.model.depth"),
+        ("experiments: {nope: {}}\n", "experiments.nope.encoder"),
+        ("round1: {fold: 5}\n", "round1.fold"),
+    ],
+)
+def test_errors_name_file_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    y = tmp_path / "bad.yaml"
+    y.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(y)
+    msg = str(e.value)
+    assert str(y) in msg and expected in msg, msg
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    y = tmp_path / "x.yaml"
+    y.write_text("a: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(y)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
