@@ -1,0 +1,347 @@
+"""Group k-fold cross-validation splits that never split a group, with an inner validation split.
+
+The group is the *passage* (unit "passage": all players of the same music) or the *performer*
+(unit "performer", the seed's performer split). PercePiano label variance is dominated by passage
+identity (~40%), so a fold that splits a passage leaks: the model learns the passage, not the playing.
+
+Assignment: groups are shuffled with the seed, then placed largest-first into the fold that is lightest
+(by number of keys); with ``strata`` (e.g. the piece) each stratum's groups are first spread across
+folds (lightest fold *within the stratum*, ties to the lightest fold overall). For fold i, test = fold
+i; the other folds' groups are split, whole, into train and val (val ~ ``val_fraction`` of them).
+
+On disk (JSON, written atomically)::
+
+    {"version": 1, "k": 4, "unit": "passage", "seed": 42, "val_fraction": 0.2,
+     "groups": {key: group}, "folds": [{"train": [...], "val": [...], "test": [...]}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+FOLDS_VERSION = 1
+Unit = Literal["passage", "performer"]
+UNITS: tuple[str, ...] = ("passage", "performer")
+
+
+class FoldError(ValueError):
+    """An unusable folds file; the message names the file and each problem."""
+
+    def __init__(self, source: str | Path, problems: Sequence[str]) -> None:
+        self.source = str(source)
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One CV fold: disjoint key lists (sorted)."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FoldSet:
+    """k folds over the keys of ``groups`` (key -> group)."""
+
+    k: int
+    unit: str
+    seed: int
+    val_fraction: float
+    groups: dict[str, str]
+    folds: tuple[Fold, ...]
+
+    def __len__(self) -> int:
+        return len(self.folds)
+
+    def __getitem__(self, i: int) -> Fold:
+        return self.folds[i]
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.groups)
+
+    def test_fold_of(self) -> dict[str, int]:
+        """key -> index of the fold whose test set holds it."""
+        return {key: i for i, fold in enumerate(self.folds) for key in fold.test}
+
+    def to_json(self) -> dict:
+        return {
+            "version": FOLDS_VERSION,
+            "k": self.k,
+            "unit": self.unit,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "groups": dict(sorted(self.groups.items())),
+            "folds": [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in self.folds],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write JSON through a temporary file and ``os.replace``, so a reader never sees half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_json(cls, data: object, source: str | Path = "<folds>") -> "FoldSet":
+        """Parse and validate; raises FoldError naming ``source`` and every problem found."""
+        problems = _schema_problems(data)
+        if problems:
+            raise FoldError(source, problems)
+        assert isinstance(data, dict)
+        folds = tuple(
+            Fold(tuple(f["train"]), tuple(f["val"]), tuple(f["test"])) for f in data["folds"]
+        )
+        foldset = cls(
+            k=int(data["k"]),
+            unit=str(data["unit"]),
+            seed=int(data["seed"]),
+            val_fraction=float(data["val_fraction"]),
+            groups={str(k): str(v) for k, v in data["groups"].items()},
+            folds=folds,
+        )
+        problems = check_folds(foldset)
+        if problems:
+            raise FoldError(source, problems)
+        return foldset
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FoldSet":
+        path = Path(path)
+        if not path.is_file():
+            raise FoldError(path, ["file not found"])
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise FoldError(path, [f"not valid JSON ({e})"]) from None
+        return cls.from_json(data, source=path)
+
+
+def _schema_problems(data: object) -> list[str]:
+    if not isinstance(data, dict):
+        return ["expected a JSON object"]
+    problems = []
+    for field, kind in (("version", int), ("k", int), ("unit", str), ("seed", int),
+                        ("val_fraction", (int, float)), ("groups", dict), ("folds", list)):
+        if field not in data:
+            problems.append(f"missing field {field!r}")
+        elif not isinstance(data[field], kind) or isinstance(data[field], bool):
+            problems.append(f"field {field!r} has the wrong type ({type(data[field]).__name__})")
+    if problems:
+        return problems
+    if data["version"] != FOLDS_VERSION:
+        problems.append(f"version {data['version']} is not supported (expected {FOLDS_VERSION})")
+    if data["unit"] not in UNITS:
+        problems.append(f"unit {data['unit']!r} is not one of {UNITS}")
+    if data["k"] != len(data["folds"]):
+        problems.append(f"k={data['k']} but {len(data['folds'])} folds are listed")
+    if not all(isinstance(v, str) for v in data["groups"].values()):
+        problems.append("groups: every value must be a string")
+    for i, fold in enumerate(data["folds"]):
+        if not isinstance(fold, dict) or set(fold) != {"train", "val", "test"}:
+            problems.append(f"folds[{i}] must have exactly the lists train, val, test")
+        elif not all(isinstance(fold[s], list) and all(isinstance(x, str) for x in fold[s]) for s in fold):
+            problems.append(f"folds[{i}]: train, val and test must be lists of strings")
+    return problems
+
+
+def check_folds(foldset: FoldSet, groups: Mapping[str, str] | None = None) -> list[str]:
+    """Every leakage/coverage problem of ``foldset`` against ``groups`` (default: its own), as lines.
+
+    Checks: test sets disjoint and covering every key; each fold's train/val/test disjoint and
+    together all keys; no group in two folds' test sets; no group in two lists of one fold; no empty
+    train or test. Passing the current data's groups also catches a folds file made for other data.
+    """
+    problems: list[str] = []
+    given = groups is not None
+    groups = dict(foldset.groups if groups is None else groups)
+    all_keys = set(groups)
+    listed = set(foldset.groups)
+    if given:
+        if missing := sorted(all_keys - listed):
+            problems.append(f"{len(missing)} keys of the data are not in the folds (e.g. {missing[0]!r})")
+        if extra := sorted(listed - all_keys):
+            problems.append(f"{len(extra)} keys in the folds are not in the data (e.g. {extra[0]!r})")
+        changed = sorted(k for k in all_keys & listed if foldset.groups[k] != groups[k])
+        if changed:
+            problems.append(f"{len(changed)} keys changed group (e.g. {changed[0]!r})")
+    seen_test: dict[str, int] = {}
+    group_test_fold: dict[str, int] = {}
+    for i, fold in enumerate(foldset.folds):
+        parts = {"train": fold.train, "val": fold.val, "test": fold.test}
+        for name, keys in parts.items():
+            if dupes := [k for k, n in Counter(keys).items() if n > 1]:
+                problems.append(f"fold {i} {name}: key {dupes[0]!r} listed twice")
+            if unknown := [k for k in keys if k not in groups]:
+                problems.append(f"fold {i} {name}: key {unknown[0]!r} has no group")
+        if not fold.test:
+            problems.append(f"fold {i}: empty test set")
+        if not fold.train:
+            problems.append(f"fold {i}: empty train set")
+        names = list(parts)
+        for a in range(3):
+            for b in range(a + 1, 3):
+                if both := sorted(set(parts[names[a]]) & set(parts[names[b]])):
+                    problems.append(f"fold {i}: key {both[0]!r} in both {names[a]} and {names[b]}")
+        if uncovered := sorted(all_keys - set(fold.train) - set(fold.val) - set(fold.test)):
+            problems.append(f"fold {i}: {len(uncovered)} keys in none of train/val/test (e.g. {uncovered[0]!r})")
+        # A group in two of one fold's lists leaks between training and selection/evaluation.
+        where: dict[str, set[str]] = defaultdict(set)
+        for name, keys in parts.items():
+            for k in keys:
+                if k in groups:
+                    where[groups[k]].add(name)
+        for g, names_of_g in sorted(where.items()):
+            if len(names_of_g) > 1:
+                problems.append(f"fold {i}: {foldset.unit} {g!r} split across {'/'.join(sorted(names_of_g))}")
+        for k in fold.test:
+            if k in seen_test:
+                problems.append(f"key {k!r} in the test sets of folds {seen_test[k]} and {i}")
+            seen_test[k] = i
+            if k in groups:
+                g = groups[k]
+                if group_test_fold.setdefault(g, i) != i:
+                    problems.append(f"{foldset.unit} {g!r} split across test folds {group_test_fold[g]} and {i}")
+                    group_test_fold[g] = i  # report each further split once, not for every key
+    if untested := sorted(all_keys - set(seen_test)):
+        problems.append(f"{len(untested)} keys are in no test set (e.g. {untested[0]!r})")
+    return problems
+
+
+def _assign_groups(
+    sizes: Mapping[str, int], k: int, rng: np.random.Generator, stratum: Mapping[str, str] | None
+) -> list[list[str]]:
+    """Greedy balanced assignment of whole groups to k folds (see module docstring)."""
+    order = sorted(sizes)
+    rng.shuffle(order)  # the seed decides ties between equal-sized groups
+    load = [0] * k
+    strat_load: dict[str, list[int]] = defaultdict(lambda: [0] * k)
+    if stratum is None:
+        order.sort(key=lambda g: -sizes[g])  # stable: shuffled order survives among equal sizes
+    else:
+        stratum_size = Counter()
+        for g in order:
+            stratum_size[stratum[g]] += sizes[g]
+        order.sort(key=lambda g: (-stratum_size[stratum[g]], stratum[g], -sizes[g]))
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for g in order:
+        if stratum is None:
+            i = min(range(k), key=lambda j: (load[j], j))
+        else:
+            s = strat_load[stratum[g]]
+            i = min(range(k), key=lambda j: (s[j], load[j], j))
+            s[i] += sizes[g]
+        folds[i].append(g)
+        load[i] += sizes[g]
+    return folds
+
+
+def _split_val(
+    groups_in: list[str], sizes: Mapping[str, int], val_fraction: float, rng: np.random.Generator
+) -> tuple[set[str], set[str]]:
+    """Whole groups -> (train, val) with val holding ~val_fraction of the keys (at least one group)."""
+    order = sorted(groups_in)
+    rng.shuffle(order)
+    total = sum(sizes[g] for g in order)
+    target = val_fraction * total
+    val: set[str] = set()
+    n_val = 0
+    for g in order:
+        if len(val) == len(order) - 1:
+            break  # keep at least one training group
+        # Take a group when it brings val closer to the target than leaving it out.
+        if abs(n_val + sizes[g] - target) < abs(n_val - target) or not val:
+            val.add(g)
+            n_val += sizes[g]
+    return set(order) - val, val
+
+
+def make_folds(
+    keys: Sequence[str],
+    groups: Sequence[str],
+    k: int = 4,
+    unit: Unit = "passage",
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    strata: Sequence[str] | None = None,
+) -> FoldSet:
+    """Group k-fold with an inner, group-wise validation split.
+
+    keys: [M] unique sample ids; groups: [M] the group of each key (its passage or performer);
+    strata: [M] optional coarser label to spread across folds (e.g. the piece), constant within a group.
+    Deterministic for a given (keys, groups, strata, k, val_fraction, seed), whatever the input order.
+    """
+    keys = [str(x) for x in keys]
+    groups = [str(x) for x in groups]
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r}: expected one of {UNITS}")
+    if len(keys) != len(groups):
+        raise ValueError(f"{len(keys)} keys but {len(groups)} groups")
+    if dupes := [x for x, n in Counter(keys).items() if n > 1]:
+        raise ValueError(f"duplicate key {dupes[0]!r}: keys must be unique")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction}: must lie in (0, 1)")
+    sizes = Counter(groups)
+    if k < 2 or len(sizes) < k:
+        raise ValueError(f"k={k} folds need k >= 2 and at least k groups; there are {len(sizes)} {unit}s")
+    if len(sizes) - len(sizes) // k < 2:
+        raise ValueError(f"{len(sizes)} {unit}s are too few for k={k} with a validation split")
+    stratum_of: dict[str, str] | None = None
+    if strata is not None:
+        if len(strata) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(strata)} strata")
+        stratum_of = {}
+        for g, s in zip(groups, strata):
+            if stratum_of.setdefault(g, str(s)) != str(s):
+                raise ValueError(f"{unit} {g!r} spans strata {stratum_of[g]!r} and {s!r}: strata must be "
+                                 "constant within a group")
+    rng = np.random.default_rng(seed)
+    fold_groups = _assign_groups(sizes, k, rng, stratum_of)
+    keys_of: dict[str, list[str]] = defaultdict(list)
+    for key, g in zip(keys, groups):
+        keys_of[g].append(key)
+    folds = []
+    for i in range(k):
+        rest = [g for j in range(k) if j != i for g in fold_groups[j]]
+        # One generator per fold (seed, i): fold i's val split does not depend on how many draws others made.
+        train_g, val_g = _split_val(rest, sizes, val_fraction, np.random.default_rng([seed, i]))
+        folds.append(
+            Fold(
+                train=tuple(sorted(x for g in train_g for x in keys_of[g])),
+                val=tuple(sorted(x for g in val_g for x in keys_of[g])),
+                test=tuple(sorted(x for g in fold_groups[i] for x in keys_of[g])),
+            )
+        )
+    return FoldSet(k, unit, seed, float(val_fraction), dict(zip(keys, groups)), tuple(folds))
+
+
+def groups_for(df: pd.DataFrame, unit: Unit) -> list[str]:
+    """The group of each row of a loader's DataFrame.
+
+    PercePiano rows have a ``passage`` column; for ASAP/MAESTRO-style tables (no ``passage``) the
+    passage is the whole ``piece``. unit "performer" uses the ``performer`` column.
+    """
+    if unit == "passage":
+        column = "passage" if "passage" in df.columns else "piece"
+    elif unit == "performer":
+        column = "performer"
+    else:
+        raise ValueError(f"unit={unit!r}: expected one of {UNITS}")
+    if column not in df.columns:
+        raise KeyError(f"unit={unit!r} needs a {column!r} column; the table has {list(df.columns)}")
+    if df[column].isna().any():
+        raise ValueError(f"column {column!r} has missing values; every row needs a {unit}")
+    return [str(x) for x in df[column]]

@@ -1,0 +1,141 @@
+"""Live progress of a run: a rich table fed by a Tune callback, and the ledger writes for each report.
+
+The Ray 2.60 dashboard has no Tune page, so per-trial progress is ours to show: trial, track, round/fold,
+epoch/budget, metric, gap to the track's leader, status.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ray.tune import Callback
+from rich.table import Table
+
+METRIC = "val/pairwise_accuracy"
+
+
+@dataclass
+class Row:
+    round: str
+    experiment: str
+    fold: int
+    track: str = "?"
+    role: str = "candidate"
+    epoch: int = 0
+    budget: int = 0
+    metric: float = float("nan")
+    best: float = float("nan")
+    status: str = "PENDING"
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+
+class ProgressBoard:
+    """The rows of a run, keyed by (round, experiment, fold); renders the live table."""
+
+    def __init__(self, tracks: dict[str, tuple[str, str]]) -> None:
+        self.tracks = tracks  # experiment -> (track, role)
+        self.rows: dict[tuple[str, str, int], Row] = {}
+
+    def row(self, round_: str, experiment: str, fold: int) -> Row:
+        key = (round_, experiment, fold)
+        if key not in self.rows:
+            track, role = self.tracks.get(experiment, ("?", "candidate"))
+            self.rows[key] = Row(round_, experiment, fold, track, role)
+        return self.rows[key]
+
+    def leader(self, round_: str, track: str) -> float:
+        best = [r.best for r in self.rows.values() if r.round == round_ and r.track == track
+                and r.role == "candidate" and not math.isnan(r.best)]
+        return max(best) if best else float("nan")
+
+    def render(self, title: str = "pianoray") -> Table:
+        table = Table(title=title, expand=False)
+        for col in ("round", "trial", "track", "fold", "epoch", "pairwise", "best", "gap to leader", "status"):
+            table.add_column(col, justify="right" if col not in ("trial", "track", "status", "round") else "left")
+        for r in sorted(self.rows.values(), key=lambda r: (r.round, r.track, r.experiment, r.fold)):
+            lead = self.leader(r.round, r.track)
+            gap = (lead - r.best) * 100 if not (math.isnan(lead) or math.isnan(r.best)) else float("nan")
+            style = {"ELIMINATED": "red", "ERROR": "red", "DONE": "green", "PAUSED": "yellow"}.get(r.status, "")
+            table.add_row(
+                r.round, r.experiment + (" (ref)" if r.role == "reference" else ""), r.track, str(r.fold),
+                f"{r.epoch}/{r.budget}", _pct(r.metric), _pct(r.best),
+                "-" if math.isnan(gap) else f"{gap:.1f} pts", f"[{style}]{r.status}[/{style}]" if style else r.status,
+            )
+        return table
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+class ProtocolCallback(Callback):
+    """Driver-side Tune callback: every report becomes a ledger epoch event and a table update.
+
+    ``on_epoch(round, experiment, fold, epoch, metrics)`` writes the ledger; ``on_trial_end(row)`` records
+    resource-hours; ``refresh()`` redraws the live table.
+    """
+
+    def __init__(
+        self,
+        board: ProgressBoard,
+        round_: str,
+        budget: int,
+        on_epoch: Callable[[str, str, int, int, dict[str, Any]], None],
+        on_trial_end: Callable[[Row, Any], None],
+        refresh: Callable[[], None],
+    ) -> None:
+        self.board = board
+        self.round = round_
+        self.budget = budget
+        self.on_epoch = on_epoch
+        self.on_trial_end_cb = on_trial_end
+        self.refresh = refresh
+
+    def _row(self, trial: Any) -> Row:
+        cfg = trial.config
+        row = self.board.row(self.round, cfg["experiment"], int(cfg.get("fold", 0)))
+        row.budget = self.budget
+        return row
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row.status = "RUNNING"
+        self.refresh()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self._row(trial)
+        if "epoch" in result and METRIC in result:
+            row.epoch = int(result["epoch"])
+            row.metric = float(result[METRIC])
+            if result.get("best_metric") is not None:
+                row.best = float(result["best_metric"])
+            metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/")) or k in (
+                "epoch", "stage", "best_epoch", "best_metric", "stop", "early_stopped", "epoch_seconds", "samples", "lr")}
+            self.on_epoch(self.round, row.experiment, row.fold, row.epoch, metrics)
+        self.refresh()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        for trial in trials:
+            row = self._row(trial)
+            if trial.status in ("PAUSED", "RUNNING") and row.status not in ("ELIMINATED", "DONE", "ERROR"):
+                row.status = trial.status
+        self.refresh()
+
+    def _end(self, trial: Any, status: str) -> None:
+        row = self._row(trial)
+        if row.ended is None:
+            row.ended = time.time()
+        row.status = status
+        self.on_trial_end_cb(row, trial)
+        self.refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The scheduler's decision callback marks eliminated rows before Ray completes the trial.
+        self._end(trial, "ELIMINATED" if self._row(trial).status == "ELIMINATED" else "DONE")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "ERROR")

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pianoray.config import ProtocolConfig
+from pianoray.training.checkpoint import TopKSink, read_state
+from pianoray.training.loop import Budget, cosine_with_warmup, fit
+
+from .synthetic import SyntheticData
+
+
+def _cfg(**optim) -> ProtocolConfig:
+    return ProtocolConfig.model_validate(
+        {"optim": {"lr": 3e-3, "batch_size": 24, **optim}, "experiments": {"audio-frozen": {}}}
+    )
+
+
+def test_loss_falls_and_ranking_is_learned() -> None:
+    torch.set_num_threads(1)
+    results = list(fit(_cfg(), "audio-frozen", SyntheticData(), 0, Budget(epochs=15)))
+    losses = [r.metrics["train/total"] for r in results]
+    assert losses[-1] < 0.6 * losses[0], losses
+    best = max(r.metrics["val/pairwise_accuracy"] for r in results)
+    lo, _ = results[-1].metrics["val/pairwise_accuracy_ci"]
+    assert best > 0.7 and lo > 0.5, (best, lo)
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg, data, budget = _cfg(), SyntheticData(), Budget(epochs=6)
+    full = TopKSink(tmp_path / "full", k=2)
+    for _ in fit(cfg, "audio-frozen", data, 0, budget, sink=full):
+        pass
+
+    part = TopKSink(tmp_path / "part", k=2)
+    for r in fit(cfg, "audio-frozen", data, 0, budget, sink=part):
+        if r.epoch == 3:
+            break  # the "crash": the epoch-3 checkpoint is complete, nothing after it
+    assert read_state(part.latest())["epoch"] == 3
+    resumed = list(fit(cfg, "audio-frozen", data, 0, budget, sink=part, resume_from=part.latest()))
+    assert [r.epoch for r in resumed] == [4, 5, 6]
+
+    a, b = read_state(full.latest()), read_state(part.latest())
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["best_metric"] == b["best_metric"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_early_stopping_fires_after_patience() -> None:
+    # lr ~ 0: the model cannot improve, so the best stays at epoch 1 and patience 2 stops at epoch 3.
+    results = list(fit(_cfg(lr=1e-12), "audio-frozen", SyntheticData(), 0, Budget(epochs=10, patience=2)))
+    assert [r.epoch for r in results] == [1, 2, 3]
+    assert results[-1].early_stopped and results[-1].stop and results[-1].best_epoch == 1
+
+
+@pytest.mark.parametrize("total, warm", [(100, 0.05), (10, 0.0)])
+def test_cosine_schedule_with_warmup(total: int, warm: float) -> None:
+    f = cosine_with_warmup(total, warm)
+    w = max(1, round(total * warm))
+    assert f(0) == pytest.approx(1 / w)
+    assert f(w) == pytest.approx(1.0)
+    assert f(total) == pytest.approx(0.0, abs=1e-9)
+    assert all(f(s) >= f(s + 1) - 1e-12 for s in range(w, total))
