@@ -1,0 +1,561 @@
+"""The metrics suite: one definition of every figure the protocol reports (numpy; torch inputs accepted).
+
+Every metric returns a ``MetricResult``: the mean, per-dimension values where the metric has
+dimensions, a 95% percentile-bootstrap CI that resamples groups (passages, pieces or rounds; see
+``bootstrap.py``), and the number of units the mean is over.
+
+Pairwise accuracy (the selection metric everywhere): per dimension, over all pairs of performances
+of the same passage whose label gap is >= ``threshold`` (0.05 on the [0, 1] scale, the same
+threshold the ranking loss uses); a pair is correct when the prediction orders it like the labels,
+a tied prediction counts 0.5, so a constant model scores exactly 0.5. The mean is over dimensions
+that have at least one pair. ``threshold=0`` keeps every pair with unequal labels.
+Integer group keys < 0 mean "no group" (the Batch convention for ``rank_group``): such samples join
+no pair.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import r2_score
+
+from pianoray.objectives.bootstrap import (
+    NAN_INTERVAL,
+    Interval,
+    _nanmean_rows,
+    as_numpy,
+    group_bootstrap,
+    group_codes,
+    group_keys,
+    row_bootstrap,
+)
+
+# Label gaps within this of the threshold count as reaching it: labels like 0.55 vs 0.50 differ by
+# 0.04999999 in floating point and a rater-scale threshold must not hinge on rounding.
+GAP_TOLERANCE = 1e-6
+
+
+def _float(x: float) -> float | None:
+    """JSON-safe float: NaN/inf -> None."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """mean: the headline value; per_dim: [N] values (None for scalar metrics); ci: (lo, hi) 95%
+    bootstrap interval ((nan, nan) when not computed); n: units the mean is over (pairs, samples,
+    pieces or rounds); n_groups: groups the CI resampled; extra: metric-specific details."""
+
+    mean: float
+    per_dim: np.ndarray | None
+    ci: Interval
+    n: int
+    n_groups: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: NaN becomes None, arrays become lists."""
+        return {
+            "mean": _float(self.mean),
+            "per_dim": None if self.per_dim is None else [_float(v) for v in np.asarray(self.per_dim)],
+            "ci": [_float(self.ci[0]), _float(self.ci[1])],
+            "n": int(self.n),
+            "n_groups": None if self.n_groups is None else int(self.n_groups),
+            "extra": _json_safe(self.extra),
+        }
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, MetricResult):
+        return x.to_dict()
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return _float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _matrix(x: Any, name: str) -> np.ndarray:
+    """[M] or [M, N] -> float64 [M, N]."""
+    a = as_numpy(x).astype(np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected shape [M] or [M, N], got {a.shape}")
+    return a
+
+
+def _check_rows(name: str, m: int, *arrays: tuple[str, np.ndarray]) -> None:
+    for other, a in arrays:
+        if a.shape[0] != m:
+            raise ValueError(f"{name}: {other} has {a.shape[0]} rows, expected {m}")
+
+
+def _grouped_rows(group: Any, m: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """group [M] -> (rows [M'] that belong to a group, codes [M'] in 0..G-1). Negative ints = no group."""
+    g = as_numpy(group).reshape(-1)
+    if g.shape[0] != m:
+        raise ValueError(f"{name}: group has {g.shape[0]} entries, expected {m}")
+    rows = np.arange(m)
+    if np.issubdtype(g.dtype, np.integer):
+        rows = rows[g >= 0]
+        g = g[g >= 0]
+    codes, _ = group_codes(g)
+    return rows, codes
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """All within-group pairs (i < j) of M samples: i, j [P] row indices; group [P] in 0..n_groups-1,
+    numbering (in sorted key order) only the groups that have at least one pair."""
+
+    i: np.ndarray
+    j: np.ndarray
+    group: np.ndarray
+    n_groups: int
+
+
+def within_group_pairs(group: Any) -> Pairs:
+    """Every unordered pair of samples sharing a group, vectorised by group size.
+
+    Groups are small (a passage has a handful of performances) but numerous, so rather than loop
+    over groups we loop over the few distinct group *sizes*: for size k, ``triu_indices(k, 1)`` gives
+    the pair offsets, added to the start row of every group of that size.
+    """
+    g = as_numpy(group).reshape(-1)
+    rows, codes = _grouped_rows(g, g.shape[0], "within_group_pairs")
+    n_all = int(codes.max()) + 1 if codes.size else 0
+    order = rows[np.argsort(codes, kind="stable")]
+    sorted_codes = np.sort(codes, kind="stable")
+    starts = np.searchsorted(sorted_codes, np.arange(n_all))
+    sizes = np.bincount(codes, minlength=n_all)
+    # Renumber so that only groups with >= 1 pair exist: a passage with one performance says nothing
+    # about ranking and must not dilute the bootstrap.
+    compact = np.cumsum(sizes >= 2) - 1
+    n_groups = int((sizes >= 2).sum())
+    ii, jj, gg = [], [], []
+    for k in np.unique(sizes):
+        if k < 2:
+            continue
+        which = np.flatnonzero(sizes == k)
+        a, b = np.triu_indices(int(k), 1)
+        base = starts[which][:, None]
+        ii.append(order[(base + a).ravel()])
+        jj.append(order[(base + b).ravel()])
+        gg.append(np.repeat(compact[which], a.size))
+    if not ii:
+        empty = np.zeros(0, dtype=np.int64)
+        return Pairs(empty, empty, empty, n_groups)
+    return Pairs(np.concatenate(ii), np.concatenate(jj), np.concatenate(gg), n_groups)
+
+
+@dataclass(frozen=True)
+class PairOutcomes:
+    """Per (pair, dimension) outcomes. correct [P, N] in {0, 0.5, 1}; valid [P, N] bool (label gap
+    reaches the threshold); pairs: the pairs the rows refer to."""
+
+    correct: np.ndarray
+    valid: np.ndarray
+    pairs: Pairs
+
+    def group_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(correct sums [G, N], valid counts [G, N]) per group, for the bootstrap."""
+        n_dims = self.correct.shape[1]
+        size = self.pairs.n_groups * n_dims
+        cell = (self.pairs.group[:, None] * n_dims + np.arange(n_dims)[None, :]).ravel()
+        s = np.bincount(cell, weights=(self.correct * self.valid).ravel(), minlength=size)
+        c = np.bincount(cell, weights=self.valid.ravel().astype(np.float64), minlength=size)
+        return s.reshape(-1, n_dims), c.reshape(-1, n_dims)
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(correct [V], group [V], dim [V]) over the valid entries: the input of
+        ``bootstrap.paired_bootstrap_gap`` (two models' outcomes on the same labels align entry by entry)."""
+        p, d = np.nonzero(self.valid)
+        return self.correct[p, d], self.pairs.group[p], d
+
+
+def pair_outcomes(pred: Any, target: Any, group: Any, *, threshold: float = 0.05) -> PairOutcomes:
+    """Score every within-group pair. pred, target [M, N] (or [M]); group [M]."""
+    p, t = _matrix(pred, "pred"), _matrix(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pairwise accuracy: pred has shape {p.shape}, target {t.shape}")
+    pairs = within_group_pairs(_group_for(group, p.shape[0], "pairwise accuracy"))
+    dt = t[pairs.i] - t[pairs.j]  # [P, N]
+    dp = p[pairs.i] - p[pairs.j]
+    valid = (np.abs(dt) >= threshold - GAP_TOLERANCE) & (dt != 0)
+    correct = np.where(dp == 0, 0.5, (np.sign(dp) == np.sign(dt)).astype(np.float64))
+    return PairOutcomes(correct, valid, pairs)
+
+
+def _group_for(group: Any, m: int, name: str) -> np.ndarray:
+    g = as_numpy(group).reshape(-1)
+    if g.shape[0] != m:
+        raise ValueError(f"{name}: group has {g.shape[0]} entries, expected {m}")
+    return g
+
+
+def _accuracy_from_sums(s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Per-dim accuracy from summed correct [..., N] and counts [..., N]; NaN where no pair."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c > 0, s / np.where(c > 0, c, 1.0), np.nan)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    return float(_nanmean_rows(np.asarray(x, dtype=np.float64).reshape(1, -1))[0])
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def pairwise_accuracy(
+    pred: Any,
+    target: Any,
+    group: Any,
+    *,
+    threshold: float = 0.05,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MetricResult:
+    """Within-group pairwise ranking accuracy (definition in the module docstring).
+
+    Args:
+        pred: [M, N] predicted scores (or [M]). target: [M, N] labels in [0, 1]. group: [M] passage key.
+    Returns:
+        mean over dimensions with >= 1 pair; per_dim [N] (NaN: no pair); ci by resampling groups;
+        n = valid (pair, dimension) entries; extra["n_pairs"] = within-group pairs considered.
+    """
+    out = pair_outcomes(pred, target, group, threshold=threshold)
+    s, c = out.group_sums()
+    per_dim = _accuracy_from_sums(s.sum(0), c.sum(0))
+
+    def stat(weights: np.ndarray) -> np.ndarray:
+        return _nanmean_rows(_accuracy_from_sums(weights @ s, weights @ c))
+
+    ci = group_bootstrap(stat, out.pairs.n_groups, n_boot=n_boot, seed=seed, alpha=alpha)
+    return MetricResult(
+        mean=_nanmean(per_dim),
+        per_dim=per_dim,
+        ci=ci,
+        n=int(c.sum()),
+        n_groups=out.pairs.n_groups,
+        extra={"n_pairs": int(out.pairs.i.size), "threshold": float(threshold)},
+    )
+
+
+def r2(
+    pred: Any,
+    target: Any,
+    group: Any = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MetricResult:
+    """Coefficient of determination: sklearn ``r2_score`` per dimension, uniform mean over dimensions.
+
+    Args:
+        pred, target: [M, N] (or [M]). group: [M] keys for the bootstrap (None: every sample its own group).
+    The bootstrap recomputes R2 = 1 - SS_res / SS_tot from per-group sums of y, y^2, (y - p)^2 and
+    counts (SS_tot = sum y^2 - (sum y)^2 / n), so it stays vectorised; resamples where a dimension's
+    target is constant give NaN there and are skipped in that resample's mean.
+    """
+    p, t = _matrix(pred, "pred"), _matrix(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"r2: pred has shape {p.shape}, target {t.shape}")
+    m = p.shape[0]
+    if m < 2:
+        nan_dims = np.full(p.shape[1], np.nan)
+        return MetricResult(float("nan"), nan_dims, NAN_INTERVAL, m)
+    per_dim = np.asarray(r2_score(t, p, multioutput="raw_values"), dtype=np.float64)
+    codes, n_groups = group_codes(np.arange(m) if group is None else _group_for(group, m, "r2"))
+    n_dims = p.shape[1]
+    count = np.bincount(codes, minlength=n_groups).astype(np.float64)[:, None]  # [G, 1]
+
+    def gsum(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((n_groups, n_dims))
+        np.add.at(out, codes, v)
+        return out
+
+    sy, syy, sres = gsum(t), gsum(t * t), gsum((t - p) ** 2)
+
+    def stat(weights: np.ndarray) -> np.ndarray:
+        n = weights @ count
+        tot = weights @ syy - (weights @ sy) ** 2 / np.maximum(n, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.where(tot > 1e-12, 1.0 - (weights @ sres) / tot, np.nan)
+        return _nanmean_rows(score)
+
+    ci = group_bootstrap(stat, n_groups, n_boot=n_boot, seed=seed, alpha=alpha)
+    return MetricResult(float(per_dim.mean()), per_dim, ci, m, n_groups)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rho (average ranks for ties); NaN when either side is constant or fewer than 2 points."""
+    if x.size < 2:
+        return float("nan")
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+
+def spearman_difficulty(
+    pred: Any,
+    grade: Any,
+    group: Any = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MetricResult:
+    """Spearman rho between a predicted difficulty [P] and the pieces' grades [P].
+
+    group: [P] keys for the bootstrap (None: every piece its own group, i.e. resample pieces).
+    """
+    x = as_numpy(pred).astype(np.float64).reshape(-1)
+    y = as_numpy(grade).astype(np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman_difficulty: pred has {x.size} entries, grade {y.size}")
+    groups = np.arange(x.size) if group is None else _group_for(group, x.size, "spearman_difficulty")
+    rho = _spearman(x, y)
+    ci = (
+        row_bootstrap(lambda rows: _spearman(x[rows], y[rows]), groups, n_boot=n_boot, seed=seed, alpha=alpha)
+        if x.size >= 2
+        else NAN_INTERVAL
+    )
+    return MetricResult(rho, None, ci, int(x.size), group_codes(groups)[1])
+
+
+@dataclass(frozen=True)
+class RobustnessResult:
+    """drop: relative drop in pairwise accuracy (clean - aug) / clean, per dim and mean (the
+    selection veto is drop > 0.15); pearson: Pearson r between clean and augmented predictions
+    (mean = over all M*N entries flattened, per_dim = per dimension); clean / augmented: the two
+    pairwise accuracies on the same pairs."""
+
+    drop: MetricResult
+    pearson: MetricResult
+    clean: MetricResult
+    augmented: MetricResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in ("drop", "pearson", "clean", "augmented")}
+
+
+def _pearson_from_sums(n, sx, sy, sxx, syy, sxy):  # type: ignore[no-untyped-def]
+    """Pearson r from (weighted) sums, elementwise; NaN where a side has no variance."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sy / n
+        vx = sxx - sx * sx / n
+        vy = syy - sy * sy / n
+        return np.where((vx > 1e-12) & (vy > 1e-12), cov / np.sqrt(np.maximum(vx * vy, 1e-300)), np.nan)
+
+
+def robustness(
+    pred_clean: Any,
+    pred_aug: Any,
+    target: Any,
+    group: Any,
+    *,
+    threshold: float = 0.05,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> RobustnessResult:
+    """How much augmentation hurts: pairwise accuracy of clean vs augmented predictions of the same
+    segments, and how well the two predictions agree.
+
+    Args:
+        pred_clean, pred_aug: [M, N] predictions for each segment and its augmented twin (same row).
+        target: [M, N] labels. group: [M] passage keys.
+    The drop is the relative drop of the mean accuracies, (clean - aug) / clean; per_dim uses each
+    dimension's accuracies. CIs resample groups; each resample recomputes both accuracies and the
+    Pearson sums from per-group sums.
+    """
+    pc, pa, t = _matrix(pred_clean, "pred_clean"), _matrix(pred_aug, "pred_aug"), _matrix(target, "target")
+    if not (pc.shape == pa.shape == t.shape):
+        raise ValueError(f"robustness: shapes differ: clean {pc.shape}, aug {pa.shape}, target {t.shape}")
+    oc = pair_outcomes(pc, t, group, threshold=threshold)
+    oa = pair_outcomes(pa, t, group, threshold=threshold)
+    sc, cnt = oc.group_sums()
+    sa, _ = oa.group_sums()
+    n_groups = pairs_groups = oc.pairs.n_groups
+
+    acc_c = _accuracy_from_sums(sc.sum(0), cnt.sum(0))
+    acc_a = _accuracy_from_sums(sa.sum(0), cnt.sum(0))
+    mean_c, mean_a = _nanmean(acc_c), _nanmean(acc_a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop_dim = (acc_c - acc_a) / acc_c
+    drop = (mean_c - mean_a) / mean_c if mean_c > 0 else float("nan")
+
+    def drop_stat(weights: np.ndarray) -> np.ndarray:
+        c_ = _nanmean_rows(_accuracy_from_sums(weights @ sc, weights @ cnt))
+        a_ = _nanmean_rows(_accuracy_from_sums(weights @ sa, weights @ cnt))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(c_ > 0, (c_ - a_) / c_, np.nan)
+
+    drop_ci = group_bootstrap(drop_stat, pairs_groups, n_boot=n_boot, seed=seed, alpha=alpha)
+
+    # Pearson: per-group sums over the samples that have a group (all rows when keys are not ints).
+    rows, codes = _grouped_rows(group, pc.shape[0], "robustness")
+    n_sample_groups = int(codes.max()) + 1 if codes.size else 0
+    x, y = pc[rows], pa[rows]
+
+    def gsum(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((n_sample_groups, v.shape[1]))
+        np.add.at(out, codes, v)
+        return out
+
+    cnt_s = np.bincount(codes, minlength=n_sample_groups).astype(np.float64)[:, None]
+    sums = [gsum(v) for v in (x, y, x * x, y * y, x * y)]  # each [G, N]
+    n_dims = pc.shape[1]
+
+    def pearson_dims(w: np.ndarray) -> np.ndarray:
+        n = w @ cnt_s
+        sx, sy, sxx, syy, sxy = (w @ s for s in sums)
+        return _pearson_from_sums(n, sx, sy, sxx, syy, sxy)
+
+    def pearson_flat(w: np.ndarray) -> np.ndarray:
+        n = (w @ cnt_s)[:, 0] * n_dims
+        sx, sy, sxx, syy, sxy = ((w @ s).sum(axis=1) for s in sums)
+        return _pearson_from_sums(n, sx, sy, sxx, syy, sxy)
+
+    ones = np.ones((1, n_sample_groups))
+    r_dims = pearson_dims(ones)[0]
+    r_flat = float(pearson_flat(ones)[0]) if rows.size >= 2 else float("nan")
+    r_ci = group_bootstrap(pearson_flat, n_sample_groups, n_boot=n_boot, seed=seed, alpha=alpha)
+
+    def acc_result(acc: np.ndarray, s: np.ndarray) -> MetricResult:
+        def stat(w: np.ndarray) -> np.ndarray:
+            return _nanmean_rows(_accuracy_from_sums(w @ s, w @ cnt))
+
+        ci = group_bootstrap(stat, pairs_groups, n_boot=n_boot, seed=seed, alpha=alpha)
+        return MetricResult(_nanmean(acc), acc, ci, int(cnt.sum()), n_groups)
+
+    return RobustnessResult(
+        drop=MetricResult(float(drop), drop_dim, drop_ci, int(cnt.sum()), n_groups),
+        pearson=MetricResult(r_flat, r_dims, r_ci, int(rows.size), n_sample_groups),
+        clean=acc_result(acc_c, sc),
+        augmented=acc_result(acc_a, sa),
+    )
+
+
+def competition_spearman(
+    score: Any,
+    placement: Any,
+    round_id: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MetricResult:
+    """Per competition round, Spearman rho between the predicted score and -placement.
+
+    Args:
+        score: [M] predicted quality. placement: [M] final placement (1 = best). round_id: [M] round key.
+    Returns:
+        mean rho over rounds with a defined rho (>= 2 entries, neither side constant); a model that
+        ranks the winner highest scores +1. extra["per_round"] = {round key: rho (None if undefined)}.
+        The CI resamples rounds.
+    """
+    s = as_numpy(score).astype(np.float64).reshape(-1)
+    pl = as_numpy(placement).astype(np.float64).reshape(-1)
+    rid = as_numpy(round_id).reshape(-1)
+    if not (s.size == pl.size == rid.size):
+        raise ValueError(f"competition_spearman: score {s.size}, placement {pl.size}, round_id {rid.size} entries")
+    keys, codes = group_keys(rid)
+    n_rounds = len(keys)
+    rho = np.array([_spearman(s[codes == r], -pl[codes == r]) for r in range(n_rounds)])
+    ok = np.isfinite(rho)
+    rho_ok = rho[ok]
+
+    def stat(weights: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (weights @ rho_ok) / weights.sum(axis=1)
+
+    ci = group_bootstrap(stat, int(ok.sum()), n_boot=n_boot, seed=seed, alpha=alpha)
+    mean = float(rho_ok.mean()) if rho_ok.size else float("nan")
+    per_round = {str(k): _float(v) for k, v in zip(keys, rho)}
+    return MetricResult(mean, None, ci, int(ok.sum()), int(ok.sum()), {"per_round": per_round})
+
+
+def _auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC via the rank-sum (Mann-Whitney) identity, ties counted 1/2 (equals sklearn's
+    ``roc_auc_score``); NaN when one class is absent."""
+    n1 = int(positive.sum())
+    n0 = positive.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def stop_auc(
+    score: Any,
+    stopped: Any,
+    group: Any = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MetricResult:
+    """ROC AUC of ``score`` [M] for the binary ``stopped`` [M] (1 = the teacher stopped the student);
+    NaN if only one class is present. group: [M] bootstrap keys (None: resample samples)."""
+    s = as_numpy(score).astype(np.float64).reshape(-1)
+    y = as_numpy(stopped).reshape(-1).astype(np.float64)
+    if s.size != y.size:
+        raise ValueError(f"stop_auc: score has {s.size} entries, stopped {y.size}")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("stop_auc: stopped must be binary (0/1)")
+    pos = y == 1
+    auc = _auc(s, pos)
+    groups = np.arange(s.size) if group is None else _group_for(group, s.size, "stop_auc")
+    ci = (
+        row_bootstrap(lambda rows: _auc(s[rows], pos[rows]), groups, n_boot=n_boot, seed=seed, alpha=alpha)
+        if math.isfinite(auc)
+        else NAN_INTERVAL
+    )
+    return MetricResult(auc, None, ci, int(s.size), group_codes(groups)[1], {"n_positive": int(pos.sum())})
+
+
+def evaluate(
+    pred_regression: Any,
+    pred_scores: Any,
+    target: Any,
+    group: Any,
+    *,
+    threshold: float = 0.05,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, MetricResult]:
+    """The validation bundle for labelled segments. pred_regression, pred_scores, target [M, N]; group [M].
+
+    Keys: "pairwise_accuracy" (ranking heads; the selection metric), "pairwise_accuracy_regression"
+    (regression outputs ranked), "pairwise_accuracy_t0" (ranking heads, threshold 0), "r2"
+    (regression outputs). ``evaluation_to_dict`` makes it JSON-serialisable.
+    """
+    boot = {"n_boot": n_boot, "seed": seed}
+    return {
+        "pairwise_accuracy": pairwise_accuracy(pred_scores, target, group, threshold=threshold, **boot),
+        "pairwise_accuracy_regression": pairwise_accuracy(pred_regression, target, group, threshold=threshold, **boot),
+        "pairwise_accuracy_t0": pairwise_accuracy(pred_scores, target, group, threshold=0.0, **boot),
+        "r2": r2(pred_regression, target, group, **boot),
+    }
+
+
+def evaluation_to_dict(results: dict[str, Any]) -> dict[str, Any]:
+    """{name: MetricResult | RobustnessResult} -> nested JSON-safe dict."""
+    return {k: v.to_dict() if hasattr(v, "to_dict") else _json_safe(v) for k, v in results.items()}
