@@ -1,0 +1,326 @@
+"""TrackGapScheduler driven by scripted result streams, fake trials and a fake controller (no cluster).
+
+The fake controller does what Ray's TuneController does with a decision: PAUSE -> status PAUSED;
+STOP -> ``stop_trial`` (which calls ``on_trial_complete`` for a RUNNING trial, ``on_trial_remove`` for a
+PAUSED/PENDING one); and it resumes only what ``choose_trial_to_run`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers.trial_scheduler import TrialScheduler
+
+from pianoray.protocol.decisions import Decision
+from pianoray.protocol.scheduler import TrackGapScheduler
+
+CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
+METRIC = "val/pairwise_accuracy"
+
+
+class FakeTrial:
+    def __init__(self, experiment: str, track: str, role: str = "candidate", trial_id: str | None = None):
+        self.trial_id = trial_id or f"id-{experiment}"
+        self.config = {"experiment": experiment, "track": track, "role": role}
+        self.status = Trial.PENDING
+        self.is_saving = False
+
+    def __repr__(self) -> str:
+        return self.config["experiment"]
+
+
+class FakeController:
+    def __init__(self, scheduler: TrackGapScheduler, trials: list[FakeTrial]):
+        self.scheduler = scheduler
+        self.trials: list[FakeTrial] = []
+        for t in trials:
+            self.add(t)
+
+    def add(self, trial: FakeTrial) -> None:
+        self.trials.append(trial)
+        self.scheduler.on_trial_add(self, trial)
+
+    def get_trials(self):
+        return list(self.trials)
+
+    def stop_trial(self, trial: FakeTrial) -> None:
+        if trial.status in (Trial.TERMINATED, Trial.ERROR):
+            return
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+        else:
+            self.scheduler.on_trial_complete(self, trial, {})
+        trial.status = Trial.TERMINATED
+
+    def report(self, trial: FakeTrial, epoch: int, metric: float, **extra) -> str:
+        assert trial.status in (Trial.PENDING, Trial.RUNNING), f"{trial} reported while {trial.status}"
+        trial.status = Trial.RUNNING
+        action = self.scheduler.on_trial_result(self, trial, {"epoch": epoch, METRIC: metric, **extra})
+        if action == PAUSE:
+            trial.status = Trial.PAUSED
+        elif action == STOP:
+            self.stop_trial(trial)
+        return action
+
+    def error(self, trial: FakeTrial) -> None:
+        trial.status = Trial.RUNNING
+        self.scheduler.on_trial_error(self, trial)
+        trial.status = Trial.ERROR
+
+    def resumable(self) -> set[str]:
+        """Every trial choose_trial_to_run would hand back, taking each one in turn (as Tune does)."""
+        out = set()
+        while (t := self.scheduler.choose_trial_to_run(self)) is not None and t.config["experiment"] not in out:
+            out.add(t.config["experiment"])
+            t.status = Trial.RUNNING  # started: choose_trial_to_run moves on to the next one
+        return out
+
+
+def setup(*specs, **kw):
+    log: list[Decision] = []
+    sched = TrackGapScheduler(metric=METRIC, rungs=kw.pop("rungs", [5, 10]), on_decision=log.append, **kw)
+    trials = {s[0]: FakeTrial(*s) for s in specs}
+    return sched, FakeController(sched, list(trials.values())), trials, log
+
+
+def by_exp(decisions):
+    return {d.experiment: d for d in decisions}
+
+
+def test_sync_pauses_until_track_reported_then_stops_losers_and_resumes_winners():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), ("A3", "audio"))
+    assert tc.report(t["A1"], 4, 0.70) == CONTINUE  # before the rung
+    assert tc.report(t["A1"], 5, 0.80) == PAUSE
+    assert tc.report(t["A2"], 5, 0.65) == PAUSE
+    assert log == []
+    assert tc.report(t["A3"], 5, 0.70) == CONTINUE  # exactly 10 points behind: within
+    d = by_exp(log)
+    assert {k: v.decision for k, v in d.items()} == {"A1": "continue", "A2": "stop", "A3": "continue"}
+    assert t["A2"].status == Trial.TERMINATED and "A1" in d["A2"].reason and d["A2"].leader == "A1"
+    assert tc.resumable() == {"A1"}  # the paused winner comes back through choose_trial_to_run
+    assert tc.report(t["A1"], 6, 0.81) == CONTINUE
+
+
+def test_all_within_gap_all_continue():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    assert tc.report(t["A1"], 5, 0.72) == PAUSE
+    assert tc.report(t["A2"], 5, 0.80) == CONTINUE
+    assert [d.decision for d in log] == ["continue", "continue"]
+    assert tc.resumable() == {"A1"}
+
+
+def test_tie_is_within_gap():
+    sched, tc, t, log = setup(("S1", "symbolic"), ("S2", "symbolic"))
+    tc.report(t["S1"], 5, 0.7)
+    assert tc.report(t["S2"], 5, 0.7) == CONTINUE
+    assert all(d.decision == "continue" for d in log) and by_exp(log)["S2"].gap_points == 0.0
+
+
+def test_track_with_one_candidate_continues_without_waiting():
+    sched, tc, t, log = setup(("A1", "audio"), ("S1", "symbolic"))
+    assert tc.report(t["S1"], 5, 0.40) == CONTINUE  # does not wait for the audio track
+    assert len(log) == 1 and log[0].decision == "continue" and "leads" in log[0].reason
+
+
+def test_errored_trial_no_longer_blocks_the_rung():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), ("A3", "audio"))
+    assert tc.report(t["A1"], 5, 0.80) == PAUSE
+    assert tc.report(t["A2"], 5, 0.60) == PAUSE
+    tc.error(t["A3"])  # the last one due errors: the rung is decided without it
+    assert {d.experiment: d.decision for d in log} == {"A1": "continue", "A2": "stop"}
+    assert t["A2"].status == Trial.TERMINATED
+    assert tc.resumable() == {"A1"}
+
+
+def test_removed_pending_trial_no_longer_blocks_the_rung():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    assert tc.report(t["A1"], 5, 0.80) == PAUSE
+    tc.stop_trial(t["A2"])  # PENDING trial removed -> on_trial_remove
+    assert [d.experiment for d in log] == ["A1"] and tc.resumable() == {"A1"}
+
+
+def test_late_arrival_is_judged_against_the_recorded_leader():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    tc.report(t["A1"], 5, 0.80)
+    tc.report(t["A2"], 5, 0.75)
+    late_bad, late_good = FakeTrial("A3", "audio"), FakeTrial("A4", "audio")
+    tc.add(late_bad)
+    tc.add(late_good)
+    assert tc.report(late_bad, 5, 0.65) == STOP  # no pause: the rung was decided at leader 0.80
+    d = by_exp(log)["A3"]
+    assert d.leader == "A1" and d.leader_metric == 0.80 and d.gap_points == pytest.approx(15.0)
+    assert tc.report(late_good, 5, 0.85) == CONTINUE  # better than the recorded leader: continues
+
+
+def test_retried_trial_rejoins_as_late_arrival():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    tc.report(t["A1"], 5, 0.80)
+    tc.error(t["A2"])  # Tune requeues a trial with retries left: on_trial_error then on_trial_add
+    t["A2"].status = Trial.PENDING
+    sched.on_trial_add(tc, t["A2"])
+    assert tc.report(t["A2"], 5, 0.50) == STOP and by_exp(log)["A2"].leader == "A1"
+
+
+def test_nan_metric_is_stopped_and_never_leads():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    tc.report(t["A1"], 5, float("nan"))
+    assert tc.report(t["A2"], 5, 0.30) == CONTINUE
+    d = by_exp(log)
+    assert d["A1"].decision == "stop" and "metric is NaN" in d["A1"].reason
+    assert d["A2"].leader == "A2" and t["A1"].status == Trial.TERMINATED
+
+
+def test_missing_metric_counts_as_nan():
+    sched, tc, t, log = setup(("A1", "audio"))
+    assert sched.on_trial_result(tc, t["A1"], {"epoch": 5}) == STOP
+    assert math.isnan(log[0].metric)
+
+
+def test_reference_never_leads_but_can_be_stopped():
+    sched, tc, t, log = setup(("ref", "audio", "reference"), ("A1", "audio"), ("A2", "audio"), ("A3", "audio"))
+    tc.report(t["ref"], 5, 0.95)
+    tc.report(t["A1"], 5, 0.70)
+    tc.report(t["A2"], 5, 0.64)
+    assert tc.report(t["A3"], 5, 0.40) == STOP
+    d = by_exp(log)
+    assert {k: v.decision for k, v in d.items()} == {"ref": "continue", "A1": "continue", "A2": "continue", "A3": "stop"}
+    assert all(v.leader == "A1" for v in d.values())
+    assert tc.resumable() == {"ref", "A1", "A2"}
+
+
+def test_two_tracks_are_decided_independently():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), ("S1", "symbolic"), ("S2", "symbolic"))
+    assert tc.report(t["A1"], 5, 0.95) == PAUSE
+    assert tc.report(t["S1"], 5, 0.60) == PAUSE
+    assert tc.report(t["S2"], 5, 0.45) == STOP  # symbolic decided while audio still waits for A2
+    assert {d.experiment for d in log} == {"S1", "S2"} and by_exp(log)["S1"].decision == "continue"
+    assert tc.report(t["A2"], 5, 0.90) == CONTINUE
+    assert by_exp(log)["A1"].decision == "continue" and tc.resumable() == {"A1", "S1"}
+
+
+def test_second_rung_and_skipped_epochs():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), rungs=[5, 10])
+    tc.report(t["A1"], 5, 0.8)
+    tc.report(t["A2"], 5, 0.75)
+    tc.resumable()
+    assert tc.report(t["A1"], 12, 0.85) == PAUSE  # jumped past rung 10: judged there with this metric
+    assert tc.report(t["A2"], 10, 0.70) == STOP
+    assert [d.event_id for d in log][-2:] == ["rung10:A1", "rung10:A2"]
+
+
+def test_running_loser_is_stopped_at_its_next_report():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    tc.report(t["A1"], 5, 0.5)
+    t["A1"].status = Trial.RUNNING  # e.g. its pause had not been applied yet
+    assert tc.report(t["A2"], 5, 0.9) == CONTINUE
+    assert by_exp(log)["A1"].decision == "stop" and t["A1"].status == Trial.RUNNING
+    assert tc.report(t["A1"], 6, 0.5) == STOP
+
+
+def test_async_decides_at_once_against_best_so_far():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), ("A3", "audio"), sync=False)
+    assert tc.report(t["A1"], 5, 0.60) == CONTINUE  # leads so far
+    assert tc.report(t["A2"], 5, 0.80) == CONTINUE
+    assert tc.report(t["A3"], 5, 0.65) == STOP
+    assert [d.mode for d in log] == ["async"] * 3 and by_exp(log)["A3"].leader == "A2"
+
+
+def test_every_decision_reaches_on_decision_once_and_is_logged(caplog):
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    with caplog.at_level(logging.INFO, logger="pianoray.protocol.scheduler"):
+        tc.report(t["A1"], 5, 0.8)
+        tc.report(t["A2"], 5, 0.6)
+    assert sorted(d.event_id for d in log) == ["rung5:A1", "rung5:A2"]
+    assert sched.decisions == log
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("rung5:A2 STOP" in line and "gap" in line for line in lines)
+
+
+def _uninterrupted_run():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), ("A3", "audio"))
+    for exp, m in [("A1", 0.8), ("A2", 0.6), ("A3", 0.75)]:
+        tc.report(t[exp], 5, m)
+    tc.resumable()
+    for exp, m in [("A1", 0.85), ("A3", 0.70)]:
+        tc.report(t[exp], 10, m)
+    return log
+
+
+def test_prior_decisions_are_reapplied_after_resume():
+    full = _uninterrupted_run()
+    prior = [d for d in full if d.rung == 5]  # the run died between rung 5 and rung 10
+    log: list[Decision] = []
+    sched = TrackGapScheduler(metric=METRIC, rungs=[5, 10], on_decision=log.append, prior_decisions=prior)
+    # New trial ids (a fresh Tuner): decisions are keyed by experiment.
+    t = {e: FakeTrial(e, "audio", trial_id=f"new-{e}") for e in ("A1", "A2", "A3")}
+    tc = FakeController(sched, list(t.values()))
+    assert tc.report(t["A2"], 6, 0.99) == STOP  # stopped at rung 5 before: stopped again at once
+    assert tc.report(t["A1"], 6, 0.82) == CONTINUE  # rung 5 not re-decided, no waiting
+    assert tc.report(t["A1"], 10, 0.85) == PAUSE
+    assert tc.report(t["A3"], 10, 0.70) == STOP  # 15 points behind, as in the uninterrupted run
+    assert [d.event_id for d in log] == ["rung10:A1", "rung10:A3"]  # only new decisions are written
+    key = lambda d: (d.event_id, d.decision, d.leader, d.leader_metric)  # noqa: E731
+    assert sorted(map(key, sched.decisions)) == sorted(map(key, full))
+
+
+def test_prior_decisions_judge_late_arrivals_with_the_recorded_leader():
+    prior = [d for d in _uninterrupted_run() if d.rung == 5]
+    log: list[Decision] = []
+    sched = TrackGapScheduler(metric=METRIC, rungs=[5, 10], on_decision=log.append, prior_decisions=prior + prior)
+    assert len(sched.decisions) == len(prior)  # duplicates in the ledger are ignored
+    tc = FakeController(sched, [FakeTrial("A4", "audio")])
+    assert tc.report(tc.trials[0], 5, 0.69) == STOP and log[0].leader_metric == 0.8
+
+
+def test_noise_guard_keeps_trial_whose_gap_interval_crosses_threshold():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(6), 10)
+    a = (rng.random(60) < 0.8).astype(float)
+    b = (rng.random(60) < 0.68).astype(float)
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), noise_guard=True)
+    tc.report(t["A1"], 5, a.mean(), **{"val/pair_correct": a.tolist(), "val/pair_group": groups.tolist()})
+    action = tc.report(t["A2"], 5, a.mean() - 0.12, **{"val/pair_correct": b.tolist(), "val/pair_group": groups.tolist()})
+    d = by_exp(log)["A2"]
+    assert action == CONTINUE and d.decision == "continue" and d.gap_points > 10.0 and d.gap_ci[0] <= 10.0
+
+
+def test_invalid_arguments_and_configs_are_named():
+    with pytest.raises(ValueError, match="rungs"):
+        TrackGapScheduler(rungs=[10, 5])
+    with pytest.raises(ValueError, match="gap"):
+        TrackGapScheduler(gap=0)
+    sched = TrackGapScheduler()
+    bad = FakeTrial("A1", "audio")
+    del bad.config["track"]
+    with pytest.raises(ValueError, match="config\\['track'\\]"):
+        sched.on_trial_add(None, bad)
+    sched.on_trial_add(None, FakeTrial("A1", "audio", trial_id="x"))
+    with pytest.raises(ValueError, match="share config\\['experiment'\\]='A1'"):
+        sched.on_trial_add(None, FakeTrial("A1", "audio", trial_id="y"))
+    assert sched.set_search_properties("val/pairwise_accuracy", "max") is True
+    assert sched.set_search_properties("val/loss", None) is False
+    assert not TrackGapScheduler().supports_buffered_results
+
+
+def test_rung_waiting_on_a_trial_that_is_stopped_at_an_earlier_rung_is_released():
+    prior = [d for d in _uninterrupted_run() if d.rung == 5]
+    sched = TrackGapScheduler(metric=METRIC, rungs=[5, 10], prior_decisions=prior)
+    a1, a3, a4 = FakeTrial("A1", "audio"), FakeTrial("A3", "audio"), FakeTrial("A4", "audio")
+    tc = FakeController(sched, [a1, a3, a4])
+    assert tc.report(a3, 10, 0.84) == PAUSE
+    assert tc.report(a1, 10, 0.85) == PAUSE  # both wait for the newcomer A4 to reach rung 10 (or leave)
+    assert tc.report(a4, 5, 0.50) == STOP  # A4 fails rung 5 against the recorded leader ...
+    assert {d.experiment for d in sched.decisions if d.rung == 10} == {"A1", "A3"}  # ... releasing rung 10
+    assert tc.resumable() == {"A1", "A3"}
+
+
+def test_loser_still_saving_its_pause_checkpoint_is_stopped_through_the_controller():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"))
+    tc.report(t["A1"], 5, 0.5)
+    t["A1"].status, t["A1"].is_saving = Trial.RUNNING, True  # Tune: pause requested, checkpoint in flight
+    assert tc.report(t["A2"], 5, 0.9) == CONTINUE
+    assert t["A1"].status == Trial.TERMINATED and by_exp(log)["A1"].decision == "stop"
