@@ -1,0 +1,195 @@
+"""Symbolic features from a NoteTable (REMI tokens, note graphs, continuous curves) and their views.
+
+Registers four views (``pianoray.data.views``):
+  remi          inputs["remi"] long [B, L] (PAD = tokenizer pad id 0), inputs["remi_mask"] bool [B, L]
+  graph         inputs["graph"] a PyG ``Batch`` of ``Data`` (x [N,6], edge_index, edge_type, edge_attr [E,5])
+  hetero_graph  inputs["hetero_graph"] a PyG ``Batch`` of ``HeteroData`` (node type "note")
+  curves        inputs["curves"] float [B, T, C], inputs["curves_mask"] bool [B, T]
+
+``load(ctx)`` reads ``ctx.row["perf_midi"]`` (relative paths are relative to ``ctx.corpus.root``) and
+``ctx.row["perf_midi_sha"]``. Features come from ``ctx.corpus.symbolic_cache`` (a ``SymbolicCache``) when
+one is attached and holds the sha; otherwise they are computed and memoised in this process (LRU by
+sha). Each sample is cropped to ``ctx.max_len`` (tokens / notes / frames): a random window in training,
+the start of the segment in evaluation.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pianoray.data.midi import file_sha256, load_notes
+from pianoray.data.symbolic.cache import (
+    FEATURE_KINDS,
+    SymbolicCache,
+    SymbolicCacheReport,
+    SymbolicFeatureConfig,
+    build_symbolic_cache,
+    compute_feature,
+)
+from pianoray.data.symbolic.curves import CURVE_CHANNELS, CurveConfig, compute_curves
+from pianoray.data.symbolic.graphs import (
+    EDGE_ATTR_DIM,
+    EDGE_TYPES,
+    HETERO_RELATIONS,
+    NODE_FEATURES,
+    GraphConfig,
+    build_graph,
+    build_hetero_graph,
+    graph_from_arrays,
+    hetero_graph_from_arrays,
+)
+from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
+from pianoray.data.views import SegmentContext, View, register_view
+
+__all__ = [
+    "CURVE_CHANNELS", "EDGE_ATTR_DIM", "EDGE_TYPES", "FEATURE_KINDS", "HETERO_RELATIONS", "NODE_FEATURES",
+    "CurveConfig", "GraphConfig", "RemiConfig", "RemiTokenizer", "SymbolicCache", "SymbolicCacheReport",
+    "SymbolicFeatureConfig", "build_graph", "build_hetero_graph", "build_symbolic_cache", "compute_curves",
+    "crop_graph_arrays", "crop_window", "symbolic_arrays",
+]
+
+MEMO_SIZE = 512  # (sha, kind) entries kept per process when no cache is attached
+
+
+class _Memo:
+    """In-process LRU of computed features keyed by (sha, kind)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._default_config = SymbolicFeatureConfig()
+        self._tokenizer: RemiTokenizer | None = None
+
+    def get(self, sha: str, kind: str, path: Path) -> Any:
+        key = (sha, kind)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        if self._tokenizer is None:
+            self._tokenizer = RemiTokenizer(self._default_config.remi)
+        value = compute_feature(load_notes(path), kind, self._default_config, self._tokenizer)
+        self._items[key] = value
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+_MEMO = _Memo(MEMO_SIZE)
+
+
+def _midi_path(ctx: SegmentContext) -> Path:
+    try:
+        p = Path(ctx.row["perf_midi"])
+    except KeyError:
+        raise KeyError(f"segment {ctx.row.get('segment_id')!r}: manifest row has no 'perf_midi'") from None
+    root = getattr(ctx.corpus, "root", None)
+    return p if p.is_absolute() or root is None else Path(root) / p
+
+
+def symbolic_arrays(ctx: SegmentContext, kind: str) -> Any:
+    """The uncropped arrays of one feature kind for the segment's performance MIDI."""
+    path = _midi_path(ctx)
+    sha = ctx.row.get("perf_midi_sha") or file_sha256(path)
+    cache = getattr(ctx.corpus, "symbolic_cache", None)
+    if cache is not None and cache.has(sha):
+        return cache.get_arrays(sha, kind)
+    return _MEMO.get(sha, kind, path)
+
+
+def crop_window(length: int, max_len: int, train: bool, rng: np.random.Generator) -> tuple[int, int]:
+    """[start, stop) of a window of at most max_len: random start in training, 0 in evaluation."""
+    if length <= max_len:
+        return 0, length
+    start = int(rng.integers(0, length - max_len + 1)) if train else 0
+    return start, start + max_len
+
+
+def crop_graph_arrays(arrays: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Keep notes [start, stop) and the edges between them (indices renumbered, onsets re-zeroed).
+
+    Works for both graph layouts: every ``*edge_index`` key is cropped with its matching attributes.
+    """
+    x = arrays["x"][start:stop].copy()
+    if len(x):
+        x[:, NODE_FEATURES.index("onset")] -= x[0, NODE_FEATURES.index("onset")]
+    out = {"x": x}
+    for key, ei in arrays.items():
+        if not key.endswith("edge_index"):
+            continue
+        prefix = key[: -len("edge_index")]
+        keep = (ei[0] >= start) & (ei[0] < stop) & (ei[1] >= start) & (ei[1] < stop)
+        out[key] = ei[:, keep] - start
+        for other in (f"{prefix}edge_type", f"{prefix}edge_attr"):
+            if other in arrays:
+                out[other] = arrays[other][keep]
+    return out
+
+
+def _load_remi(ctx: SegmentContext) -> np.ndarray:
+    ids = symbolic_arrays(ctx, "remi")
+    a, b = crop_window(len(ids), ctx.max_len, ctx.train, ctx.rng)
+    return ids[a:b]
+
+
+def _collate_remi(items: list[np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    longest = max(1, max(len(i) for i in items))
+    ids = torch.zeros(len(items), longest, dtype=torch.long)  # 0 = PAD in RemiTokenizer
+    mask = torch.zeros(len(items), longest, dtype=torch.bool)
+    for b, item in enumerate(items):
+        ids[b, : len(item)] = torch.from_numpy(np.asarray(item, dtype=np.int64))
+        mask[b, : len(item)] = True
+    return {"remi": ids, "remi_mask": mask}
+
+
+def _load_graph(ctx: SegmentContext):
+    arrays = symbolic_arrays(ctx, "graph")
+    a, b = crop_window(len(arrays["x"]), ctx.max_len, ctx.train, ctx.rng)
+    return graph_from_arrays(crop_graph_arrays(arrays, a, b))
+
+
+def _load_hetero_graph(ctx: SegmentContext):
+    arrays = symbolic_arrays(ctx, "hetero_graph")
+    a, b = crop_window(len(arrays["x"]), ctx.max_len, ctx.train, ctx.rng)
+    return hetero_graph_from_arrays(crop_graph_arrays(arrays, a, b))
+
+
+def _collate_graph(name: str):
+    def collate(items: list[Any]) -> dict[str, Any]:
+        from torch_geometric.data import Batch as GraphBatch
+
+        return {name: GraphBatch.from_data_list(items)}
+
+    return collate
+
+
+def _load_curves(ctx: SegmentContext) -> np.ndarray:
+    curves = symbolic_arrays(ctx, "curves")
+    a, b = crop_window(len(curves), ctx.max_len, ctx.train, ctx.rng)
+    return curves[a:b]
+
+
+def _collate_curves(items: list[np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    longest = max(1, max(len(i) for i in items))
+    out = torch.zeros(len(items), longest, len(CURVE_CHANNELS), dtype=torch.float32)
+    mask = torch.zeros(len(items), longest, dtype=torch.bool)
+    for b, item in enumerate(items):
+        out[b, : len(item)] = torch.from_numpy(np.asarray(item, dtype=np.float32))
+        mask[b, : len(item)] = True
+    return {"curves": out, "curves_mask": mask}
+
+
+register_view(View("remi", _load_remi, _collate_remi, needs="perf_midi"))
+register_view(View("graph", _load_graph, _collate_graph("graph"), needs="perf_midi"))
+register_view(View("hetero_graph", _load_hetero_graph, _collate_graph("hetero_graph"), needs="perf_midi"))
+register_view(View("curves", _load_curves, _collate_curves, needs="perf_midi"))
