@@ -40,10 +40,9 @@ class DataSpec:
 class EncoderSpec:
     """One registered experiment's encoder.
 
-    build(config, data_spec) -> Encoder. ``views`` are the batch inputs it reads. ``pretrain``, if set, is
-    the name of a pretraining task that must run (cached by corpus hash) before fine-tuning.
-    ``stages`` lists training stages in order (e.g. A2: "self_supervised", "supervised"); the loop
-    runs them in order when the experiment declares more than one.
+    build(config, data_spec) -> Encoder. ``views`` are the batch inputs it reads. ``pretrain``, if set,
+    maps the encoder's config to a ``pianoray.training.pretrain.PretrainTask`` that runs on a MIDI folder
+    (cached by corpus hash) before fine-tuning.
     """
 
     name: str
@@ -53,7 +52,7 @@ class EncoderSpec:
     build: Callable[[Any, DataSpec], Encoder]
     views: tuple[str, ...]
     description: str = ""
-    pretrain: str | None = None
+    pretrain: Callable[[Any], Any] | None = None
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}

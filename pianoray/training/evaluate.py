@@ -59,7 +59,7 @@ def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.dev
         reg.append(out.regression.float().cpu().numpy())
         labels.append(batch.labels.float().numpy())
         has.append(batch.has_labels.numpy())
-        groups.extend(batch.meta.get("rank_group_keys") or [str(g) for g in batch.rank_group.tolist()])
+        groups.extend(_group_keys(batch))
         zs.append(out.z.float().cpu().numpy())
     model.train(was_training)
     if not ids:
@@ -73,6 +73,16 @@ def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.dev
         np.asarray(groups, dtype=object),
         np.concatenate(zs),
     )
+
+
+def _group_keys(batch: Batch) -> list[str]:
+    """Global passage keys (batch-local int codes are not comparable across batches); a sample in no
+    group gets a key of its own, so it never forms a pair."""
+    keys = batch.meta.get("rank_group_keys")
+    if keys is None:
+        raise ValueError("batch.meta['rank_group_keys'] is required for evaluation")
+    return [k if k is not None and g >= 0 else f"solo:{sid}"
+            for k, g, sid in zip(keys, batch.rank_group.tolist(), batch.segment_ids)]
 
 
 class _null:

@@ -1,0 +1,184 @@
+"""Self-supervised pretraining of an encoder on a MIDI folder, before fine-tuning through ``fit``.
+
+An encoder that pretrains gives its registry entry a ``pretrain`` factory returning a
+:class:`PretrainTask`: the views it needs per MIDI file, the task's own heads, and the loss (MLM for S1,
+link prediction + masked attributes for S2, per-edge-type link prediction for S2H, wav2vec-style
+contrastive for S3). This module owns the loop, the data, and the cache:
+
+- data: every MIDI file is one sample; its views come from the same view registry as fine-tuning
+  (so the symbolic feature cache is reused);
+- loop: AdamW + cosine with warmup + clipping, seeded, one mean loss (and parts) per epoch;
+- cache: the encoder's weights are stored under ``<cache>/<key>/encoder.pt``, keyed by the corpus hash
+  (sha256 of the sorted file hashes), the task, the encoder config and the epochs, and written atomically;
+  a second call with the same key loads instead of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pianoray.data.midi import file_sha256
+from pianoray.data.views import SegmentContext, get_view
+from pianoray.models.contract import Encoder
+
+ENCODER_FILE = "encoder.pt"
+LOG_FILE = "pretrain.json"
+
+
+class PretrainTask(Protocol):
+    """A pretraining objective for one encoder.
+
+    name: short id (part of the cache key); views: the inputs each sample needs (view names).
+    build_heads(encoder) -> nn.Module: the task's own trainable heads (discarded after pretraining).
+    loss(encoder, heads, inputs, generator) -> (scalar loss, {part: float}): one batch's loss, where
+    ``inputs`` is the collated views (as in ``Batch.inputs``) and ``generator`` the seeded torch RNG for
+    masking / negative sampling.
+    """
+
+    name: str
+    views: tuple[str, ...]
+
+    def build_heads(self, encoder: Encoder) -> nn.Module: ...
+
+    def loss(
+        self, encoder: Encoder, heads: nn.Module, inputs: dict[str, Any], generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class PretrainResult:
+    path: Path  # the folder holding encoder.pt and pretrain.json
+    key: str
+    losses: list[float]  # mean loss per epoch (from the log when loaded from cache)
+    parts: list[dict[str, float]] = field(default_factory=list)
+    cached: bool = False
+    skipped: list[str] = field(default_factory=list)  # files that could not be read, with reasons
+
+
+@dataclass
+class _Files:
+    """The minimal corpus a view loader needs: a root for relative paths and an optional feature cache."""
+
+    root: Path
+    symbolic_cache: Any = None
+
+
+def corpus_hash(files: list[Path]) -> str:
+    shas = sorted(file_sha256(f) for f in files)
+    return hashlib.sha256("\n".join(shas).encode()).hexdigest()
+
+
+def pretrain_key(files_hash: str, task: str, encoder_config: dict[str, Any], epochs: int) -> str:
+    blob = json.dumps({"files": files_hash, "task": task, "config": encoder_config, "epochs": epochs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_samples(files: list[Path], views: tuple[str, ...], max_len: int, cache: Any, seed: int,
+                  epoch: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """One item per view per file (cropped with an (seed, epoch)-seeded RNG); unreadable files are skipped."""
+    from pianoray.data.midi import MidiError
+
+    corpus = _Files(Path("/"), cache)
+    samples, skipped = [], []
+    for i, f in enumerate(files):
+        rng = np.random.default_rng([seed, epoch, i])
+        row = {"perf_midi": str(f), "perf_midi_sha": None, "segment_id": str(f)}
+        ctx = SegmentContext(row=row, corpus=corpus, train=True, rng=rng, max_len=max_len)
+        try:
+            samples.append({v: get_view(v).load(ctx) for v in views})
+        except MidiError as e:
+            skipped.append(str(e))
+    return samples, skipped
+
+
+def _batches(samples: list[dict[str, Any]], views: tuple[str, ...], batch_size: int,
+             rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    order = rng.permutation(len(samples))
+    for i in range(0, len(order), batch_size):
+        chunk = [samples[j] for j in order[i : i + batch_size]]
+        inputs: dict[str, Any] = {}
+        for v in views:
+            inputs.update(get_view(v).collate([s[v] for s in chunk]))
+        yield inputs
+
+
+def pretrain(
+    encoder: Encoder,
+    task: PretrainTask,
+    files: list[Path],
+    *,
+    epochs: int,
+    out_dir: str | Path,
+    encoder_config: dict[str, Any],
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    max_len: int = 512,
+    seed: int = 42,
+    symbolic_cache: Any = None,
+    on_epoch: Callable[[int, float, dict[str, float]], None] | None = None,
+) -> PretrainResult:
+    """Pretrain ``encoder`` in place on ``files`` (or load the cached result) and return where it is stored."""
+    from pianoray.training.loop import cosine_with_warmup
+
+    if not files:
+        raise ValueError("pretraining needs at least one MIDI file")
+    key = pretrain_key(corpus_hash(files), task.name, encoder_config, epochs)
+    final = Path(out_dir) / key
+    if (final / ENCODER_FILE).is_file():
+        encoder.load_state_dict(torch.load(final / ENCODER_FILE, map_location="cpu"))
+        log = json.loads((final / LOG_FILE).read_text())
+        return PretrainResult(final, key, log["losses"], log.get("parts", []), cached=True, skipped=log.get("skipped", []))
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    heads = task.build_heads(encoder)
+    params = [p for m in (encoder, heads) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps = epochs * max(1, -(-len(files) // batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, 0.05))
+    losses: list[float] = []
+    parts_log: list[dict[str, float]] = []
+    skipped: list[str] = []
+    encoder.train()
+    heads.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        samples, skipped = _load_samples(files, task.views, max_len, symbolic_cache, seed, epoch)
+        if not samples:
+            raise ValueError(f"no readable MIDI among {len(files)} files: {skipped[:3]}")
+        total, n, sums = 0.0, 0, {}
+        for inputs in _batches(samples, task.views, batch_size, np.random.default_rng([seed, epoch])):
+            loss, parts = task.loss(encoder, heads, inputs, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss)
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        losses.append(total / n)
+        parts_log.append({k: v / n for k, v in sums.items()} | {"seconds": time.perf_counter() - t0})
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1], parts_log[-1])
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    torch.save(encoder.state_dict(), tmp / ENCODER_FILE)
+    (tmp / LOG_FILE).write_text(json.dumps({"task": task.name, "key": key, "epochs": epochs, "files": len(files),
+                                            "losses": losses, "parts": parts_log, "skipped": skipped}, indent=1))
+    os.replace(tmp, final)
+    return PretrainResult(final, key, losses, parts_log, skipped=skipped)
