@@ -72,28 +72,43 @@ def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
+@dataclass
+class RunHooks:
+    """What the driver does with each report. Registered in :data:`HOOKS` under a run key, because Tune
+    pickles its callbacks and scheduler into the experiment state: those hold only the key."""
+
+    board: ProgressBoard
+    on_epoch: Callable[[str, str, int, int, dict[str, Any], dict[str, Any]], None]
+    on_trial_end: Callable[[str, Row, Any], None]
+    on_final: Callable[[str, str, int, dict[str, Any]], None]
+    refresh: Callable[[], None]
+
+
+HOOKS: dict[str, RunHooks] = {}
+
+
 class ProtocolCallback(Callback):
     """Driver-side Tune callback: every report becomes a ledger epoch event and a table update.
 
-    ``on_epoch(round, experiment, fold, epoch, metrics)`` writes the ledger; ``on_trial_end(row)`` records
-    resource-hours; ``refresh()`` redraws the live table.
+    Round-1 trials report epochs directly; Round-2 fold trainables forward their Train workers' reports
+    (``TuneReportCallback``) and end with one ``final`` report holding the fold's test metrics.
     """
 
-    def __init__(
-        self,
-        board: ProgressBoard,
-        round_: str,
-        budget: int,
-        on_epoch: Callable[[str, str, int, int, dict[str, Any]], None],
-        on_trial_end: Callable[[Row, Any], None],
-        refresh: Callable[[], None],
-    ) -> None:
-        self.board = board
+    def __init__(self, run_key: str, round_: str, budget: int) -> None:
+        self.run_key = run_key
         self.round = round_
         self.budget = budget
-        self.on_epoch = on_epoch
-        self.on_trial_end_cb = on_trial_end
-        self.refresh = refresh
+
+    @property
+    def hooks(self) -> RunHooks:
+        return HOOKS[self.run_key]
+
+    @property
+    def board(self) -> ProgressBoard:
+        return self.hooks.board
+
+    def refresh(self) -> None:
+        self.hooks.refresh()
 
     def _row(self, trial: Any) -> Row:
         cfg = trial.config
@@ -108,14 +123,18 @@ class ProtocolCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial)
-        if "epoch" in result and METRIC in result:
+        if result.get("final"):
+            self.hooks.on_final(self.round, row.experiment, row.fold, result)
+        elif "epoch" in result and METRIC in result:
             row.epoch = int(result["epoch"])
             row.metric = float(result[METRIC])
             if result.get("best_metric") is not None:
                 row.best = float(result["best_metric"])
             metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/")) or k in (
-                "epoch", "stage", "best_epoch", "best_metric", "stop", "early_stopped", "epoch_seconds", "samples", "lr")}
-            self.on_epoch(self.round, row.experiment, row.fold, row.epoch, metrics)
+                "epoch", "stage", "best_epoch", "best_metric", "stop", "early_stopped", "epoch_seconds",
+                "samples", "lr", "selectable")}
+            self.hooks.on_epoch(self.round, row.experiment, row.fold, row.epoch, metrics,
+                                {"trial": trial.trial_id})
         self.refresh()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -130,7 +149,7 @@ class ProtocolCallback(Callback):
         if row.ended is None:
             row.ended = time.time()
         row.status = status
-        self.on_trial_end_cb(row, trial)
+        self.hooks.on_trial_end(self.round, row, trial)
         self.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

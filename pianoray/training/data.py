@@ -95,3 +95,21 @@ class ExperimentData:
         ds = self.dataset(fold, split, tiers, views)
         train = split == "train"
         return make_loader(ds, batch_size=batch_size, shuffle=train, seed=seed * 100_003 + epoch, train=train)
+
+    def eval_loader(self, fold: int, split: str, views: Iterable[str], batch_size: int) -> Any:
+        """The T1 segments of a split in a fixed order with deterministic crops (for scoring, any split)."""
+        from pianoray.data.loaders import make_loader
+
+        return make_loader(self.dataset(fold, split, (Tier.T1,), views), batch_size=batch_size, shuffle=False,
+                           train=False)
+
+    def twin_loader(self, fold: int, split: str, views: Iterable[str], batch_size: int) -> Any | None:
+        """Clean/augmented twins (T4) of a split's T1 segments, each pair in one batch; None if there are none."""
+        from pianoray.data.loaders import augmented_twins, make_loader
+
+        if Tier.T4 not in self.corpus.tiers:
+            return None
+        ds = augmented_twins(self.corpus, self.fold(fold)[split], views, self.max_frames, self.max_notes)
+        if len(ds) == 0:
+            return None
+        return make_loader(ds, batch_size=batch_size, shuffle=False, train=False)

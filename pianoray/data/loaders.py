@@ -1,0 +1,575 @@
+"""From a corpus to batches: the ``frames`` and ``notes`` views, per-tier datasets, splits, a tier-mixed
+batch sampler and the collate function that builds a :class:`pianoray.data.batch.Batch`.
+
+Randomness (crops, order) depends only on the loader's seed: the sampler hands each sample its own
+seed, so a resumed run, or a run with worker processes, sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pianoray.data.batch import Batch
+from pianoray.data.tiers import Tier, parse_tier
+from pianoray.data.views import SegmentContext, View, get_view, register_view
+
+# ------------------------------------------------------------------------------------------ views
+
+
+def crop_start(n: int, max_len: int, train: bool, rng: np.random.Generator, align: int = 1) -> int:
+    """Start of a ``max_len`` crop of an ``n``-long sequence: random in training, centred in evaluation.
+
+    Starts are multiples of ``align`` (MuQ windows) when the sequence is longer than the crop, so a
+    crop never begins mid-window.
+    """
+    if n <= max_len:
+        return 0
+    align = max(1, align)
+    last = (n - max_len) // align  # last aligned start that still fits
+    if train:
+        return int(rng.integers(0, last + 1)) * align
+    return ((n - max_len) // 2 // align) * align
+
+
+def pad_sequences(items: Sequence[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[L_i, F] arrays -> (padded [B, T, F] float32, mask [B, T] bool); T = max L_i (at least 1)."""
+    t = max([len(x) for x in items] + [1])
+    out = torch.zeros(len(items), t, width, dtype=torch.float32)
+    mask = torch.zeros(len(items), t, dtype=torch.bool)
+    for i, x in enumerate(items):
+        if len(x):
+            out[i, : len(x)] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            mask[i, : len(x)] = True
+    return out, mask
+
+
+def _load_frames(ctx: SegmentContext) -> np.ndarray:
+    """[T, D] float32 (T <= max_len): the segment's cached frames, cropped."""
+    corpus = ctx.corpus
+    frames = corpus.frames(ctx.row["tier"], ctx.row)
+    n = frames.shape[0]
+    start = crop_start(n, ctx.max_len, ctx.train, ctx.rng, corpus.meta.window_frames)
+    return np.array(frames[start : start + ctx.max_len], dtype=np.float32)  # copy out of the mmap
+
+
+def _collate_frames(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    width = items[0].shape[1] if items else 0
+    x, mask = pad_sequences(items, width)
+    return {"frames": x, "frames_mask": mask}
+
+
+class NoteTableCache:
+    """Per-process LRU of parsed NoteTables keyed by the MIDI's sha256, so epochs never re-parse MIDI."""
+
+    def __init__(self, maxsize: int = 8192) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self.misses = 0
+
+    def get(self, path: Any, sha: str | None) -> Any:
+        from pianoray.data.midi import load_notes
+
+        key = sha or str(path)
+        table = self._items.get(key)
+        if table is None:
+            self.misses += 1
+            table = load_notes(path)
+            self._items[key] = table
+            if len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return table
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.misses = 0
+
+
+NOTE_TABLES = NoteTableCache()
+
+# The per-note features of the ``notes`` view, in column order (F = 6):
+NOTE_FEATURES: tuple[str, ...] = (
+    "pitch",  # MIDI pitch / 127
+    "velocity",  # velocity / 127
+    "log_duration",  # ln(duration in s), duration floored at 1 ms
+    "ioi",  # seconds since the previous note's onset (0 for the first), capped at 4 s
+    "position",  # onset within the segment: (onset - first onset) / (last onset - first onset), in [0, 1]
+    "pedal",  # 1 if the sustain pedal is down at the note's onset
+)
+
+
+def note_features(notes: Any) -> np.ndarray:
+    """NoteTable with L notes -> [L, len(NOTE_FEATURES)] float32."""
+    onset = notes.onset
+    ioi = np.diff(onset, prepend=onset[:1]) if len(onset) else onset
+    span = float(onset[-1] - onset[0]) if len(onset) > 1 else 0.0
+    pos = (onset - onset[0]) / span if span > 0 else np.zeros_like(onset)
+    return np.stack(
+        [
+            notes.pitch / 127.0,
+            notes.velocity / 127.0,
+            np.log(np.maximum(notes.offset - notes.onset, 1e-3)),
+            np.minimum(ioi, 4.0),
+            pos,
+            notes.pedal.astype(np.float64),
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+def _load_notes(ctx: SegmentContext) -> np.ndarray:
+    """[L, F] float32 (L <= max_len): features of the performance MIDI's notes, cropped to max_len notes."""
+    row = ctx.row
+    path = ctx.corpus.path(row.get("perf_midi"))
+    if path is None:
+        raise ValueError(f"segment {row['segment_id']!r}: the notes view needs perf_midi, but it is empty")
+    feats = note_features(NOTE_TABLES.get(path, row.get("perf_midi_sha")))
+    start = crop_start(len(feats), ctx.max_len, ctx.train, ctx.rng)
+    return feats[start : start + ctx.max_len]
+
+
+def _collate_notes(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    x, mask = pad_sequences(items, len(NOTE_FEATURES))
+    return {"notes": x, "notes_mask": mask}
+
+
+register_view(View("frames", _load_frames, _collate_frames, needs="frames"))
+register_view(View("notes", _load_notes, _collate_notes, needs="perf_midi"))
+
+
+# ------------------------------------------------------------------------------------ samples
+
+
+@dataclass
+class Sample:
+    """One sample before collation. Group keys are strings, turned into per-batch codes by ``collate``."""
+
+    segment_id: str
+    tier: Tier
+    inputs: dict[str, Any]
+    labels: np.ndarray | None = None  # [N] (T1 with labels)
+    rank_target: np.ndarray | None = None  # [N] (T1: labels; T2: placement score broadcast)
+    rank_group: str | None = None  # "T1:<passage>" / "T2:<round_id>"
+    piece: str | None = None
+    performer: str | None = None
+    passage: str | None = None
+    twin: str | None = None  # T4: clean and augmented samples share this key
+
+
+def _seed_for(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, index]))
+
+
+def _str_or_none(v: Any) -> str | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return str(v)
+
+
+class SegmentDataset:
+    """The segments of one tier, as samples with the supervision fields that tier carries.
+
+    Item ``i`` -> list[Sample]: one sample, or for T4 two (the clean twin first, then the augmented
+    one), so that both land in the same batch. Indexing with ``(i, seed, train)`` (what the sampler
+    yields) makes crops reproducible; plain ``i`` uses the dataset's own seed and mode.
+
+    max_frames crops the ``frames`` view; max_notes crops every other (symbolic) view.
+    """
+
+    def __init__(
+        self,
+        corpus: Any,
+        tier: str | Tier,
+        segment_ids: Iterable[str] | None,
+        views: Iterable[str],
+        labels: Mapping[str, np.ndarray] | None = None,
+        train: bool = False,
+        max_frames: int = 64,
+        max_notes: int = 512,
+        seed: int = 0,
+        n_dims: int | None = None,
+    ) -> None:
+        self.corpus = corpus
+        self.tier = parse_tier(tier)
+        self.views = tuple(views)
+        for v in self.views:
+            get_view(v)  # fail now, naming the view, not in a worker
+        self.labels = dict(labels) if labels is not None else None
+        self.train = train
+        self.max_frames = max_frames
+        self.max_notes = max_notes
+        self.seed = seed
+        if n_dims is None:
+            n_dims = len(next(iter(self.labels.values()))) if self.labels else 0
+        self.n_dims = n_dims
+        m = corpus.manifest(self.tier)
+        if segment_ids is not None:
+            ids = list(segment_ids)
+            pos = {sid: i for i, sid in enumerate(m["segment_id"])}
+            missing = [s for s in ids if s not in pos]
+            if missing:
+                raise KeyError(f"{corpus.root}: tier {self.tier.name} has no segments {missing[:5]}")
+            m = m.iloc[[pos[s] for s in ids]]
+        self.rows: list[dict[str, Any]] = [dict(r, tier=self.tier) for r in m.to_dict("records")]
+        if self.tier is Tier.T1 and self.labels is not None:
+            unlabeled = [r["segment_id"] for r in self.rows if r["segment_id"] not in self.labels]
+            if unlabeled:
+                raise KeyError(f"{corpus.root}: T1 segments without labels: {unlabeled[:5]}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def group_key(self, i: int) -> str:
+        """The key the sampler keeps together: passage (T1), round (T2), piece (T3), clean segment (T4)."""
+        r = self.rows[i]
+        col = {Tier.T1: "passage", Tier.T2: "round_id", Tier.T3: "group", Tier.T4: "clean_id"}[self.tier]
+        return str(r.get(col) if r.get(col) is not None else r["segment_id"])
+
+    def samples_per_item(self) -> int:
+        return 2 if self.tier is Tier.T4 else 1
+
+    def _inputs(self, row: dict[str, Any], rng_seed: tuple[int, int], train: bool) -> dict[str, Any]:
+        out = {}
+        for v in self.views:
+            view = get_view(v)
+            max_len = self.max_frames if v == "frames" else self.max_notes
+            # A fresh generator per view from the same seed: the twin of a T4 pair crops identically.
+            rng = _seed_for(*rng_seed)
+            out[v] = view.load(SegmentContext(row, self.corpus, train, rng, max_len))
+        return out
+
+    def __getitem__(self, key: int | tuple[int, int, bool]) -> list[Sample]:
+        if isinstance(key, tuple):
+            i, seed, train = key
+        else:
+            i, seed, train = int(key), self.seed, self.train
+        row = self.rows[i]
+        rng_seed = (seed, i)
+        base = dict(
+            piece=_str_or_none(row.get("piece")),
+            performer=_str_or_none(row.get("performer")),
+            passage=_str_or_none(row.get("passage")),
+        )
+        sid = row["segment_id"]
+        if self.tier is Tier.T1:
+            y = self.labels.get(sid) if self.labels is not None else None
+            y = None if y is None else np.asarray(y, dtype=np.float32)
+            return [Sample(sid, Tier.T1, self._inputs(row, rng_seed, train), labels=y, rank_target=y,
+                           rank_group=f"T1:{row['passage']}" if y is not None else None, **base)]
+        if self.tier is Tier.T2:
+            score = float(row["placement_score"])
+            target = np.full(self.n_dims, score, dtype=np.float32)
+            return [Sample(sid, Tier.T2, self._inputs(row, rng_seed, train), rank_target=target,
+                           rank_group=f"T2:{row['round_id']}", **base)]
+        if self.tier is Tier.T3:
+            base["piece"] = _str_or_none(row.get("group")) or base["piece"]
+            return [Sample(sid, Tier.T3, self._inputs(row, rng_seed, train), **base)]
+        # T4: the clean twin (from whichever tier holds it) and the augmented segment, same crops.
+        clean_tier, clean_row = self.corpus.locate(row["clean_id"])
+        clean_row = dict(clean_row, tier=clean_tier)
+        twin = f"{row['clean_id']}|{sid}"
+        clean = Sample(str(row["clean_id"]), Tier.T4, self._inputs(clean_row, rng_seed, train), twin=twin, **base)
+        aug = Sample(sid, Tier.T4, self._inputs(row, rng_seed, train), twin=twin, **base)
+        return [clean, aug]
+
+
+class SplitDataset:
+    """Several tiers' datasets behind one flat index: item ``g`` is part ``k``'s item ``g - start_k``."""
+
+    def __init__(self, parts: Mapping[Tier, SegmentDataset]) -> None:
+        self.parts: dict[Tier, SegmentDataset] = {t: p for t, p in sorted(parts.items()) if len(p)}
+        self.starts: dict[Tier, int] = {}
+        n = 0
+        for t, p in self.parts.items():
+            self.starts[t] = n
+            n += len(p)
+        self._len = n
+        first = next(iter(self.parts.values()), None)
+        self.views = first.views if first is not None else ()
+        self.train = first.train if first is not None else False
+        self.seed = first.seed if first is not None else 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def locate(self, g: int) -> tuple[Tier, int]:
+        for t in reversed(list(self.parts)):
+            if g >= self.starts[t]:
+                return t, g - self.starts[t]
+        raise IndexError(g)
+
+    def __getitem__(self, key: int | tuple[int, int, bool]) -> list[Sample]:
+        if isinstance(key, tuple):
+            g, seed, train = key
+            t, i = self.locate(g)
+            return self.parts[t][(i, seed, train)]
+        t, i = self.locate(int(key))
+        return self.parts[t][i]
+
+    @property
+    def segment_ids(self) -> list[str]:
+        return [r["segment_id"] for p in self.parts.values() for r in p.rows]
+
+
+# ------------------------------------------------------------------------------------- splits
+
+
+def build_split(
+    corpus: Any,
+    fold: Mapping[str, Sequence[str]],
+    split: str,
+    tiers: Iterable[str | Tier] = (Tier.T1,),
+    views: Iterable[str] = ("frames",),
+    labels: Mapping[str, np.ndarray] | None = None,
+    max_frames: int = 64,
+    max_notes: int = 512,
+    seed: int = 0,
+) -> SplitDataset:
+    """The dataset of one split of one fold.
+
+    fold: {"train": [...], "val": [...], "test": [...]} T1 segment ids. val/test are T1 only. For
+    "train", the other tiers join, minus anything that would leak the fold's held-out (val + test)
+    segments: T2/T4 rows of a held-out passage, T3 rows of a held-out piece, T4 twins of a held-out
+    segment.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split {split!r}: expected train, val or test")
+    tiers = sorted({parse_tier(t) for t in tiers} | {Tier.T1})
+    train = split == "train"
+    n_dims = len(next(iter(labels.values()))) if labels else None
+    common = dict(views=views, labels=labels, train=train, max_frames=max_frames, max_notes=max_notes,
+                  seed=seed, n_dims=n_dims)
+    parts = {Tier.T1: SegmentDataset(corpus, Tier.T1, list(fold[split]), **common)}
+    if train:
+        held = set(fold.get("val", ())) | set(fold.get("test", ()))
+        t1 = corpus.manifest(Tier.T1)
+        held_rows = t1[t1["segment_id"].isin(held)]
+        held_passages, held_pieces = set(held_rows["passage"]), set(held_rows["piece"])
+        for tier in tiers:
+            if tier is Tier.T1 or tier not in corpus.tiers:
+                continue
+            m = corpus.manifest(tier)
+            keep = ~m["passage"].isin(held_passages)
+            if tier is Tier.T3:
+                keep &= ~m["piece"].isin(held_pieces) & ~m["group"].isin(held_pieces)
+            if tier is Tier.T4:
+                keep &= ~m["clean_id"].isin(held)
+            parts[tier] = SegmentDataset(corpus, tier, m.loc[keep, "segment_id"].tolist(), **common)
+    return SplitDataset(parts)
+
+
+def augmented_twins(
+    corpus: Any,
+    segment_ids: Iterable[str],
+    views: Iterable[str],
+    max_frames: int = 64,
+    max_notes: int = 512,
+) -> SegmentDataset:
+    """The T4 pairs whose clean segment is one of ``segment_ids`` (e.g. a fold's T1 validation set),
+    for measuring robustness on held-out segments. Evaluation mode (centre crops)."""
+    m = corpus.manifest(Tier.T4)
+    ids = m.loc[m["clean_id"].isin(set(segment_ids)), "segment_id"].tolist()
+    return SegmentDataset(corpus, Tier.T4, ids, views, train=False, max_frames=max_frames, max_notes=max_notes)
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+
+class TierMixedBatchSampler:
+    """Batches that mix the dataset's tiers in proportion, keeping group members together.
+
+    Each tier's items are ordered by: groups shuffled, each group's members shuffled and cut into
+    chunks of at most ``group_chunk`` (balanced, so no lone member when a group has >= 2), chunks
+    shuffled. A batch takes its quota of items from each tier's stream in order, so a batch holds
+    whole chunks: several members of one passage/round, hence ranking pairs. ``weights`` (tier ->
+    share of samples) default to the tiers' sizes; a T4 item counts as two samples.
+
+    Yields lists of (index, sample_seed, train). Deterministic given ``seed`` (set a new one per epoch).
+    """
+
+    def __init__(
+        self,
+        dataset: SplitDataset | SegmentDataset,
+        batch_size: int,
+        seed: int = 0,
+        train: bool = True,
+        weights: Mapping[str | Tier, float] | None = None,
+        group_chunk: int = 4,
+    ) -> None:
+        self.dataset = dataset if isinstance(dataset, SplitDataset) else SplitDataset({dataset.tier: dataset})
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train = train
+        self.group_chunk = max(1, group_chunk)
+        parts = self.dataset.parts
+        sizes = {t: len(p) * p.samples_per_item() for t, p in parts.items()}
+        w = {parse_tier(k): float(v) for k, v in (weights or {}).items()} if weights else dict(sizes)
+        w = {t: w.get(t, 0.0) for t in parts}
+        total_w = sum(w.values())
+        if total_w <= 0:
+            raise ValueError("tier weights must give some tier a positive share")
+        self.shares = {t: w[t] / total_w for t in parts}
+        self.n_batches = max(1, math.ceil(sum(sizes.values()) / batch_size)) if len(self.dataset) else 0
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def _stream(self, tier: Tier, rng: np.random.Generator) -> list[list[int]]:
+        part = self.dataset.parts[tier]
+        groups: dict[str, list[int]] = {}
+        for i in range(len(part)):
+            groups.setdefault(part.group_key(i), []).append(i)
+        chunks: list[list[int]] = []
+        for key in sorted(groups):
+            members = [groups[key][j] for j in rng.permutation(len(groups[key]))]
+            n_chunks = math.ceil(len(members) / self.group_chunk)
+            chunks += [list(c) for c in np.array_split(members, n_chunks)]
+        return [chunks[j] for j in rng.permutation(len(chunks))]
+
+    def _quotas(self, rng: np.random.Generator) -> dict[Tier, int]:
+        """Items per tier for one batch of exactly ``batch_size`` samples (a T4 item is two): floors of the
+        expected sample counts, the remaining slots drawn by the fractional parts (shares hold on average)."""
+        tiers = list(self.shares)
+        expected = np.array([self.shares[t] * self.batch_size for t in tiers])
+        slots = np.floor(expected).astype(int)
+        frac = expected - slots
+        left = self.batch_size - int(slots.sum())
+        if left > 0 and frac.sum() > 0:
+            slots[rng.choice(len(tiers), size=left, replace=False, p=frac / frac.sum())] += 1
+        out = {t: int(s) for t, s in zip(tiers, slots)}
+        if Tier.T4 in out and out[Tier.T4] % 2:
+            others = [t for t in tiers if t is not Tier.T4 and self.shares[t] > 0]
+            out[Tier.T4] -= 1  # a pair needs two slots: the odd one goes to the largest other tier
+            if others:
+                out[max(others, key=self.shares.get)] += 1
+        if Tier.T4 in out:
+            out[Tier.T4] //= 2
+        if sum(out.values()) == 0:  # tiny batch sizes: give the batch to the largest share
+            out[max(self.shares, key=self.shares.get)] = 1
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, 7919]))
+        streams = {t: self._stream(t, rng) for t in self.dataset.parts}
+        pending: dict[Tier, list[int]] = {t: [] for t in streams}
+        for _ in range(self.n_batches):
+            batch: list[tuple[int, int, bool]] = []
+            for t, q in self._quotas(rng).items():
+                start = self.dataset.starts[t]
+                while len(pending[t]) < q:
+                    if not streams[t]:
+                        streams[t] = self._stream(t, rng)  # the tier cycles: a new epoch of its own
+                    pending[t] += streams[t].pop(0)
+                take, pending[t] = pending[t][:q], pending[t][q:]
+                batch += [(start + i, int(rng.integers(2**31)), self.train) for i in take]
+            yield batch
+
+
+class SequentialBatchSampler:
+    """Evaluation order: every item once, in index order; sample seeds fixed by ``seed``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, train: bool = False) -> None:
+        self.n, self.batch_size, self.seed, self.train = n, batch_size, seed, train
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+        for s in range(0, self.n, self.batch_size):
+            yield [(i, self.seed, self.train) for i in range(s, min(s + self.batch_size, self.n))]
+
+
+# ------------------------------------------------------------------------------------- collate
+
+
+def _codes(keys: Sequence[str | None]) -> torch.Tensor:
+    """Per-batch integer codes in order of first appearance; None -> -1."""
+    table: dict[str, int] = {}
+    out = [(-1 if k is None else table.setdefault(k, len(table))) for k in keys]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def collate(items: Sequence[Sample | list[Sample]], views: Sequence[str], n_dims: int | None = None) -> Batch:
+    """Samples (or the lists a dataset item returns) -> one Batch. String keys become per-batch codes."""
+    samples: list[Sample] = [s for it in items for s in (it if isinstance(it, list) else [it])]
+    b = len(samples)
+    if n_dims is None:
+        n_dims = next((len(s.labels if s.labels is not None else s.rank_target) for s in samples
+                       if s.labels is not None or s.rank_target is not None), 0)
+    labels = torch.zeros(b, n_dims)
+    rank_target = torch.zeros(b, n_dims)
+    has_labels = torch.zeros(b, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        if s.labels is not None:
+            labels[i] = torch.from_numpy(np.asarray(s.labels, dtype=np.float32))
+            has_labels[i] = True
+        if s.rank_target is not None:
+            rank_target[i] = torch.from_numpy(np.asarray(s.rank_target, dtype=np.float32))
+    pair = torch.full((b,), -1, dtype=torch.long)
+    twins: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.twin is not None:
+            twins.setdefault(s.twin, []).append(i)
+    for members in twins.values():
+        if len(members) == 2:
+            pair[members[0]], pair[members[1]] = members[1], members[0]
+    inputs: dict[str, Any] = {}
+    for v in views:
+        inputs.update(get_view(v).collate([s.inputs[v] for s in samples]))
+    return Batch(
+        segment_ids=[s.segment_id for s in samples],
+        tier=torch.tensor([int(s.tier) for s in samples], dtype=torch.long),
+        labels=labels,
+        has_labels=has_labels,
+        rank_target=rank_target,
+        rank_group=_codes([s.rank_group for s in samples]),
+        piece=_codes([s.piece for s in samples]),
+        performer=_codes([s.performer for s in samples]),
+        pair=pair,
+        inputs=inputs,
+        meta={
+            "passage": [s.passage for s in samples],
+            "piece": [s.piece for s in samples],
+            "performer": [s.performer for s in samples],
+        },
+    )
+
+
+def make_loader(
+    dataset: SplitDataset | SegmentDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    train: bool | None = None,
+    weights: Mapping[str | Tier, float] | None = None,
+    group_chunk: int = 4,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding Batch. shuffle=True: tier-mixed, group-keeping batches; False: index order.
+
+    train (default: the dataset's mode) picks random (True) or centre (False) crops. Deterministic given
+    ``seed``, with or without workers.
+    """
+    ds = dataset if isinstance(dataset, SplitDataset) else SplitDataset({dataset.tier: dataset})
+    train = ds.train if train is None else train
+    if shuffle:
+        sampler: Any = TierMixedBatchSampler(ds, batch_size, seed=seed, train=train, weights=weights,
+                                             group_chunk=group_chunk)
+    else:
+        sampler = SequentialBatchSampler(len(ds), batch_size, seed=seed, train=train)
+    n_dims = next((p.n_dims for p in ds.parts.values()), None)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=partial(collate, views=ds.views, n_dims=n_dims),
+        num_workers=num_workers,
+        persistent_workers=False,
+    )

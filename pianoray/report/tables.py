@@ -1,0 +1,433 @@
+"""Tables of a run's results: the seed's per-track comparison table, the Round-1 decisions, the per-fold
+figures and the resource hours.
+
+Every table is first built as plain data (:class:`TableData`: column names, rows of display strings, which
+rows to highlight), then rendered: :func:`to_rich` for the terminal, :func:`to_markdown` for report.md (the
+HTML renderer lives with the document). One formatting path, so the three renderings never disagree.
+
+The input is the "run results" dict that ``pianoray report --json`` prints (schema in the report module's
+docstring); every optional field may be None (or NaN after a JSON round trip) and then shows as an em dash.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from rich.table import Table
+
+MISSING = "—"
+ROUND_ORDER = {"round2": 0, "round1": 1}  # experiments that reached Round 2 lead their table
+STATUS_STYLE = {
+    "winner": "bold green",
+    "promoted": "cyan",
+    "eliminated": "dim",
+    "vetoed": "red",
+    "error": "bold red",
+    "running": "yellow",
+}
+
+
+@dataclass(frozen=True)
+class TableData:
+    """A rendered-ready table: ``rows[i][j]`` is the display string of column ``columns[j]``;
+    ``highlight[i]`` marks a row to emphasise (the winner, a stop decision, a total); ``highlight_kind`` says
+    which (the HTML class of such rows); ``styles[i]`` is a rich style for the row."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    highlight: list[bool] = field(default_factory=list)
+    styles: list[str | None] = field(default_factory=list)
+    note: str = ""
+    highlight_kind: str = "highlight"
+
+
+# ----------------------------------------------------------------------------------------------- values
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None (None, NaN, inf and non-numbers all count
+    as "not measured")."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _ci(stat: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    if not stat:
+        return None
+    ci = stat.get("ci")
+    if not ci or len(ci) != 2:
+        return None
+    lo, hi = finite(ci[0]), finite(ci[1])
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def _mean(stat: Mapping[str, Any] | None) -> float | None:
+    return finite(stat.get("mean")) if stat else None
+
+
+def fmt_number(x: Any, digits: int = 3) -> str:
+    v = finite(x)
+    return MISSING if v is None else f"{v:.{digits}f}"
+
+
+def fmt_percent(x: Any, digits: int = 1) -> str:
+    """A fraction as a percentage: 0.8412 -> "84.1%"."""
+    v = finite(x)
+    return MISSING if v is None else f"{100 * v:.{digits}f}%"
+
+
+def fmt_mean_ci(mean: float | None, ci: tuple[float, float] | None, *, percent: bool) -> str:
+    """"mean ± half-width" of the CI (half of hi - lo; bootstrap CIs can be lopsided, the exact bounds
+    stay in :func:`comparison_rows`)."""
+    if mean is None:
+        return MISSING
+    scale, unit, digits = (100.0, "%", 1) if percent else (1.0, "", 3)
+    text = f"{scale * mean:.{digits}f}{unit}"
+    if ci is not None:
+        text += f" ± {scale * (ci[1] - ci[0]) / 2:.{digits}f}"
+    return text
+
+
+def fmt_hours(x: Any) -> str:
+    v = finite(x)
+    if v is None:
+        return MISSING
+    return f"{v:.2f}" if v >= 0.01 or v == 0 else f"{v:.4f}"
+
+
+# ------------------------------------------------------------------------------------------ comparison
+
+
+def _experiments(results: Mapping[str, Any], track: str | None = None) -> list[Mapping[str, Any]]:
+    exps = results.get("experiments") or []
+    return [e for e in exps if track is None or e.get("track") == track]
+
+
+def hours_unit(results: Mapping[str, Any], track: str | None = None) -> str:
+    """"GPU" when any experiment of the track used GPU time, else "CPU" (a laptop run has no GPU-hours,
+    and a column of zeros would hide what the run did cost)."""
+    for e in _experiments(results, track):
+        if (finite((e.get("resource_hours") or {}).get("gpu_hours")) or 0.0) > 0:
+            return "GPU"
+    return "CPU"
+
+
+def _winner(results: Mapping[str, Any], track: str) -> str | None:
+    return (results.get("winners") or {}).get(track)
+
+
+def comparison_rows(results: Mapping[str, Any], track: str) -> list[dict[str, Any]]:
+    """One plain-data row per experiment of ``track``, in table order.
+
+    Order: candidates before references; within each, experiments that reached Round 2 first (their figures
+    are 4-fold means, Round-1 figures are fold 0 only), then by pairwise accuracy (best first, unmeasured
+    last), then by name. Keys: ``experiment`` (display name, "(ref)" appended for references), ``name``,
+    ``role``, ``status``, ``furthest_round``, ``winner`` (bool), ``pairwise``/``pairwise_ci``, ``r2``/``r2_ci``,
+    ``test_pairwise``, ``test_r2``, ``difficulty_rho``, ``stop_auc``, ``competition_rho``,
+    ``robustness_drop`` (relative, 0.12 = 12%), ``robustness_pearson``, ``hours`` (in ``hours_unit``),
+    ``gpu_hours``, ``cpu_hours``, ``hours_unit``, ``folds`` (count). Numbers are None where not measured.
+    """
+    winner = _winner(results, track)
+    unit = hours_unit(results, track)
+    rows: list[dict[str, Any]] = []
+    for e in _experiments(results, track):
+        name = str(e.get("name", "?"))
+        role = e.get("role") or "candidate"
+        pw, r2 = e.get("pairwise_accuracy") or {}, e.get("r2") or {}
+        test = e.get("test") or {}
+        rob = e.get("robustness") or {}
+        hours = e.get("resource_hours") or {}
+        gpu, cpu = finite(hours.get("gpu_hours")), finite(hours.get("cpu_hours"))
+        rows.append(
+            {
+                "experiment": f"{name} (ref)" if role == "reference" else name,
+                "name": name,
+                "role": role,
+                "status": e.get("status"),
+                "furthest_round": e.get("furthest_round"),
+                "winner": winner is not None and name == winner,
+                "pairwise": _mean(pw),
+                "pairwise_ci": _ci(pw),
+                "r2": _mean(r2),
+                "r2_ci": _ci(r2),
+                "test_pairwise": _mean(test.get("pairwise_accuracy")),
+                "test_r2": _mean(test.get("r2")),
+                "difficulty_rho": finite(e.get("difficulty_rho")),
+                "stop_auc": finite(e.get("stop_auc")),
+                "competition_rho": finite(e.get("competition_rho")),
+                "robustness_drop": finite(rob.get("drop")),
+                "robustness_pearson": finite(rob.get("pearson")),
+                "gpu_hours": gpu,
+                "cpu_hours": cpu,
+                "hours": gpu if unit == "GPU" else cpu,
+                "hours_unit": unit,
+                "folds": len(e.get("folds") or []),
+            }
+        )
+
+    def key(r: dict[str, Any]) -> tuple:
+        pw = r["pairwise"]
+        return (
+            r["role"] == "reference",
+            ROUND_ORDER.get(r["furthest_round"], 2),
+            pw is None,
+            -(pw if pw is not None else 0.0),
+            r["name"],
+        )
+
+    return sorted(rows, key=key)
+
+
+def comparison_data(results: Mapping[str, Any], track: str) -> TableData:
+    """The seed's comparison table for one track, as display strings."""
+    rows = comparison_rows(results, track)
+    unit = hours_unit(results, track)
+    columns = ["Experiment", "R2", "Pairwise", "Difficulty rho", "Robustness", f"{unit}-hours", "Round", "Status"]
+    cells = [
+        [
+            r["experiment"],
+            fmt_mean_ci(r["r2"], r["r2_ci"], percent=False),
+            fmt_mean_ci(r["pairwise"], r["pairwise_ci"], percent=True),
+            fmt_number(r["difficulty_rho"]),
+            fmt_percent(r["robustness_drop"]),
+            fmt_hours(r["hours"]),
+            r["furthest_round"] or MISSING,
+            (r["status"] or MISSING) + (" ★" if r["winner"] and r["status"] != "winner" else ""),
+        ]
+        for r in rows
+    ]
+    note = (
+        "R2 and pairwise: Round-2 rows are the mean over folds of validation ± half the 95% CI; Round-1 rows "
+        "are fold 0 only. Robustness: relative drop of pairwise accuracy under augmentation (veto over 15%)."
+    )
+    if unit == "CPU":
+        note += " No GPU was used for this track: the hours column is CPU-hours."
+    return TableData(
+        title=f"{track.capitalize()} track",
+        columns=columns,
+        rows=cells,
+        highlight=[r["winner"] for r in rows],
+        styles=[STATUS_STYLE.get(r["status"] or "") for r in rows],
+        note=note,
+    )
+
+
+def comparison_table(results: Mapping[str, Any], track: str) -> Table:
+    """The seed's comparison table for ``track`` as a rich Table (winner in bold green)."""
+    return to_rich(comparison_data(results, track))
+
+
+def comparison_markdown(results: Mapping[str, Any], track: str) -> str:
+    """The same comparison table as GitHub markdown (winner row in bold)."""
+    return to_markdown(comparison_data(results, track))
+
+
+# ------------------------------------------------------------------------------------------- decisions
+
+
+def decision_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Round-1 rung decisions as plain rows, ordered by round, rung, track, then stops before continues
+    and by metric (best first). Keys as in the results' ``decisions`` entries; numbers None when missing."""
+    rows = []
+    for d in results.get("decisions") or []:
+        rows.append(
+            {
+                "round": d.get("round"),
+                "rung": d.get("rung"),
+                "experiment": d.get("experiment"),
+                "track": d.get("track"),
+                "metric": finite(d.get("metric")),
+                "leader": d.get("leader"),
+                "leader_metric": finite(d.get("leader_metric")),
+                "gap_points": finite(d.get("gap_points")),
+                "decision": d.get("decision"),
+                "reason": d.get("reason") or "",
+                "time": d.get("time"),
+            }
+        )
+
+    def key(r: dict[str, Any]) -> tuple:
+        rung = finite(r["rung"])
+        return (
+            str(r["round"] or ""),
+            rung if rung is not None else math.inf,
+            str(r["track"] or ""),
+            r["decision"] != "stop",
+            -(r["metric"] if r["metric"] is not None else -math.inf),
+            str(r["experiment"] or ""),
+        )
+
+    return sorted(rows, key=key)
+
+
+def decisions_data(results: Mapping[str, Any]) -> TableData:
+    rows = decision_rows(results)
+    columns = ["Round", "Rung (epoch)", "Track", "Experiment", "Pairwise", "Leader", "Gap (pts)", "Decision", "Reason"]
+    cells = [
+        [
+            str(r["round"] or MISSING),
+            str(r["rung"]) if r["rung"] is not None else MISSING,
+            str(r["track"] or MISSING),
+            str(r["experiment"] or MISSING),
+            fmt_percent(r["metric"]),
+            f"{r['leader'] or MISSING} ({fmt_percent(r['leader_metric'])})" if r["leader"] else MISSING,
+            fmt_number(r["gap_points"], 1),
+            str(r["decision"] or MISSING),
+            r["reason"] or MISSING,
+        ]
+        for r in rows
+    ]
+    return TableData(
+        title="Round-1 rung decisions",
+        columns=columns,
+        rows=cells,
+        highlight=[r["decision"] == "stop" for r in rows],
+        styles=["red" if r["decision"] == "stop" else None for r in rows],
+        highlight_kind="stop",
+        note="A trial more than the gap (10 points by default) behind its track's leader at a rung is stopped.",
+    )
+
+
+def decisions_table(results: Mapping[str, Any]) -> Table:
+    """The Round-1 rung decisions (stops in red) as a rich Table."""
+    return to_rich(decisions_data(results))
+
+
+def decisions_markdown(results: Mapping[str, Any]) -> str:
+    return to_markdown(decisions_data(results))
+
+
+# ----------------------------------------------------------------------------------- folds and hours
+
+
+def fold_data(results: Mapping[str, Any]) -> TableData:
+    """Per-fold figures of every experiment that has folds (Round 2), experiments in comparison order."""
+    order = {r["name"]: i for t in track_names(results) for i, r in enumerate(comparison_rows(results, t))}
+    exps = sorted(
+        (e for e in _experiments(results) if e.get("folds")),
+        key=lambda e: (str(e.get("track")), order.get(e.get("name"), 1 << 30)),
+    )
+    cells = []
+    for e in exps:
+        for f in sorted(e["folds"], key=lambda f: finite(f.get("fold")) or 0):
+            cells.append(
+                [
+                    str(e.get("name")),
+                    str(e.get("track") or MISSING),
+                    str(f.get("fold", MISSING)),
+                    fmt_percent(f.get("val_pairwise")),
+                    fmt_number(f.get("val_r2")),
+                    fmt_percent(f.get("test_pairwise")),
+                    fmt_number(f.get("test_r2")),
+                    _epoch_text(f.get("best_epoch"), f.get("epochs")),
+                ]
+            )
+    return TableData(
+        title="Per-fold results",
+        columns=["Experiment", "Track", "Fold", "Val pairwise", "Val R2", "Test pairwise", "Test R2", "Best / epochs"],
+        rows=cells,
+    )
+
+
+def _epoch_text(best: Any, total: Any) -> str:
+    b, t = finite(best), finite(total)
+    return f"{int(b) if b is not None else MISSING} / {int(t) if t is not None else MISSING}"
+
+
+def resource_data(results: Mapping[str, Any]) -> TableData:
+    """GPU- and CPU-hours per experiment, with a total row."""
+    cells, gpu_total, cpu_total = [], 0.0, 0.0
+    for t in track_names(results):
+        for r in comparison_rows(results, t):
+            gpu_total += r["gpu_hours"] or 0.0
+            cpu_total += r["cpu_hours"] or 0.0
+            cells.append([r["experiment"], t, r["furthest_round"] or MISSING, fmt_hours(r["gpu_hours"]),
+                          fmt_hours(r["cpu_hours"])])
+    highlight = [False] * len(cells)
+    if cells:
+        cells.append(["Total", "", "", fmt_hours(gpu_total), fmt_hours(cpu_total)])
+        highlight.append(True)
+    return TableData(
+        title="Resource hours",
+        columns=["Experiment", "Track", "Furthest round", "GPU-hours", "CPU-hours"],
+        rows=cells,
+        highlight=highlight,
+        note="Hours are resources held x wall time, summed over every trial and fold of the experiment.",
+    )
+
+
+def track_names(results: Mapping[str, Any]) -> list[str]:
+    """Tracks present, audio and symbolic first, then any other (e.g. fusion) in first-seen order."""
+    seen: list[str] = []
+    for e in _experiments(results):
+        t = e.get("track")
+        if t and t not in seen:
+            seen.append(str(t))
+    return sorted(seen, key=lambda t: ({"audio": 0, "symbolic": 1}.get(t, 2), seen.index(t)))
+
+
+
+# -------------------------------------------------------------------------------------------- renderers
+
+
+_MD_ACTIVE = set("\\`*_[]<>|")
+
+
+def md_text(text: Any) -> str:
+    """``text`` safe inside markdown: characters markdown would act on (emphasis, links, raw HTML such as
+    ``<script>``, table pipes) are backslash-escaped, and newlines flattened so a table row stays one line."""
+    return "".join("\\" + ch if ch in _MD_ACTIVE else ch for ch in str(text)).replace("\n", " ")
+
+
+def to_markdown(data: TableData) -> str:
+    """GitHub markdown: a header row, a separator, one line per row (highlighted rows in bold)."""
+    lines = ["| " + " | ".join(md_text(c) for c in data.columns) + " |",
+             "|" + "|".join("---" for _ in data.columns) + "|"]
+    if not data.rows:
+        lines.append("| " + " | ".join(["_(none)_"] + [""] * (len(data.columns) - 1)) + " |")
+    for i, row in enumerate(data.rows):
+        bold = i < len(data.highlight) and data.highlight[i]
+        lines.append("| " + " | ".join(
+            (f"**{md_text(c)}**" if bold and c else md_text(c)) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_rich(data: TableData) -> Table:
+    table = Table(title=data.title, caption=data.note or None, caption_justify="left")
+    for i, c in enumerate(data.columns):
+        table.add_column(c, justify="left" if i == 0 or c in ("Reason", "Status", "Decision") else "right")
+    for i, row in enumerate(data.rows):
+        style = data.styles[i] if i < len(data.styles) else None
+        if i < len(data.highlight) and data.highlight[i] and not style:
+            style = "bold"
+        table.add_row(*row, style=style)
+    return table
+
+
+__all__: Sequence[str] = [
+    "TableData",
+    "comparison_rows",
+    "comparison_data",
+    "comparison_table",
+    "comparison_markdown",
+    "decision_rows",
+    "decisions_data",
+    "decisions_table",
+    "decisions_markdown",
+    "fold_data",
+    "resource_data",
+    "hours_unit",
+    "to_markdown",
+    "md_text",
+    "to_rich",
+    "track_names",
+    "finite",
+]

@@ -1,0 +1,150 @@
+"""The full metrics suite for one trained fold: scored once, on the fold's test part, from its best checkpoint.
+
+- pairwise accuracy and R2 (with bootstrap CIs over passages), as in validation;
+- robustness: the relative drop in pairwise accuracy from clean to augmented twins (T4 pairs of the test
+  segments) and the Pearson r between clean and augmented predictions;
+- competition Spearman: per T2 round, the model's overall score (mean ranking-head score) against placement;
+- difficulty rho and STOP AUC as linear probes on z: the encoder has no difficulty or STOP head (those come
+  with fusion), so a ridge / logistic probe is fitted on z with cross-validation over pieces and scored out of
+  fold. These say how much the representation carries, not what a trained head would reach.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pianoray.config import ProtocolConfig
+from pianoray.data.tiers import Tier
+from pianoray.objectives import metrics
+from pianoray.training.checkpoint import read_state
+from pianoray.training.data import ExperimentData
+from pianoray.training.evaluate import Predictions, predict, validation_metrics
+from pianoray.training.loop import build_model, pick_device
+
+
+def load_trained(cfg: ProtocolConfig, experiment: str, data: ExperimentData, checkpoint: Path,
+                 device: torch.device) -> torch.nn.Module:
+    model = build_model(cfg, experiment, data)
+    model.load_state_dict(read_state(checkpoint)["model"])
+    return model.to(device).eval()
+
+
+def score_checkpoint(
+    cfg: ProtocolConfig,
+    experiment: str,
+    data: ExperimentData,
+    fold: int,
+    checkpoint: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Test-part metrics of ``experiment`` on ``fold`` from ``checkpoint``; a flat JSON-able dict."""
+    dev = pick_device(device)
+    model = load_trained(cfg, experiment, data, Path(checkpoint), dev)
+    views = model.encoder.views
+    bs = cfg.optim_for(experiment).batch_size
+    threshold = cfg.loss_for(experiment).rank_threshold
+
+    test = predict(model, data.eval_loader(fold, "test", views, bs), dev)
+    out = {k.removeprefix("test/"): v for k, v in
+           validation_metrics(test, threshold=threshold, n_boot=n_boot, seed=cfg.seed, prefix="test").items()}
+    out["epoch"] = int(read_state(checkpoint)["epoch"])
+    out.update(_robustness(model, data, fold, views, bs, dev, threshold, test))
+    out.update(_competition(model, data, views, bs, dev))
+    everything = _concat([test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")])
+    out.update(_probes(data, everything))
+    return out
+
+
+def _robustness(model, data, fold, views, bs, dev, threshold, clean_test: Predictions) -> dict[str, Any]:
+    loader = data.twin_loader(fold, "test", views, bs)
+    if loader is None:
+        return {"robustness_drop": None, "robustness_pearson": None}
+    clean_scores, aug_scores, targets, groups = [], [], [], []
+    labels = data.labels
+    passage = dict(zip(clean_test.segment_ids, clean_test.groups))
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            out = model(batch.to(dev))
+            scores = out.scores.float().cpu().numpy()
+            for i, j in enumerate(batch.pair.tolist()):
+                sid = batch.segment_ids[i]
+                if j > i and sid in labels and sid in passage:  # i is the clean twin (first of the pair)
+                    clean_scores.append(scores[i])
+                    aug_scores.append(scores[j])
+                    targets.append(labels[sid])
+                    groups.append(passage[sid])
+    if not clean_scores:
+        return {"robustness_drop": None, "robustness_pearson": None}
+    r = metrics.robustness(np.array(clean_scores), np.array(aug_scores), np.array(targets),
+                           np.array(groups, dtype=object), threshold=threshold, n_boot=200)
+    return {
+        "robustness_drop": r.drop.mean,
+        "robustness_drop_ci": list(r.drop.ci),
+        "robustness_pearson": r.pearson.mean,
+        "robustness_pairs": len(clean_scores),
+    }
+
+
+def _competition(model, data: ExperimentData, views, bs, dev) -> dict[str, Any]:
+    from pianoray.data.loaders import SegmentDataset, make_loader
+
+    corpus = data.corpus
+    if Tier.T2 not in corpus.tiers or "frames" in views and not corpus.has_frames():
+        return {"competition_rho": None}
+    m = corpus.manifest(Tier.T2)
+    if len(m) == 0:
+        return {"competition_rho": None}
+    ds = SegmentDataset(corpus, Tier.T2, m["segment_id"].tolist(), views, train=False,
+                        max_frames=data.max_frames, max_notes=data.max_notes, n_dims=len(data.label_names))
+    pred = predict(model, make_loader(ds, batch_size=bs, shuffle=False, train=False), dev)
+    placement = m.set_index("segment_id").loc[pred.segment_ids]
+    r = metrics.competition_spearman(pred.scores.mean(axis=1), placement["placement"].to_numpy(float),
+                                     placement["round_id"].astype(str).to_numpy(), n_boot=200)
+    return {"competition_rho": r.mean, "competition_rho_ci": list(r.ci)}
+
+
+def _probes(data: ExperimentData, pred: Predictions) -> dict[str, Any]:
+    """Difficulty rho (ridge on per-piece mean z) and STOP AUC (logistic on z), both out of fold."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
+
+    out: dict[str, Any] = {"difficulty_rho": None, "stop_auc": None}
+    m = data.corpus.manifest(Tier.T1).set_index("segment_id")
+    pieces = m.loc[pred.segment_ids, "piece"].astype(str).to_numpy()
+    grades = getattr(data.corpus, "difficulty", None) or {}
+    graded = sorted({p for p in pieces if p in grades})
+    if len(graded) >= 6:
+        zp = np.stack([pred.z[pieces == p].mean(axis=0) for p in graded])
+        y = np.array([grades[p] for p in graded], dtype=float)
+        guess = cross_val_predict(Ridge(alpha=10.0), zp, y, cv=KFold(min(5, len(graded)), shuffle=True, random_state=0))
+        out["difficulty_rho"] = metrics.spearman_difficulty(guess, y, n_boot=200).mean
+    stop = getattr(data.corpus, "stop", None) or {}
+    rows = [i for i, s in enumerate(pred.segment_ids) if s in stop]
+    if len(rows) >= 20:
+        y = np.array([stop[pred.segment_ids[i]] for i in rows], dtype=int)
+        if 0 < y.sum() < len(y):
+            z = pred.z[rows]
+            folds = GroupKFold(n_splits=min(5, len(set(pieces[rows]))))
+            p = cross_val_predict(LogisticRegression(max_iter=1000, C=0.1), z, y, cv=folds, groups=pieces[rows],
+                                  method="predict_proba")[:, 1]
+            out["stop_auc"] = metrics.stop_auc(p, y, n_boot=200).mean
+    return out
+
+
+def _concat(parts: list[Predictions]) -> Predictions:
+    return Predictions(
+        [s for p in parts for s in p.segment_ids],
+        np.concatenate([p.scores for p in parts]),
+        np.concatenate([p.regression for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.has_labels for p in parts]),
+        np.concatenate([p.groups for p in parts]),
+        np.concatenate([p.z for p in parts]),
+    )

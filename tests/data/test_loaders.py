@@ -1,0 +1,212 @@
+"""Views (frames, notes), datasets, splits without leakage, the tier-mixed sampler and collate."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from pianoray.config import DataConfig
+from pianoray.data.cache import CacheWriter
+from pianoray.data.corpus import open_corpus
+from pianoray.data.loaders import (
+    NOTE_FEATURES,
+    NOTE_TABLES,
+    SegmentDataset,
+    augmented_twins,
+    build_split,
+    collate,
+    crop_start,
+    make_loader,
+    note_features,
+)
+from pianoray.data.midi import NoteTable
+
+WIDTH, WINDOW = 4, 4
+
+
+def _ramp(n: int, base: float) -> np.ndarray:
+    """Frames whose first column is base + row index: a crop's start can be read back."""
+    x = np.zeros((n, WIDTH), dtype=np.float32)
+    x[:, 0] = base + np.arange(n)
+    return x
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Two pieces; T1 passages pa0/pa1 (piece A), pb0 (piece B); T2/T3/T4 rows touching each."""
+    root = tmp_path_factory.mktemp("cache")
+    w = CacheWriter(root, width=WIDTH, window_frames=WINDOW)
+    notes = NoteTable.from_arrays(np.arange(60, 80), np.arange(20) * 0.1, np.arange(20) * 0.1 + 0.3,
+                                  np.full(20, 80), [[0.0, 0.95]])
+    midi, sha = w.write_midi(notes, "midi/perf/x.mid")
+    k = 0
+    for passage, piece in (("pa0", "A"), ("pa1", "A"), ("pb0", "B")):
+        for perf in range(4):
+            n = 8 if perf == 0 else 20  # one short segment per passage, the rest longer than crops
+            w.add("T1", {"segment_id": f"{passage}-{perf}", "piece": piece, "passage": passage, "performer": f"q{perf}",
+                         "perf_midi": midi, "perf_midi_sha": sha, "labels19": np.full(19, perf / 4)},
+                  _ramp(n if n % WINDOW == 0 else 8, 100 * k))
+            k += 1
+    for passage, piece in (("pa0", "A"), ("px", "X")):
+        for perf in range(3):
+            w.add("T2", {"segment_id": f"r-{passage}-{perf}", "piece": piece, "passage": passage, "performer": f"q{perf}",
+                         "perf_midi": midi, "perf_midi_sha": sha, "round_id": f"round-{passage}",
+                         "placement": perf + 1, "placement_score": 1 - perf / 2}, _ramp(8, 0))
+    for piece in ("A", "X"):
+        for perf in range(2):
+            w.add("T3", {"segment_id": f"m-{piece}-{perf}", "piece": piece, "passage": f"{piece}-m", "performer": f"q{perf}",
+                         "perf_midi": midi, "perf_midi_sha": sha, "group": piece}, _ramp(8, 0))
+    for clean in ("pa0-1", "pa1-1", "pb0-2", "m-X-0"):
+        passage = clean.split("-")[0] if not clean.startswith("m-") else "X-m"
+        w.add("T4", {"segment_id": f"{clean}~aug", "piece": "A", "passage": passage, "performer": "q",
+                     "perf_midi": midi, "perf_midi_sha": sha, "clean_id": clean, "augmentation": "noise"},
+              _ramp(20 if not clean.startswith("m-") else 8, 1500))
+    w.close()
+    return open_corpus(DataConfig(root=root))
+
+
+def _labels(corpus):
+    return corpus.labels("percepiano19")[1]
+
+
+def test_crop_start():
+    rng = np.random.default_rng(0)
+    assert crop_start(10, 16, True, rng, 4) == 0
+    starts = {crop_start(40, 16, True, rng, 4) for _ in range(200)}
+    assert starts == {0, 4, 8, 12, 16, 20, 24}
+    assert crop_start(40, 16, False, rng, 4) == 12  # centre (12) on the window grid
+    assert crop_start(41, 16, False, rng, 1) == 12
+
+
+def test_frames_view_crops_and_masks(corpus):
+    ds = SegmentDataset(corpus, "T1", ["pa0-0", "pa0-1"], ["frames"], _labels(corpus), train=True, max_frames=12)
+    starts = set()
+    for seed in range(30):
+        batch = collate([ds[(0, seed, True)], ds[(1, seed, True)]], ["frames"])
+        x, mask = batch.inputs["frames"], batch.inputs["frames_mask"]
+        assert x.dtype == torch.float32 and x.shape == (2, 12, WIDTH)
+        assert mask[0].sum() == 8 and mask[1].all()  # the 8-frame segment is padded, masked
+        assert (x[0, 8:] == 0).all()
+        start = int(x[1, 0, 0].item()) - 100  # pa0-1 is the 2nd segment written: base 100
+        assert start % WINDOW == 0 and 0 <= start <= 8
+        assert torch.equal(x[1, :, 0], torch.arange(start, start + 12, dtype=torch.float32) + 100)
+        starts.add(start)
+    assert len(starts) > 1
+    ev = SegmentDataset(corpus, "T1", ["pa0-1"], ["frames"], _labels(corpus), train=False, max_frames=12)
+    assert {int(collate([ev[(0, s, False)]], ["frames"]).inputs["frames"][0, 0, 0]) for s in range(5)} == {104}
+
+
+def test_notes_view_features_crop_and_cache(corpus):
+    NOTE_TABLES.clear()
+    ds = SegmentDataset(corpus, "T1", ["pa0-0", "pa0-1", "pa1-1"], ["notes"], _labels(corpus), train=False, max_notes=8)
+    b = collate([ds[i] for i in range(3)], ["notes"])
+    assert b.inputs["notes"].shape == (3, 8, len(NOTE_FEATURES)) and b.inputs["notes_mask"].all()
+    assert NOTE_TABLES.misses == 1  # the three rows share one MIDI: parsed once
+    f = note_features(NoteTable.from_arrays([60, 64], [0.0, 0.5], [0.25, 1.5], [127, 64], [[0.4, 2.0]]))
+    np.testing.assert_allclose(f, [[60 / 127, 1.0, np.log(0.25), 0.0, 0.0, 0.0],
+                                   [64 / 127, 64 / 127, 0.0, 0.5, 1.0, 1.0]], rtol=1e-6, atol=1e-6)
+    # centre crop of 20 notes to 8: notes 6..13, whose pitch is 66..73
+    assert torch.allclose(b.inputs["notes"][0, :, 0] * 127, torch.arange(66, 74, dtype=torch.float32))
+
+
+def test_supervision_fields(corpus):
+    labels = _labels(corpus)
+    ds = build_split(corpus, {"train": ["pa0-1", "pa0-2", "pb0-1"], "val": [], "test": []}, "train",
+                     tiers=["T1", "T2", "T3"], views=["frames"], labels=labels)
+    items = [ds[i] for i in range(len(ds))]
+    b = collate(items, ["frames"])
+    t1 = b.tier == 1
+    assert b.has_labels.tolist() == t1.tolist()
+    assert torch.equal(b.rank_target[t1], b.labels[t1])
+    g = b.rank_group.tolist()
+    assert g[0] == g[1] != g[2]  # pa0-1, pa0-2 share a passage; pb0-1 does not
+    t2 = (b.tier == 2).nonzero().flatten().tolist()
+    assert b.rank_target[t2].tolist()[0] == [1.0] * 19  # placement score broadcast to every dimension
+    rounds = {}
+    for i in t2:
+        rounds.setdefault(b.segment_ids[i].rsplit("-", 1)[0], set()).add(g[i])
+    assert len(rounds) == 2 and all(len(codes) == 1 for codes in rounds.values())
+    assert not {g[i] for i in t2} & set(g[:3])
+    t3 = (b.tier == 3).nonzero().flatten().tolist()
+    assert all(b.rank_group[i] == -1 for i in t3) and b.piece[t3[0]] >= 0
+    assert b.meta["passage"][0] == "pa0"
+
+
+def test_t4_twins_share_a_batch_with_pair_indices(corpus):
+    ds = build_split(corpus, {"train": ["pa0-0"], "val": [], "test": []}, "train",
+                     tiers=["T1", "T4"], views=["frames"], labels=_labels(corpus), max_frames=12)
+    checked = 0
+    for batch in make_loader(ds, batch_size=4, shuffle=True, seed=1):
+        for i in range(batch.size):
+            if batch.tier[i] == 4:
+                checked += 1
+                j = int(batch.pair[i])
+                assert j >= 0 and int(batch.pair[j]) == i
+                ids = {batch.segment_ids[i], batch.segment_ids[j]}
+                clean = min(ids, key=len)
+                assert ids == {clean, f"{clean}~aug"}
+                # both twins cropped at the same place: the ramps differ only by their bases
+                assert torch.equal(batch.inputs["frames_mask"][i], batch.inputs["frames_mask"][j])
+                real = batch.inputs["frames_mask"][i]
+                di = (batch.inputs["frames"][i, :, 0] - batch.inputs["frames"][j, :, 0])[real]
+                assert torch.allclose(di, di[0].expand_as(di))
+            else:
+                assert batch.pair[i] == -1
+    assert checked >= 8  # every one of the 4 pairs, clean and augmented
+
+
+def test_build_split_excludes_anything_that_leaks(corpus):
+    fold = {"train": ["pa1-0", "pa1-1", "pa1-2", "pa1-3"], "val": ["pb0-0", "pb0-1"], "test": ["pa0-1", "pa0-2"]}
+    ds = build_split(corpus, fold, "train", tiers=["T1", "T2", "T3", "T4"], views=["frames"], labels=_labels(corpus))
+    ids = set(ds.segment_ids)
+    assert {s for s in ids if s.startswith("pa")} == set(fold["train"]) | {"pa1-1~aug"}
+    assert not any(s.startswith("r-pa0") for s in ids)  # T2 round on a held-out passage
+    assert {"r-px-0", "r-px-1", "r-px-2"} <= ids
+    assert not any(s.startswith("m-A") for s in ids)  # T3 group of a held-out piece (A)
+    assert {"m-X-0", "m-X-1", "m-X-0~aug"} <= ids
+    assert "pb0-2~aug" not in ids  # twin whose passage is held out
+    for split in ("val", "test"):
+        v = build_split(corpus, fold, split, tiers=["T1", "T2", "T3", "T4"], views=["frames"], labels=_labels(corpus))
+        assert v.segment_ids == fold[split]
+    tw = augmented_twins(corpus, ["pb0-1", "pb0-2"], ["frames"])
+    assert [r["segment_id"] for r in tw.rows] == ["pb0-2~aug"] and not tw.train
+
+
+def test_loader_is_deterministic_and_mixes_tiers(corpus):
+    fold = {"train": [f"{p}-{i}" for p in ("pa0", "pa1", "pb0") for i in range(4)], "val": [], "test": []}
+    ds = build_split(corpus, fold, "train", tiers=["T1", "T2", "T3", "T4"], views=["frames"], labels=_labels(corpus))
+
+    def run(seed):
+        return [(b.segment_ids, b.inputs["frames"]) for b in make_loader(ds, batch_size=8, shuffle=True, seed=seed)]
+
+    a, b, c = run(5), run(5), run(6)
+    assert [x[0] for x in a] == [x[0] for x in b]
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert [x[0] for x in a] != [x[0] for x in c]
+    seen = {s for ids, _ in a for s in ids}
+    assert {"pa0-1", "r-px-0", "m-X-1", "pa0-1~aug"} <= seen
+    tiers_per_batch = [set(x.tier.tolist()) for x in make_loader(ds, batch_size=8, shuffle=True, seed=5)]
+    assert sum(len(t) >= 3 for t in tiers_per_batch) >= len(tiers_per_batch) // 2
+    assert all(len(ids) == 8 for ids, _ in a)  # exact batch size, T4 pairs included
+    # T1 group members travel together: most batches with T1 samples hold a ranking pair
+    batches = list(make_loader(ds, batch_size=8, shuffle=True, seed=5))
+    with_pairs = [b for b in batches if (b.rank_group[b.tier == 1].unique(return_counts=True)[1] > 1).any()]
+    assert len(with_pairs) >= len([b for b in batches if (b.tier == 1).sum() > 1]) * 0.7
+
+
+def test_eval_loader_visits_each_item_once_in_order(corpus):
+    ds = build_split(corpus, {"train": [], "val": ["pb0-0", "pa0-0", "pa1-2"], "test": []}, "val",
+                     tiers=["T1"], views=["frames", "notes"], labels=_labels(corpus))
+    batches = list(make_loader(ds, batch_size=2, shuffle=False))
+    assert [s for b in batches for s in b.segment_ids] == ["pb0-0", "pa0-0", "pa1-2"]
+    assert batches[0].inputs["frames"].shape[0] == 2 and "notes_mask" in batches[0].inputs
+
+
+def test_loader_with_a_worker_matches_in_process(corpus):
+    fold = {"train": [f"pa0-{i}" for i in range(4)], "val": [], "test": []}
+    ds = build_split(corpus, fold, "train", tiers=["T1", "T4"], views=["frames"], labels=_labels(corpus))
+    a = [b.inputs["frames"] for b in make_loader(ds, 4, shuffle=True, seed=2)]
+    b = [b.inputs["frames"] for b in make_loader(ds, 4, shuffle=True, seed=2, num_workers=1)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)

@@ -1,0 +1,128 @@
+"""A realistic fake "run results" dict: 2 tracks, 5 experiments (one eliminated at a Round-1 rung with a
+stop decision, one vetoed for robustness, one reference), 4 folds in Round 2, timed curves."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+DIMS = ["dynamics", "timing", "pedaling", "articulation", "phrasing", "interpretation"]
+T0 = datetime(2026, 11, 3, 9, 0, tzinfo=timezone.utc)
+
+
+def _iso(minutes: float) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat()
+
+
+def _stat(mean: float, half: float, per_dim: list[float] | None = None) -> dict[str, Any]:
+    return {"mean": mean, "ci": [mean - half, mean + half], "per_dim": per_dim or [mean] * len(DIMS)}
+
+
+def _folds(val: float, r2: float) -> list[dict[str, Any]]:
+    return [
+        {"fold": k, "val_pairwise": val + 0.01 * (k - 1.5), "val_r2": r2 + 0.02 * (k - 1.5),
+         "test_pairwise": val - 0.01, "test_r2": r2 - 0.02, "best_epoch": 20 + 3 * k, "epochs": 40 + 3 * k}
+        for k in range(4)
+    ]
+
+
+def _experiment(name, track, role, status, furthest, pw, r2, *, per_dim=None, rob=None, gpu=0.0, cpu=0.5,
+                folds=True, round1_best=None, eliminated_at=None, reason=None) -> dict[str, Any]:
+    round2 = furthest == "round2"
+    return {
+        "name": name, "track": track, "role": role, "furthest_round": furthest, "status": status,
+        "pairwise_accuracy": _stat(pw, 0.03 if round2 else 0.05, per_dim),
+        "r2": _stat(r2, 0.04 if round2 else 0.07),
+        "test": {"pairwise_accuracy": _stat(pw - 0.01, 0.03), "r2": _stat(r2 - 0.02, 0.04)} if round2 else None,
+        "difficulty_rho": 0.55 if round2 else None, "stop_auc": None, "competition_rho": None,
+        "robustness": rob,
+        "resource_hours": {"gpu_hours": gpu, "cpu_hours": cpu},
+        "folds": _folds(pw, r2) if (round2 and folds) else [],
+        "round1": {"epochs": 30 if eliminated_at is None else eliminated_at, "best_metric": round1_best or pw,
+                   "eliminated_at": eliminated_at, "reason": reason},
+    }
+
+
+def _curve(rnd: str, exp: str, fold: int, epochs: int, start: float, top: float, step_min: float) -> list[dict]:
+    return [
+        {"round": rnd, "experiment": exp, "fold": fold, "epoch": e,
+         "val_pairwise": 0.5 + (top - 0.5) * (1 - 0.85 ** e) + 0.004 * ((e * 7 + fold) % 3 - 1),
+         "train_loss": 1.0 / e, "time": _iso(start + step_min * e)}
+        for e in range(1, epochs + 1)
+    ]
+
+
+def make_results() -> dict[str, Any]:
+    stop_reason = "A2 is 14.2 points behind A1 (leader 0.742) at rung 10, more than the 10-point gap"
+    experiments = [
+        _experiment("A1", "audio", "candidate", "winner", "round2", 0.801, 0.512, gpu=1.25, cpu=10.0,
+                    per_dim=[0.83, 0.79, 0.76, 0.81, 0.80, 0.82], rob={"drop": 0.06, "pearson": 0.93}),
+        _experiment("A2", "audio", "candidate", "eliminated", "round1", 0.600, 0.21, gpu=0.1, cpu=0.8,
+                    per_dim=[0.62, 0.58, 0.61, 0.59, 0.60, 0.60], eliminated_at=10, reason=stop_reason),
+        _experiment("S1", "symbolic", "reference", "promoted", "round2", 0.702, 0.38, gpu=0.0, cpu=0.2,
+                    per_dim=[0.72, 0.69, 0.66, 0.71, 0.71, 0.72]),
+        _experiment("S2", "symbolic", "candidate", "vetoed", "round2", 0.780, 0.45, gpu=0.9, cpu=7.0,
+                    per_dim=[0.80, 0.77, 0.74, 0.79, 0.78, 0.80], rob={"drop": 0.21, "pearson": 0.71}),
+        _experiment("S2H", "symbolic", "candidate", "winner", "round2", 0.752, 0.47, gpu=1.1, cpu=8.0,
+                    per_dim=[0.77, 0.75, 0.70, 0.76, 0.76, 0.77], rob={"drop": 0.08, "pearson": 0.9}),
+    ]
+    decisions = []
+    for rung, metrics in ((10, {"A1": 0.742, "A2": 0.600, "S2": 0.70, "S2H": 0.69, "S1": 0.66}),
+                          (25, {"A1": 0.78, "S2": 0.76, "S2H": 0.74, "S1": 0.70})):
+        for exp, m in metrics.items():
+            track = "audio" if exp.startswith("A") else "symbolic"
+            leader = max((e for e in metrics if e[0] == exp[0]), key=metrics.get)
+            gap = round((metrics[leader] - m) * 100, 1)
+            stop = gap > 10
+            decisions.append({
+                "round": "round1", "rung": rung, "experiment": exp, "track": track, "metric": m, "leader": leader,
+                "leader_metric": metrics[leader], "gap_points": gap, "decision": "stop" if stop else "continue",
+                "reason": stop_reason if stop else f"within 10 points of {leader}", "time": _iso(rung * 1.0 + 0.5),
+            })
+    curves = []
+    for exp, top, epochs in (("A1", 0.79, 30), ("A2", 0.61, 10), ("S1", 0.71, 30), ("S2", 0.78, 30), ("S2H", 0.75, 30)):
+        curves += _curve("round1", exp, 0, epochs, 0.0, top, 1.0)
+    for i, exp in enumerate(("A1", "S1", "S2", "S2H")):
+        top = next(e["pairwise_accuracy"]["mean"] for e in experiments if e["name"] == exp)
+        for fold in range(4):
+            curves += _curve("round2", exp, fold, 40 + 3 * fold, 35.0 + 5 * i, top + 0.01, 0.8)
+    return {
+        "run": {"name": "demo-<run>", "storage": "/tmp/pianoray/demo", "config": "experiments/protocol.yaml",
+                "status": "finished", "started": _iso(0), "finished": _iso(120), "dashboard": "http://127.0.0.1:8265"},
+        "dimensions": list(DIMS),
+        "experiments": experiments,
+        "decisions": decisions,
+        "winners": {"audio": "A1", "symbolic": "S2H"},
+        "selection": {
+            "audio": {"winner": "A1", "explanation": "A1 has the best mean pairwise accuracy (80.1%) of the audio track."},
+            "symbolic": {"winner": "S2H", "explanation": "S2 (78.0%) was vetoed: robustness drop 21% > 15%; "
+                                                         "S2H is next best (75.2%)."},
+        },
+        "curves": curves,
+        "rounds": [{"round": "round1", "started": _iso(0), "finished": _iso(31)},
+                   {"round": "round2", "started": _iso(34), "finished": _iso(120)}],
+    }
+
+
+def strip_optional(results: dict[str, Any]) -> dict[str, Any]:
+    """Every field the schema allows to be None set to None (and optional lists emptied)."""
+    r = copy.deepcopy(results)
+    r["run"].update(finished=None, dashboard=None)
+    for e in r["experiments"]:
+        e.update(pairwise_accuracy=None, r2=None, test=None, difficulty_rho=None, stop_auc=None,
+                 competition_rho=None, robustness=None, resource_hours=None, folds=None, round1=None)
+    for d in r["decisions"]:
+        d.update(metric=None, leader=None, leader_metric=None, gap_points=None, time=None)
+    r["winners"] = {"audio": None, "symbolic": None}
+    r["selection"] = None
+    r["curves"] = []
+    r["rounds"] = []
+    return r
+
+
+@pytest.fixture
+def run_results() -> dict[str, Any]:
+    return make_results()

@@ -1,0 +1,110 @@
+"""write_report: every file, image links, escaping, strict JSON, and a run with nothing measured."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from pianoray.report.document import write_report
+from tests.report.conftest import make_results, strip_optional
+
+EXPECTED_IMAGES = {"per_dimension.png", "timeline.png", "learning_curves_round1.png", "learning_curves_round2.png"}
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.img_src: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.img_src.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    results = make_results()
+    results["experiments"][2]["name"] = "S1<script>alert(1)</script>"  # a reference with a hostile name
+    results["experiments"][3]["r2"]["mean"] = float("nan")
+    out = tmp_path_factory.mktemp("report")
+    return results, out, write_report(results, out)
+
+
+def test_writes_every_file(written):
+    _, out, paths = written
+    assert {p.name for p in paths.values()} == EXPECTED_IMAGES | {"report.md", "report.html", "results.json"}
+    assert all(p.parent == out and p.stat().st_size > 0 for p in paths.values())
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_markdown_references_every_image_and_has_the_sections(written):
+    _, _, paths = written
+    md = paths["markdown"].read_text()
+    assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)) == EXPECTED_IMAGES
+    for heading in ("## Summary", "## Comparison per track", "### Audio track", "### Symbolic track",
+                    "## Per-dimension pairwise accuracy", "## Learning curves", "## Elimination timeline",
+                    "## Round-1 decisions", "## Per-fold results", "## Resource hours", "## Published anchors"):
+        assert heading in md, heading
+    assert "Audio winner: A1. A1 has the best mean pairwise accuracy (80.1%)" in md
+    assert "robustness drop 21%" in md
+    assert "| 0.397 |" in md and "| 0.537 |" in md and "84%" in md and "not comparable" in md
+    assert "more than the 10-point gap" in md
+
+
+def test_html_is_escaped_and_self_contained(written):
+    _, out, paths = written
+    doc = paths["html"].read_text()
+    assert "<script>" not in doc and "&lt;script&gt;alert(1)&lt;/script&gt;" in doc
+    assert "demo-&lt;run&gt;" in doc
+    parser = _Collector()
+    parser.feed(doc)
+    assert "script" not in parser.tags and "link" not in parser.tags  # no external CSS or scripts
+    assert set(parser.img_src) == EXPECTED_IMAGES and all((out / s).is_file() for s in parser.img_src)
+    assert parser.tags.count("table") == 6  # 2 comparisons, decisions, folds, resources, anchors
+    assert "S1<script>alert(1)</script> (ref)" in "".join(parser.text)  # the text survives, as text
+
+
+def test_markdown_escapes_the_hostile_name(written):
+    _, _, paths = written
+    md = paths["markdown"].read_text()
+    assert "<script>" not in md and "S1\\<script\\>alert(1)\\</script\\> (ref)" in md
+
+
+def test_results_json_is_strict_and_complete(written):
+    results, _, paths = written
+    text = paths["json"].read_text()
+    assert "NaN" not in text
+    loaded = json.loads(text)
+    assert loaded["winners"] == results["winners"]
+    assert loaded["experiments"][3]["r2"]["mean"] is None
+    assert len(loaded["curves"]) == len(results["curves"])
+
+
+def test_report_with_nothing_measured_still_renders(tmp_path, run_results):
+    paths = write_report(strip_optional(run_results), tmp_path)
+    md = paths["markdown"].read_text()
+    assert "Audio: no winner selected." in md and "| A1 | — | — |" in md
+    assert "CPU-hours" in md  # no GPU recorded anywhere
+    assert {p.name for p in paths.values()} >= EXPECTED_IMAGES
+
+
+def test_rewrite_overwrites_in_place(tmp_path, run_results):
+    write_report(strip_optional(run_results), tmp_path)
+    paths = write_report(run_results, tmp_path)
+    assert "Audio winner: A1" in paths["markdown"].read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+
+
+def test_empty_results_dict(tmp_path):
+    paths = write_report({}, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "No experiments recorded yet." in md and "Audio: no winner selected." in md

@@ -1,0 +1,64 @@
+"""Figures: fixed names, real PNGs, drawn (not placeholders) when data exists, placeholders when it does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pianoray.report.plots import plot_all, plot_learning_curves, plot_per_dimension, plot_timeline
+from tests.report.conftest import strip_optional
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_all_writes_fixed_names(run_results, tmp_path):
+    paths = plot_all(run_results, tmp_path)
+    assert {k: p.name for k, p in paths.items()} == {
+        "per_dimension": "per_dimension.png",
+        "timeline": "timeline.png",
+        "learning_curves_round1": "learning_curves_round1.png",
+        "learning_curves_round2": "learning_curves_round2.png",
+    }
+    for p in paths.values():
+        assert p.parent == tmp_path and _png_size(p)[0] > 400
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_figures_with_data_are_larger_than_placeholders(run_results, tmp_path):
+    """A placeholder is one short panel; a drawn figure is at least two panels or a multi-row chart."""
+    full, empty = tmp_path / "full", tmp_path / "empty"
+    bare = strip_optional(run_results)
+    for fn in (plot_per_dimension, plot_timeline):
+        w, h = _png_size(fn(run_results, full))
+        we, he = _png_size(fn(bare, empty))
+        assert h > 1.5 * he and w >= we
+    w, h = _png_size(plot_learning_curves(run_results, full, "round1"))
+    we, he = _png_size(plot_learning_curves(bare, empty, "round1"))
+    assert h > 1.5 * he
+
+
+def test_unknown_round_and_odd_name_get_a_safe_file_name(run_results, tmp_path):
+    path = plot_learning_curves(run_results, tmp_path, "round 3/fusion")
+    assert path.name == "learning_curves_round_3_fusion.png" and _png_size(path)
+
+
+def test_same_results_give_identical_png_bytes(run_results, tmp_path):
+    a = plot_per_dimension(run_results, tmp_path / "a").read_bytes()
+    b = plot_per_dimension(run_results, tmp_path / "b").read_bytes()
+    assert a == b
+
+
+def test_partial_data_still_draws(run_results, tmp_path):
+    run_results["experiments"][0]["pairwise_accuracy"]["per_dim"] = [0.8, None, float("nan")]  # short, gappy
+    run_results["decisions"][0]["metric"] = None  # a stop without a metric: no X, no crash
+    run_results["curves"] = [c for c in run_results["curves"] if c["experiment"] != "A1"]
+    run_results["curves"][0]["time"] = "not a time"
+    run_results["curves"].append({"round": "round1", "experiment": "ghost", "fold": 0, "epoch": 1,
+                                  "val_pairwise": 0.6, "train_loss": None, "time": None})
+    for p in plot_all(run_results, tmp_path).values():
+        assert _png_size(p)

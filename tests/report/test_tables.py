@@ -1,0 +1,125 @@
+"""Comparison, decision, fold and resource tables from a fake run."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from rich.console import Console
+
+from pianoray.report.tables import (
+    comparison_data,
+    comparison_markdown,
+    comparison_rows,
+    comparison_table,
+    decision_rows,
+    decisions_table,
+    fold_data,
+    hours_unit,
+    md_text,
+    resource_data,
+    to_markdown,
+)
+from tests.report.conftest import strip_optional
+
+
+def _render(table) -> str:
+    console = Console(width=200, record=True, color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+def test_symbolic_rows_order_candidates_by_pairwise_then_references(run_results):
+    rows = comparison_rows(run_results, "symbolic")
+    # S2 beats S2H on pairwise but was vetoed: it still lists first; the reference comes last.
+    assert [r["experiment"] for r in rows] == ["S2", "S2H", "S1 (ref)"]
+    s2, s2h, s1 = rows
+    assert s2h["winner"] and not s2["winner"] and not s1["winner"]
+    assert s2["status"] == "vetoed" and s2["robustness_drop"] == 0.21
+    assert math.isclose(s2h["pairwise"], 0.752) and math.isclose(s2h["pairwise_ci"][1], 0.782)
+    assert math.isclose(s2h["r2"], 0.47) and s2h["folds"] == 4
+    assert s2h["hours_unit"] == "GPU" and s2h["hours"] == 1.1
+    assert s1["role"] == "reference" and s1["name"] == "S1"
+
+
+def test_round2_experiments_precede_round1_even_with_lower_pairwise(run_results):
+    run_results["experiments"][1]["pairwise_accuracy"]["mean"] = 0.95  # A2: Round-1 only, fold 0
+    assert [r["name"] for r in comparison_rows(run_results, "audio")] == ["A1", "A2"]
+
+
+def test_unmeasured_pairwise_sorts_last(run_results):
+    run_results["experiments"][3]["pairwise_accuracy"] = None  # S2
+    assert [r["name"] for r in comparison_rows(run_results, "symbolic")] == ["S2H", "S2", "S1"]
+
+
+def test_hours_column_is_cpu_when_no_gpu_was_used(run_results):
+    assert comparison_data(run_results, "audio").columns[5] == "GPU-hours"
+    for e in run_results["experiments"]:
+        e["resource_hours"]["gpu_hours"] = 0.0
+    assert hours_unit(run_results, "audio") == "CPU"
+    data = comparison_data(run_results, "audio")
+    assert data.columns[5] == "CPU-hours"
+    assert data.rows[0][5] == "10.00"  # A1's CPU-hours, not its zero GPU-hours
+    assert "CPU-hours" in data.note
+
+
+def test_comparison_markdown_content(run_results):
+    md = comparison_markdown(run_results, "symbolic")
+    lines = md.strip().splitlines()
+    assert lines[0] == "| Experiment | R2 | Pairwise | Difficulty rho | Robustness | GPU-hours | Round | Status |"
+    assert lines[1].count("---") == 8
+    assert lines[2].startswith("| S2 | 0.450 ± 0.040 | 78.0% ± 3.0 | 0.550 | 21.0% | 0.90 | round2 | vetoed |")
+    assert lines[3].startswith("| **S2H** |") and "**winner**" in lines[3]  # the winner is bold
+    assert lines[4].startswith("| S1 (ref) |") and "| — |" in lines[4]  # no robustness measured
+
+
+def test_markdown_escapes_pipes_and_html(run_results):
+    run_results["experiments"][0]["name"] = "A1|<b>x</b>"
+    run_results["winners"]["audio"] = "A1|<b>x</b>"
+    md = comparison_markdown(run_results, "audio")
+    assert "A1\\|\\<b\\>x\\</b\\>" in md and "<b>" not in md
+    header = md.splitlines()[0]
+    assert all(line.count(" | ") - line.count("\\| ") == header.count(" | ") for line in md.splitlines()[2:])
+    assert md_text("a_b*c") == "a\\_b\\*c"
+
+
+def test_rich_comparison_table_renders(run_results):
+    text = _render(comparison_table(run_results, "audio"))
+    assert "GPU-hours" in text and "Difficulty rho" in text
+    assert "80.1% ± 3.0" in text and "eliminated" in text
+
+
+def test_decision_rows_stops_first_within_rung(run_results):
+    rows = decision_rows(run_results)
+    assert len(rows) == 9
+    first = rows[0]
+    assert (first["rung"], first["experiment"], first["decision"]) == (10, "A2", "stop")
+    assert first["gap_points"] == 14.2 and "10-point gap" in first["reason"]
+    assert [r["rung"] for r in rows] == sorted(r["rung"] for r in rows)
+    text = _render(decisions_table(run_results))
+    assert "A1 (74.2%)" in text and "14.2" in text
+
+
+def test_fold_and_resource_tables(run_results):
+    folds = fold_data(run_results)
+    assert len(folds.rows) == 16  # 4 Round-2 experiments x 4 folds; A2 never reached Round 2
+    assert folds.rows[0][:4] == ["A1", "audio", "0", "78.6%"] and folds.rows[0][-1] == "20 / 40"
+    res = resource_data(run_results)
+    assert res.rows[-1][0] == "Total" and res.highlight[-1]
+    assert res.rows[-1][3] == f"{1.25 + 0.1 + 0.0 + 0.9 + 1.1:.2f}"
+
+
+def test_missing_fields_render_as_dashes(run_results):
+    bare = strip_optional(run_results)
+    rows = comparison_rows(bare, "symbolic")
+    assert all(r["pairwise"] is None and r["hours"] is None and not r["winner"] for r in rows)
+    md = comparison_markdown(bare, "symbolic") + to_markdown(fold_data(bare)) + to_markdown(resource_data(bare))
+    assert "— | —" in md and "_(none)_" in md  # no folds at all: an explicit empty row
+    assert "stop" in _render(decisions_table(bare))
+
+
+def test_nan_metrics_count_as_missing(run_results):
+    r = copy.deepcopy(run_results)
+    r["experiments"][0]["pairwise_accuracy"] = {"mean": float("nan"), "ci": [float("nan"), 1.0], "per_dim": []}
+    row = comparison_rows(r, "audio")[0]
+    assert row["name"] == "A1" and row["pairwise"] is None and row["pairwise_ci"] is None
