@@ -536,6 +536,7 @@ def collate(items: Sequence[Sample | list[Sample]], views: Sequence[str], n_dims
         pair=pair,
         inputs=inputs,
         meta={
+            "rank_group_keys": [s.rank_group for s in samples],
             "passage": [s.passage for s in samples],
             "piece": [s.piece for s in samples],
             "performer": [s.performer for s in samples],

@@ -1,0 +1,494 @@
+"""The run ledger: durable, append-only record of what the protocol did, in the run's storage.
+
+Ray Tune does not restore scheduler state on resume (ray issue #30838) and restarts a resumed trial's
+``training_iteration``, so elimination state and epoch counts live here instead. S3 has no append, so every
+event is its own immutable object, ``ledger/events/<kind>/<sanitised event id>.json``, written only if
+absent: the event id is deterministic from what happened (``epoch/round1/S1/fold0/e0007``,
+``decision/rung4/S1``, ``round/round1/started``), so a retried or resumed writer re-appending the same event
+is a no-op, never a duplicate. Readers list each kind's folder in one call and merge.
+
+:meth:`Ledger.compact` writes all events so far to ``ledger/compacted/<round>.parquet``; readers merge the
+parquet files with the loose objects (de-duplicated by event id) and skip reading loose objects the parquet
+already holds, which keeps reading cheap on S3 where each object is a round trip.
+
+Event kinds written here: ``epoch``, ``decision``, ``round``, ``selection``, ``resources``, ``trial``
+(any lower-case word is accepted by :meth:`Ledger.append`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from pianoray.protocol.accounting import ResourceRecord, hours_by_experiment
+from pianoray.protocol.storage import RunStorage
+
+EVENTS_DIR = "ledger/events"
+COMPACTED_DIR = "ledger/compacted"
+# Mirrors pianoray.training.loop.SELECTION_METRIC (not imported: `pianoray status` must not load torch).
+DEFAULT_METRIC = "val/pairwise_accuracy"
+
+_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.=,+")
+_MAX_NAME = 180  # well under the 255-byte file-name limit of local filesystems
+
+ELIMINATING_ACTIONS = frozenset({"stop", "eliminate", "eliminated"})
+PROMOTING_ACTIONS = frozenset({"promote", "promoted"})
+
+
+def sanitise_event_id(event_id: str) -> str:
+    """File-name form of an event id: ``/`` -> ``~``, other unsafe characters -> ``%XX`` (injective).
+
+    Very long ids keep a readable head plus a hash of the whole id.
+    """
+    out = []
+    for ch in event_id:
+        if ch == "/":
+            out.append("~")
+        elif ch in _SAFE:
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode()))
+    name = "".join(out)
+    if name.startswith("."):  # leading dots are hidden/tmp names
+        name = "%2E" + name[1:]
+    if len(name) > _MAX_NAME:
+        name = f"{name[:_MAX_NAME - 17]}-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}"
+    return name
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types for payloads holding numpy/torch scalars or arrays."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
+        return _jsonable(obj.tolist())
+    if hasattr(obj, "item"):
+        return obj.item()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    raise TypeError(f"ledger payload value of type {type(obj).__name__} is not JSON-serialisable: {obj!r}")
+
+
+class Event(BaseModel):
+    """One immutable ledger event. ``time`` is Unix seconds (wall clock, comparable across nodes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str
+    kind: str
+    time: float
+    round: str | None = None
+    experiment: str | None = None
+    fold: int | None = None
+    payload: dict[str, Any] = {}
+
+    @field_validator("event_id")
+    @classmethod
+    def _id_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("event_id must not be empty")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_word(cls, v: str) -> str:
+        if not _KIND.match(v):
+            raise ValueError(f"kind must be a lower-case word such as 'epoch', got {v!r}")
+        return v
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _payload_json(cls, v: Any) -> Any:
+        return _jsonable(v)
+
+    def relpath(self) -> str:
+        return f"{EVENTS_DIR}/{self.kind}/{sanitise_event_id(self.event_id)}.json"
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.model_dump(), sort_keys=True).encode()
+
+    @property
+    def sort_key(self) -> tuple[float, str]:
+        return (self.time, self.event_id)
+
+
+_PARQUET_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("kind", pa.string()),
+        ("time", pa.float64()),
+        ("round", pa.string()),
+        ("experiment", pa.string()),
+        ("fold", pa.int64()),
+        ("payload", pa.string()),  # JSON: payloads differ by kind, so no fixed columns
+    ]
+)
+
+
+def events_to_parquet(events: Iterable[Event]) -> bytes:
+    events = list(events)
+    cols: dict[str, list[Any]] = {name: [] for name in _PARQUET_SCHEMA.names}
+    for e in events:
+        cols["event_id"].append(e.event_id)
+        cols["kind"].append(e.kind)
+        cols["time"].append(e.time)
+        cols["round"].append(e.round)
+        cols["experiment"].append(e.experiment)
+        cols["fold"].append(e.fold)
+        cols["payload"].append(json.dumps(e.payload, sort_keys=True))
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols, schema=_PARQUET_SCHEMA), buf)
+    return buf.getvalue()
+
+
+def events_from_parquet(data: bytes, source: str) -> list[Event]:
+    try:
+        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
+    except pa.ArrowException as e:
+        raise ValueError(f"{source}: not a readable compacted ledger parquet: {e}") from None
+    # Rows were validated as Events when written; re-validating 10^4 payloads would dominate the read.
+    return [Event.model_construct(**{**r, "payload": json.loads(r["payload"])}) for r in rows]
+
+
+class Ledger:
+    """Append-only event log of one run in :class:`RunStorage`.
+
+    Loose event objects are immutable, so this reader caches every one it has read and on later calls
+    reads only objects it has not seen (one LIST per call, plus one GET per new object).
+    ``now`` is injectable so tests can script the order of events.
+    """
+
+    def __init__(self, storage: RunStorage, *, now: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self._now = now
+        self._loose: dict[str, Event] = {}  # run-relative path -> event
+
+    # -- writing -----------------------------------------------------------------------------------
+    def append(self, event: Event) -> bool:
+        """Store ``event`` unless an event with its id exists; True when this call wrote it."""
+        rel = event.relpath()
+        if rel in self._loose:
+            return False
+        written = self.storage.write_bytes(rel, event.to_json(), overwrite=False)
+        if written:
+            self._loose[rel] = event
+        return written
+
+    def _new(self, kind: str, event_id: str, **fields: Any) -> Event:
+        event = Event(kind=kind, event_id=event_id, time=self._now(), **fields)
+        self.append(event)
+        return event
+
+    def epoch(
+        self,
+        round: str,
+        experiment: str,
+        fold: int,
+        epoch: int,
+        metrics: Mapping[str, Any],
+        *,
+        trial: str | None = None,
+    ) -> Event:
+        """One finished epoch. ``epoch`` is ours (counted across resumes), not Tune's training_iteration."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch} for {round}/{experiment}/fold{fold}")
+        return self._new(
+            "epoch",
+            f"epoch/{round}/{experiment}/fold{fold}/e{epoch:04d}",
+            round=round,
+            experiment=experiment,
+            fold=fold,
+            payload={"epoch": epoch, "metrics": dict(metrics), "trial": trial},
+        )
+
+    def decision(self, d: Any, *, round: str | None = None) -> Event:
+        """A scheduler decision: a dict, a dataclass, or an object with ``to_dict()`` (the scheduler's
+        :class:`~pianoray.protocol.decisions.Decision`, whose ``event_id`` is ``rung<r>:<experiment>``).
+
+        The payload is ``to_dict()`` unchanged (event_id included), so ``Decision.from_dict(event.payload)``
+        gives the decision back when a resumed scheduler needs its ``prior_decisions``. The ledger id is
+        ``decision/<round>/<id>`` (``decision/<id>`` without a round; ``round`` from the argument or the
+        dict), so the same rung in two rounds never collides; ``<id>`` is the decision's event_id, else
+        ``rung<rung>:<experiment>``. :class:`RunState` reads experiment, track, role and the verdict
+        (``decision`` or ``action``: stop|eliminate|promote|continue|pause).
+        """
+        if hasattr(d, "to_dict"):
+            data = dict(d.to_dict())
+        elif dataclasses.is_dataclass(d) and not isinstance(d, type):
+            data = dataclasses.asdict(d)
+        elif isinstance(d, Mapping):
+            data = dict(d)
+        else:
+            raise TypeError(f"decision must be a dict, a dataclass or have to_dict(), got {type(d).__name__}")
+        own_id = data.get("event_id") or getattr(d, "event_id", None)
+        if not own_id:
+            missing = [k for k in ("rung", "experiment") if data.get(k) is None]
+            if missing:
+                raise ValueError(f"decision has no event_id and lacks {missing} to build one: {data}")
+            own_id = f"rung{data['rung']}:{data['experiment']}"
+        round = round if round is not None else (None if data.get("round") is None else str(data["round"]))
+        fold = data.get("fold")
+        return self._new(
+            "decision",
+            f"decision/{round}/{own_id}" if round is not None else f"decision/{own_id}",
+            round=round,
+            experiment=data.get("experiment"),
+            fold=None if fold is None else int(fold),
+            payload=data,
+        )
+
+    def round_started(self, round: str, experiments: Mapping[str, Mapping[str, Any]] | None = None) -> Event:
+        """Round start; ``experiments`` maps name -> {"track", "role", ...} for :class:`RunState`."""
+        payload = {"experiments": {k: dict(v) for k, v in (experiments or {}).items()}}
+        return self._new("round", f"round/{round}/started", round=round, payload=payload)
+
+    def round_finished(self, round: str, summary: Mapping[str, Any]) -> Event:
+        """Round end. ``summary`` may list "promoted"/"eliminated" experiment names."""
+        return self._new("round", f"round/{round}/finished", round=round, payload=dict(summary))
+
+    def selection(self, payload: Mapping[str, Any], *, name: str = "final") -> Event:
+        """The selection result; ``payload["winners"]`` maps track -> experiment."""
+        return self._new("selection", f"selection/{name}", payload={"name": name, **payload})
+
+    def trial(self, round: str, experiment: str, trial: str, state: str, **info: Any) -> Event:
+        """A trial's life-cycle step (started, paused, resumed, terminated, errored...)."""
+        return self._new(
+            "trial",
+            f"trial/{round}/{experiment}/{trial}/{state}",
+            round=round,
+            experiment=experiment,
+            payload={"trial": trial, "state": state, **info},
+        )
+
+    def resources(
+        self,
+        experiment: str,
+        trial: str,
+        resource: str,
+        amount_hours: float,
+        wall_seconds: float,
+        *,
+        round: str | None = None,
+        fold: int | None = None,
+    ) -> Event:
+        """Resource-hours billed for one trial (or one fold of a CV job); see accounting.resource_hours."""
+        rec = ResourceRecord(experiment, trial, resource, float(amount_hours), float(wall_seconds), round, fold)
+        suffix = "" if fold is None else f"/fold{fold}"
+        return self._new(
+            "resources",
+            f"resources/{round or 'none'}/{experiment}/{trial}{suffix}",
+            round=round,
+            experiment=experiment,
+            fold=fold,
+            payload={"trial": rec.trial, "resource": rec.resource, "amount_hours": rec.amount_hours,
+                     "wall_seconds": rec.wall_seconds},
+        )
+
+    def compact(self, round: str) -> str:
+        """Write every event so far to ``ledger/compacted/<round>.parquet``; returns its path."""
+        rel = f"{COMPACTED_DIR}/{sanitise_event_id(round)}.parquet"
+        self.storage.write_bytes(rel, events_to_parquet(self.events()), overwrite=True)
+        return rel
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _compacted(self) -> dict[str, Event]:
+        out: dict[str, Event] = {}
+        rels = [r for r in self.storage.list(COMPACTED_DIR) if r.endswith(".parquet")]
+        for rel, data in self.storage.read_many(rels).items():
+            for e in events_from_parquet(data, self.storage.path(rel)):
+                out.setdefault(e.event_id, e)
+        return out
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        """All events (of ``kind``), compacted and loose merged by id, ordered by (time, event_id)."""
+        if kind is not None and not _KIND.match(kind):
+            raise ValueError(f"kind must be a lower-case word, got {kind!r}")
+        merged = {e.event_id: e for e in self._compacted().values() if kind is None or e.kind == kind}
+        covered = {e.relpath() for e in merged.values()}
+        prefix = EVENTS_DIR if kind is None else f"{EVENTS_DIR}/{kind}"
+        listed = [r for r in self.storage.list(prefix) if r.endswith(".json")]
+        fresh = [r for r in listed if r not in self._loose and r not in covered]
+        for rel, data in self.storage.read_many(fresh).items():
+            try:
+                self._loose[rel] = Event.model_validate(json.loads(data))
+            except ValueError as e:
+                raise ValueError(f"{self.storage.path(rel)}: not a valid ledger event: {e}") from None
+        for rel in listed:
+            e = self._loose.get(rel)
+            if e is not None and (kind is None or e.kind == kind):
+                merged.setdefault(e.event_id, e)
+        return sorted(merged.values(), key=lambda e: e.sort_key)
+
+    def is_round_finished(self, round: str) -> bool:
+        return any(e.event_id == f"round/{round}/finished" for e in self.events("round"))
+
+    def round_summary(self, round: str) -> dict[str, Any] | None:
+        for e in self.events("round"):
+            if e.event_id == f"round/{round}/finished":
+                return dict(e.payload)
+        return None
+
+    def decisions(self, round: str | None = None) -> list[Event]:
+        """Decision events (of ``round``); ``e.payload`` is the decision's ``to_dict()``."""
+        return [e for e in self.events("decision") if round is None or e.round == round]
+
+    def epochs(
+        self, experiment: str | None = None, *, round: str | None = None, fold: int | None = None
+    ) -> list[Event]:
+        return [
+            e
+            for e in self.events("epoch")
+            if (experiment is None or e.experiment == experiment)
+            and (round is None or e.round == round)
+            and (fold is None or e.fold == fold)
+        ]
+
+    def last_epoch(self, round: str, experiment: str, fold: int) -> int | None:
+        """Highest epoch recorded for one (round, experiment, fold): where a resumed trial carries on."""
+        eps = [e.payload["epoch"] for e in self.epochs(experiment, round=round, fold=fold)]
+        return max(eps) if eps else None
+
+    def selected(self, name: str | None = None) -> dict[str, Any] | None:
+        """Payload of the latest selection (or the one called ``name``); None before selection."""
+        sel = [e for e in self.events("selection") if name is None or e.payload.get("name") == name]
+        return dict(sel[-1].payload) if sel else None
+
+    def resource_records(self) -> list[ResourceRecord]:
+        return [
+            ResourceRecord(
+                experiment=e.experiment or "",
+                trial=e.payload["trial"],
+                resource=e.payload["resource"],
+                amount_hours=e.payload["amount_hours"],
+                wall_seconds=e.payload["wall_seconds"],
+                round=e.round,
+                fold=e.fold,
+            )
+            for e in self.events("resources")
+        ]
+
+    def state(self, metric: str = DEFAULT_METRIC) -> "RunState":
+        return RunState.from_events(self.events(), metric=metric)
+
+
+# -- the run's state, as `pianoray status` shows it ---------------------------------------------------
+@dataclass
+class ExperimentState:
+    name: str
+    track: str | None = None
+    role: str | None = None
+    round: str | None = None  # latest round it reported an epoch in (or was listed for)
+    last_epoch: int | None = None  # highest epoch in that round, over folds
+    best_metric: float | None = None  # best value of the metric in that round, over folds and epochs
+    status: str = "running"  # running | eliminated | promoted | winner
+    gpu_hours: float = 0.0
+    cpu_hours: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunState:
+    """A summary of the ledger: per experiment, rung decisions, rounds and winners."""
+
+    metric: str
+    experiments: dict[str, ExperimentState] = field(default_factory=dict)
+    rounds: dict[str, str] = field(default_factory=dict)  # round -> "running" | "finished", in start order
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    winners: dict[str, str] = field(default_factory=dict)  # track -> experiment
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event], metric: str = DEFAULT_METRIC) -> "RunState":
+        events = sorted(events, key=lambda e: e.sort_key)
+        state = cls(metric=metric)
+        round_order: dict[str, int] = {}
+
+        def exp(name: str) -> ExperimentState:
+            return state.experiments.setdefault(name, ExperimentState(name))
+
+        def enter_round(x: ExperimentState, rnd: str | None) -> None:
+            if rnd is None:
+                return
+            round_order.setdefault(rnd, len(round_order))
+            if x.round is None or round_order[rnd] > round_order[x.round]:
+                x.round, x.last_epoch, x.best_metric = rnd, None, None
+
+        for e in events:
+            if e.round is not None:
+                round_order.setdefault(e.round, len(round_order))
+            if e.kind == "round" and e.round is not None:
+                if e.event_id.endswith("/started"):
+                    state.rounds.setdefault(e.round, "running")
+                    for name, info in e.payload.get("experiments", {}).items():
+                        x = exp(name)
+                        x.track = info.get("track", x.track)
+                        x.role = info.get("role", x.role)
+                        enter_round(x, e.round)
+                elif e.event_id.endswith("/finished"):
+                    state.rounds[e.round] = "finished"
+                    for name in e.payload.get("promoted", []):
+                        exp(name).status = "promoted"
+                    for name in e.payload.get("eliminated", []):
+                        exp(name).status = "eliminated"
+            elif e.kind == "trial" and e.experiment:
+                x = exp(e.experiment)
+                x.track = e.payload.get("track", x.track)
+                x.role = e.payload.get("role", x.role)
+                enter_round(x, e.round)
+            elif e.kind == "epoch" and e.experiment:
+                x = exp(e.experiment)
+                enter_round(x, e.round)
+                if e.round != x.round:
+                    continue  # a late event from an earlier round
+                ep = int(e.payload.get("epoch", 0))
+                x.last_epoch = ep if x.last_epoch is None else max(x.last_epoch, ep)
+                value = e.payload.get("metrics", {}).get(metric)
+                if isinstance(value, (int, float)) and not math.isnan(value):
+                    x.best_metric = value if x.best_metric is None else max(x.best_metric, value)
+            elif e.kind == "decision":
+                state.decisions.append({"event_id": e.event_id, "time": e.time, **e.payload})
+                if e.experiment:
+                    x = exp(e.experiment)
+                    x.track = e.payload.get("track", x.track)
+                    x.role = e.payload.get("role", x.role)
+                    action = str(e.payload.get("action", e.payload.get("decision", ""))).lower()
+                    if action in ELIMINATING_ACTIONS:
+                        x.status = "eliminated"
+                    elif action in PROMOTING_ACTIONS:
+                        x.status = "promoted"
+            elif e.kind == "selection":
+                state.winners = dict(e.payload.get("winners", {}))
+
+        for name in state.winners.values():
+            exp(name).status = "winner"
+        records = [
+            ResourceRecord(e.experiment or "", e.payload["trial"], e.payload["resource"],
+                           e.payload["amount_hours"], e.payload["wall_seconds"], e.round, e.fold)
+            for e in events
+            if e.kind == "resources"
+        ]
+        for name, hours in hours_by_experiment(records).items():
+            x = exp(name)
+            x.gpu_hours, x.cpu_hours = hours.gpu_hours, hours.cpu_hours
+        return state
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per experiment, ordered by track then name (for the status table)."""
+        return [x.to_dict() for x in sorted(self.experiments.values(), key=lambda x: (x.track or "~", x.name))]
