@@ -262,21 +262,21 @@ def experiments(
     console.print(table)
 
 
-# ------------------------------------------------------------------------------- protocol (later)
-
-_NOT_YET = (
-    "the Ray elimination protocol (Round 1 screening, Round 2 4-fold Ray Train, selection, ledger) is not "
-    "built yet: it is the protocol issue. Available now: `pianoray data ...`, `pianoray validate`, "
-    "`pianoray train` (one experiment, one fold, no Ray)."
-)
+# ----------------------------------------------------------------------------------------- protocol
 
 
 @app.command()
 def run(
     config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML (default: experiments/demo.yaml)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Run storage: a path or s3://bucket/prefix."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming a run of that name."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (e.g. auto) instead of a local head."),
 ) -> None:
-    """Run the staged-elimination protocol. Not built yet: prepares and validates the demo, then says so."""
+    """Run (or resume) the staged-elimination protocol: Round 1 screening, Round 2 4-fold Ray Train, selection."""
+    from pianoray.protocol.run import ProtocolError, run_protocol
+    from pianoray.report import comparison_table, decisions_table, write_report
     from pianoray.validation import prepare_data, validate_all
 
     with user_errors():
@@ -287,22 +287,156 @@ def run(
             console.print(line, highlight=False)
         if problems:
             raise UserError("\n".join(problems))
-    err.print(f"[yellow]not yet:[/yellow] {_NOT_YET}")
-    raise typer.Exit(1)
+        try:
+            results = run_protocol(cfg, storage=storage, name=name, fresh=fresh, address=address, console=console)
+        except ProtocolError as e:
+            raise UserError(str(e)) from None
+    _print_results(results)
+    paths = _write_report(results)
+    console.print(f"report: {paths['html']}  ({paths['markdown']})")
+
+
+def _print_results(results: dict) -> None:
+    from pianoray.report import comparison_table, decisions_table
+
+    for track in ("audio", "symbolic"):
+        if any(e["track"] == track for e in results["experiments"]):
+            console.print(comparison_table(results, track))
+    if results["decisions"]:
+        console.print(decisions_table(results))
+    for track, sel in results["selection"].items():
+        if sel.get("winner") or sel.get("explanation"):
+            console.print(f"[bold]{track} winner:[/bold] {sel.get('winner') or '-'} — {sel.get('explanation', '')}",
+                          highlight=False)
+
+
+def _write_report(results: dict) -> dict:
+    """Write the report next to the run (locally), or into a local folder and copy it to S3 storage."""
+    import tempfile
+
+    from pianoray.protocol.storage import RunStorage
+    from pianoray.report import write_report
+
+    storage_uri, name = results["run"]["storage"], results["run"]["name"]
+    if "://" not in storage_uri:
+        return write_report(results, Path(storage_uri) / "report")
+    out = Path(tempfile.mkdtemp(prefix="pianoray-report-"))
+    paths = write_report(results, out)
+    remote = RunStorage(storage_uri[: -len(name) - 1], name)
+    for p in out.iterdir():
+        remote.write_bytes(f"report/{p.name}", p.read_bytes())
+    return paths
+
+
+def _open_ledger(storage: str, name: Optional[str]):
+    from pianoray.protocol.ledger import Ledger
+    from pianoray.protocol.storage import RunStorage
+
+    uri, _, last = storage.rstrip("/").rpartition("/")
+    if name is None:  # --storage names the run folder itself
+        if not uri:
+            raise UserError(f"--storage {storage}: give the run folder (STORAGE/NAME) or --name")
+        run_storage = RunStorage(uri, last)
+    else:
+        run_storage = RunStorage(storage, name)
+    if not run_storage.exists("run.json"):
+        raise UserError(f"{run_storage.uri}: no pianoray run here (no run.json)")
+    return Ledger(run_storage)
 
 
 @app.command()
-def status(storage: Optional[Path] = typer.Option(None, "--storage")) -> None:
-    """Show a run's progress from its ledger. Not built yet (the protocol issue)."""
-    err.print(f"[yellow]not yet:[/yellow] `pianoray status` reads the protocol's ledger; {_NOT_YET}")
-    raise typer.Exit(1)
+def status(
+    storage: str = typer.Option(..., "--storage", help="The run folder (STORAGE/NAME), local or s3://."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name, when --storage is the storage root."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show a run's progress from its ledger, from any shell (during or after the run)."""
+    from pianoray.protocol.results import build_results
+
+    with user_errors():
+        results = build_results(_open_ledger(storage, name))
+    if as_json:
+        print(json.dumps({k: results[k] for k in ("run", "experiments", "decisions", "winners")}, default=str))
+        return
+    table = Table(title=f"{results['run']['name']} ({results['run']['status']})")
+    for col in ("experiment", "track", "round", "status", "pairwise", "R1 epochs", "CPU-h", "GPU-h"):
+        table.add_column(col)
+    for e in results["experiments"]:
+        pw = (e.get("pairwise_accuracy") or {}).get("mean")
+        table.add_row(e["name"] + (" (ref)" if e["role"] == "reference" else ""), e["track"], e["furthest_round"],
+                      e["status"], "-" if pw is None else f"{100 * pw:.1f}%", str(e["round1"].get("epochs") or "-"),
+                      f"{e['resource_hours']['cpu_hours']:.3f}", f"{e['resource_hours']['gpu_hours']:.3f}")
+    console.print(table)
+    for d in results["decisions"]:
+        if d["decision"] == "stop":
+            console.print(f"rung {d['rung']}: stopped {d['experiment']}: {d['reason']}", highlight=False)
 
 
 @app.command()
-def report(storage: Optional[Path] = typer.Option(None, "--storage")) -> None:
-    """Write the comparison report of a run. Not built yet (the protocol issue)."""
-    err.print(f"[yellow]not yet:[/yellow] `pianoray report` reads the protocol's ledger; {_NOT_YET}")
-    raise typer.Exit(1)
+def report(
+    storage: str = typer.Option(..., "--storage", help="The run folder (STORAGE/NAME), local or s3://."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name, when --storage is the storage root."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+) -> None:
+    """Print the comparison tables and write report.md / report.html with plots."""
+    from pianoray.protocol.results import build_results
+
+    with user_errors():
+        results = build_results(_open_ledger(storage, name))
+    if as_json:
+        print(json.dumps(results, default=str))
+        return
+    _print_results(results)
+    paths = _write_report(results)
+    console.print(f"report: {paths['html']}  ({paths['markdown']})")
+
+
+# ------------------------------------------------------------------------------------------ cluster
+
+cluster_app = typer.Typer(help="Cluster YAMLs for `ray up`.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("check")
+def cluster_check(
+    file: Path = typer.Argument(..., help="cluster.yaml or cluster-gcp.yaml"),
+    ready: bool = typer.Option(False, "--ready", help="Also fail on placeholders (REPLACEME) left to fill in."),
+) -> None:
+    """Validate a cluster YAML offline (Ray's schema and checks) and against our security rules."""
+    from pianoray.protocol.cluster import check_cluster_yaml
+
+    problems = check_cluster_yaml(file, require_filled=ready)
+    for p in problems:
+        err.print(f"[red]error:[/red] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+    console.print(f"[green]ok[/green]: {file}")
+
+
+# ----------------------------------------------------------------------------------------- symbolic
+
+
+@data_app.command("symbolic")
+def data_symbolic(
+    midi: Path = typer.Option(..., "--midi", help="Folder of MIDI files (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Symbolic feature cache folder (incremental)."),
+    workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
+) -> None:
+    """Build REMI tokens, note graphs and curves for every MIDI file, keyed by content hash."""
+    import os
+
+    from pianoray.data.symbolic import build_symbolic_cache
+
+    with user_errors():
+        if not midi.is_dir():
+            raise UserError(f"--midi: {midi}: no such folder")
+        files = sorted(p for p in midi.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+        if not files:
+            raise UserError(f"--midi: {midi}: no .mid/.midi files")
+        rep = build_symbolic_cache(files, out, workers=workers or os.cpu_count() or 1, progress=True)
+    console.print(f"{len(files)} files: {rep.computed} computed, {rep.reused} reused, {len(rep.failed)} failed")
+    for path, reason in rep.failed:
+        err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover

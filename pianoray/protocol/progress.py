@@ -82,6 +82,7 @@ class RunHooks:
     on_trial_end: Callable[[str, Row, Any], None]
     on_final: Callable[[str, str, int, dict[str, Any]], None]
     refresh: Callable[[], None]
+    on_decision: Callable[[Any], None] | None = None
 
 
 HOOKS: dict[str, RunHooks] = {}

@@ -1,0 +1,35 @@
+"""Audio track: the MuQ tail (layers 9-12 over cached hidden_states[8]), LoRA, and the A1/A2/A3 encoders.
+
+Importing this package registers A1, A2 and A3 (``pianoray.models.registry``).
+"""
+
+from pianoray.models.audio import encoders  # noqa: F401  (registers A1, A2, A3)
+from pianoray.models.audio.encoders import (
+    GradualUnfreezeConfig,
+    GradualUnfreezeEncoder,
+    LoraEncoder,
+    LoraEncoderConfig,
+    MuQTailEncoder,
+    StagedLoraConfig,
+    StagedLoraEncoder,
+)
+from pianoray.models.audio.lora import LoraSettings, apply_lora, count_parameters, trainable_fraction
+from pianoray.models.audio.muq_tail import MuQCheckpointError, MuQTail, MuQTailConfig, load_muq_state_dict
+
+__all__ = [
+    "GradualUnfreezeConfig",
+    "GradualUnfreezeEncoder",
+    "LoraEncoder",
+    "LoraEncoderConfig",
+    "LoraSettings",
+    "MuQCheckpointError",
+    "MuQTail",
+    "MuQTailConfig",
+    "MuQTailEncoder",
+    "StagedLoraConfig",
+    "StagedLoraEncoder",
+    "apply_lora",
+    "count_parameters",
+    "load_muq_state_dict",
+    "trainable_fraction",
+]

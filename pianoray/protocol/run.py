@@ -1,0 +1,343 @@
+"""The staged-elimination protocol: Round 1 (screen) -> Round 2 (promote to 4-fold Ray Train) -> selection.
+
+Everything durable goes through the run's ledger, so a rerun with the same storage and name resumes:
+completed rounds are skipped, Round 1 is restored with ``Tuner.restore`` and the scheduler's decisions are
+re-applied from the ledger (Ray does not restore scheduler state, #30838), Round-2 fold jobs keep their
+fixed Train run names (Train V2 resumes a job only when rerun under the same name), and the ledger's
+idempotent event ids mean no row is written twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.live import Live
+
+from pianoray.config import ProtocolConfig
+from pianoray.models import registry
+from pianoray.protocol.accounting import resource_hours, scale_resources
+from pianoray.protocol.decisions import Decision
+from pianoray.protocol.ledger import Event, Ledger
+from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, Row, RunHooks
+from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
+from pianoray.protocol.storage import RunStorage
+
+ROUND1, ROUND2 = "round1", "round2"
+DRIVER_CPU = 0.1  # a Round-2 fold trainable only launches its TorchTrainer (0 is refused by Tune)
+
+
+class ProtocolError(RuntimeError):
+    """The run cannot go on (e.g. every trial of a round errored); the message says why."""
+
+
+@dataclass
+class RunContext:
+    cfg: ProtocolConfig
+    storage: RunStorage
+    ledger: Ledger
+    tracks: dict[str, tuple[str, str]]  # experiment -> (track, role)
+    console: Console
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
+    cpus: float = 2.0
+    gpus: float = 0.0
+
+
+def config_dict(cfg: ProtocolConfig) -> dict[str, Any]:
+    return json.loads(cfg.model_dump_json())
+
+
+def check_same_config(storage: RunStorage, cfg: ProtocolConfig) -> None:
+    """A run's config is fixed at its start; resuming with another one would mix incomparable trials."""
+    rel = "config.json"
+    mine = config_dict(cfg)
+    if storage.exists(rel):
+        theirs = storage.read_json(rel)
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ProtocolError(
+                f"{storage.uri}: this run was started with a different config (differs in: {', '.join(diff)}); "
+                "use --fresh to start over or --name for a new run"
+            )
+    else:
+        storage.write_json(rel, mine)
+
+
+def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -> RunHooks:
+    def on_epoch(round_: str, experiment: str, fold: int, epoch: int, metrics: dict[str, Any], info: dict) -> None:
+        ctx.ledger.epoch(round_, experiment, fold, epoch, metrics, trial=info.get("trial"))
+
+    def on_trial_end(round_: str, row: Row, trial: Any) -> None:
+        wall = (row.ended or time.time()) - row.started
+        res = ctx.cfg.resources_for(row.experiment)
+        per = {"CPU": res.cpu, "GPU": res.gpu}
+        used = scale_resources(per, ctx.cfg.round2.workers_per_fold) if round_ == ROUND2 else per
+        hours = resource_hours(used, wall)
+        ctx.ledger.resources(row.experiment, f"{trial.trial_id}@{ctx.session}", hours.resource,
+                             hours.amount_hours, wall, round=round_, fold=row.fold)
+        ctx.ledger.trial(round_, row.experiment, f"{trial.trial_id}@{ctx.session}", row.status.lower(),
+                         fold=row.fold, epoch=row.epoch)
+
+    def on_final(round_: str, experiment: str, fold: int, result: dict[str, Any]) -> None:
+        test = {k.removeprefix("test/"): v for k, v in result.items() if k.startswith("test/")}
+        ctx.ledger.append(Event(kind="fold", event_id=f"fold/{experiment}/fold{fold}", time=time.time(),
+                                round=round_, experiment=experiment, fold=fold, payload={"test": test}))
+
+    return RunHooks(board, on_epoch, on_trial_end, on_final, refresh)
+
+
+def _dispatch_decision(run_key: str, decision: Decision) -> None:
+    """Module-level (picklable) bridge from the scheduler to the live run's ledger and board."""
+    hooks = HOOKS.get(run_key)
+    if hooks is not None and hooks.on_decision is not None:
+        hooks.on_decision(decision)
+
+
+def _resources_fn(cfg_json: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, float]]:
+    cfg = ProtocolConfig.model_validate(cfg_json)
+
+    def fn(config: dict[str, Any]) -> dict[str, float]:
+        r = cfg.resources_for(config["experiment"])
+        return {"cpu": r.cpu, "gpu": r.gpu}
+
+    return fn
+
+
+def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: ProgressBoard) -> dict[str, Any]:
+    from ray import tune
+
+    from pianoray.protocol.scheduler import TrackGapScheduler
+    from pianoray.protocol.trials import screen_trainable
+
+    cfg = ctx.cfg
+    names = cfg.enabled_experiments()
+    prior = [Decision.from_dict(e.payload) for e in ctx.ledger.decisions(ROUND1)]
+
+    def on_decision(d: Decision) -> None:
+        ctx.ledger.decision(d, round=ROUND1)
+        if d.stopped:
+            board.row(ROUND1, d.experiment, cfg.round1.fold).status = "ELIMINATED"
+        live_refresh()
+
+    HOOKS[ctx.key].on_decision = on_decision
+    scheduler = TrackGapScheduler(
+        rungs=cfg.round1.rungs,
+        gap=cfg.round1.gap,
+        sync=cfg.round1.mode == "sync",
+        noise_guard=cfg.round1.noise_guard,
+        on_decision=functools.partial(_dispatch_decision, ctx.key),
+        prior_decisions=prior,
+        seed=cfg.seed,
+    )
+    tracks = ctx.tracks
+    param_space = {
+        "experiment": tune.grid_search(names),
+        "track": tune.sample_from(lambda spec: tracks[spec.config["experiment"]][0]),
+        "role": tune.sample_from(lambda spec: tracks[spec.config["experiment"]][1]),
+        "protocol": config_dict(cfg),
+    }
+    trainable = tune.with_resources(screen_trainable, _resources_fn(config_dict(cfg)))
+    callbacks = [ProtocolCallback(ctx.key, ROUND1, cfg.round1.epochs)]
+    run_config = tune.RunConfig(
+        name=ROUND1,
+        storage_path=ctx.storage.uri,
+        callbacks=callbacks,
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+    tune_config = tune.TuneConfig(scheduler=scheduler, reuse_actors=True, num_samples=1)
+    path = f"{ctx.storage.uri}/{ROUND1}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space)
+        # Tuner.restore brings back the pickled scheduler *as it was at the start*, without its decisions
+        # (#30838), and our callbacks bound to the dead driver: put in the live ones.
+        tuner._local_tuner._tune_config = tune_config
+        tuner._local_tuner._run_config.callbacks = callbacks
+    else:
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    grid = tuner.fit()
+
+    stopped = {d.experiment for d in scheduler.decisions if d.stopped}
+    errored, survivors = [], []
+    for result in grid:
+        name = result.config["experiment"]
+        if result.error is not None:
+            errored.append(name)
+        elif name not in stopped:
+            survivors.append(name)
+    for name in names:  # a trial eliminated before this session keeps its earlier verdict
+        if name in stopped and name in survivors:
+            survivors.remove(name)
+    if not survivors:
+        raise ProtocolError(f"round 1 ended with no survivor (errored: {errored or 'none'}); see the ledger")
+    return {"promoted": sorted(survivors), "eliminated": sorted(stopped), "errored": sorted(errored)}
+
+
+def run_round2(ctx: RunContext, survivors: list[str]) -> None:
+    from ray import tune
+
+    from pianoray.protocol.trials import fold_trainable
+
+    cfg = ctx.cfg
+    folds = list(range(cfg.round2.folds))
+    done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold")}
+    todo = [n for n in survivors if any((n, k) not in done for k in folds)]
+    if not todo:
+        return
+    per_job_cpu = max(cfg.resources_for(n).cpu for n in todo) * cfg.round2.workers_per_fold + DRIVER_CPU
+    per_job_gpu = max(cfg.resources_for(n).gpu for n in todo) * cfg.round2.workers_per_fold
+    concurrent = int(ctx.cpus // per_job_cpu) if ctx.cpus else 1
+    if per_job_gpu > 0 and ctx.gpus:
+        concurrent = min(concurrent, int(ctx.gpus // per_job_gpu))
+    param_space = {
+        "experiment": tune.grid_search(todo),
+        "fold": tune.grid_search(folds),
+        "protocol": config_dict(cfg),
+        "storage_path": ctx.storage.uri + "/" + ROUND2 + "-train",
+    }
+    trainable = tune.with_resources(fold_trainable, {"cpu": DRIVER_CPU})
+    callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs)]
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent))
+    path = f"{ctx.storage.uri}/{ROUND2}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space)
+        tuner._local_tuner._run_config.callbacks = callbacks
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(name=ROUND2, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures)),
+        )
+    grid = tuner.fit()
+    failed = [f"{r.config['experiment']} fold {r.config['fold']}: {r.error}" for r in grid if r.error is not None]
+    if failed:
+        raise ProtocolError("round 2 fold jobs failed:\n" + "\n".join(failed))
+
+
+def round2_summaries(ledger: Ledger, survivors: list[str]) -> dict[str, dict[str, Any]]:
+    """Per experiment, the folds' best validation epochs (from the epoch events) and test scores."""
+    tests = {(e.experiment, e.fold): e.payload.get("test", {}) for e in ledger.events("fold")}
+    out: dict[str, dict[str, Any]] = {}
+    for name in survivors:
+        folds = []
+        by_fold: dict[int, list[Event]] = {}
+        for e in ledger.epochs(name, round=ROUND2):
+            by_fold.setdefault(int(e.fold), []).append(e)
+        for k, evs in sorted(by_fold.items()):
+            selectable = [e for e in evs if e.payload["metrics"].get("selectable", True)] or evs
+            best = max(selectable, key=lambda e: _num(e.payload["metrics"].get("val/pairwise_accuracy")))
+            m = best.payload["metrics"]
+            folds.append(FoldOutcome(k, _num(m.get("val/pairwise_accuracy")), _num(m.get("val/r2")),
+                                     int(best.payload["epoch"]), max(int(e.payload["epoch"]) for e in evs),
+                                     m.get("val/pairwise_accuracy_per_dim"), tests.get((name, k), {})))
+        if folds:
+            out[name] = summarise(folds)
+    return out
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("-inf")
+    return v if v == v else float("-inf")
+
+
+def label_names(cfg: ProtocolConfig) -> list[str]:
+    from pianoray.data.corpus import open_corpus
+    from pianoray.data.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy.load(cfg.data.taxonomy) if cfg.data.taxonomy else Taxonomy.default()
+    return list(open_corpus(cfg.data).labels(cfg.data.labels, taxonomy)[0])
+
+
+def run_protocol(
+    cfg: ProtocolConfig,
+    *,
+    storage: str | None = None,
+    name: str | None = None,
+    fresh: bool = False,
+    address: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the protocol and return the run results (the report's input)."""
+    from pianoray.protocol.results import build_results
+    from pianoray.protocol.session import start_ray
+
+    console = console or Console()
+    run_storage = RunStorage(storage or cfg.storage, name or cfg.name)
+    if fresh:
+        for rel in run_storage.list(""):
+            run_storage.delete(rel)
+        local = run_storage.local_dir()
+        if local is not None and local.exists():
+            import shutil
+
+            shutil.rmtree(local)
+    check_same_config(run_storage, cfg)
+    ledger = Ledger(run_storage)
+    tracks = {}
+    for n in cfg.enabled_experiments():
+        spec = registry.get(cfg.encoder_name(n))
+        tracks[n] = (spec.track, spec.role)
+
+    session = start_ray(address)
+    console.print(f"run [bold]{run_storage.uri}[/bold]")
+    if session.dashboard_url:
+        console.print(f"Ray dashboard: {session.dashboard_url}  (Train run pages; per-trial progress is below)")
+    ctx = RunContext(cfg, run_storage, ledger, tracks, console, cpus=session.cpus, gpus=session.gpus)
+    if not run_storage.exists("run.json"):
+        run_storage.write_json("run.json", {"name": run_storage.name, "config": cfg.name,
+                                            "dimensions": label_names(cfg), "tracks": tracks,
+                                            "dashboard": session.dashboard_url})
+    board = ProgressBoard(tracks)
+    with Live(board.render(), console=console, refresh_per_second=2, transient=False) as live:
+        last = [0.0]
+
+        def refresh() -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.25:
+                live.update(board.render(f"pianoray · {run_storage.name}"))
+                last[0] = now
+
+        HOOKS[ctx.key] = _hooks(ctx, board, refresh)
+        try:
+            experiments = {n: {"track": t, "role": r} for n, (t, r) in tracks.items()}
+            if ledger.is_round_finished(ROUND1):
+                r1 = ledger.round_summary(ROUND1) or {}
+                console.print(f"round 1 already finished: promoted {', '.join(r1.get('promoted', []))}")
+            else:
+                ledger.round_started(ROUND1, experiments)
+                r1 = run_round1(ctx, refresh, board)
+                ledger.round_finished(ROUND1, r1)
+                ledger.compact(ROUND1)
+            survivors = list(r1["promoted"])
+            if ledger.is_round_finished(ROUND2):
+                console.print("round 2 already finished")
+            else:
+                ledger.round_started(ROUND2, {n: experiments[n] for n in survivors})
+                run_round2(ctx, survivors)
+                ledger.round_finished(ROUND2, {"experiments": survivors})
+                ledger.compact(ROUND2)
+            live.update(board.render(f"pianoray · {run_storage.name}"))
+        finally:
+            HOOKS.pop(ctx.key, None)
+
+    if ledger.selected() is None:
+        summaries = round2_summaries(ledger, survivors)
+        sel = select_winners(summaries, {n: tracks[n] for n in summaries},
+                             veto=cfg.selection.robustness_veto, tie_tolerance=cfg.selection.tie_tolerance)
+        ledger.selection({**sel, "summaries": summaries})
+    return build_results(ledger, cfg, run_storage)
