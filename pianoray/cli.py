@@ -238,6 +238,42 @@ def train(
                   console=err if as_json else console)
 
 
+@app.command()
+def pretrain(
+    experiment: str = typer.Option(..., "--experiment", help="An experiment whose encoder has a pretraining task (S1, S2, S2H, S3)."),
+    midi: Optional[Path] = typer.Option(None, "--midi", help="MIDI folder (default: the config's pretrain.midi + corpus MIDI)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the config's pretrain.epochs)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML (default: experiments/demo.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+) -> None:
+    """Pretrain an encoder on a MIDI folder; the result is cached by corpus hash and config."""
+    from pianoray.training.data import ExperimentData
+    from pianoray.training.runner import ensure_pretrained
+
+    with user_errors():
+        over: dict = {}
+        if midi is not None:
+            if not midi.is_dir():
+                raise UserError(f"--midi: {midi}: no such folder")
+            over["pretrain"] = {"midi": [str(midi.resolve())], "include_corpus_midi": False}
+        if epochs is not None:
+            over.setdefault("pretrain", {})["epochs"] = epochs
+        if data is not None:
+            over["data"] = {"root": str(data.resolve())}
+        cfg = load_config(config or _default_config(), over)
+        if experiment not in cfg.experiments:
+            raise UserError(f"--experiment: {experiment!r} is not in the config's experiments")
+        from pianoray.models import registry
+
+        if registry.get(cfg.encoder_name(experiment)).pretrain is None:
+            raise UserError(f"--experiment: {experiment} has no pretraining task")
+        from pianoray.validation import prepare_data
+
+        prepare_data(cfg, console)
+        cfg = ensure_pretrained(cfg, experiment, ExperimentData.from_config(cfg), console)
+    console.print(f"encoder weights: {cfg.experiments[experiment].init_encoder}")
+
+
 def _default_config() -> Path:
     from pianoray.settings import PROJECT_ROOT
 

@@ -84,6 +84,23 @@ class ResourcesConfig(Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+class PretrainConfig(Strict):
+    """Self-supervised pretraining for encoders that have a pretraining task (the symbolic ones).
+
+    It runs before Round 1 (and before `pianoray train`), once per experiment: the result is cached under
+    ``cache`` by the MIDI corpus hash, the task, the encoder config and the epochs.
+    """
+
+    midi: list[Path] = Field(default_factory=list)  # extra MIDI folders (ASAP, MAESTRO, ATEPP, ...)
+    include_corpus_midi: bool = True  # also the corpus's own performance MIDI
+    epochs: int = Field(50, ge=0)  # the seed: 50; 0 = no pretraining
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_notes: int = Field(512, ge=8)
+    max_files: int | None = Field(None, ge=1)  # cap for CPU runs (a seeded sample of the files)
+    cache: Path = Path("~/.cache/pianoray/pretrain")
+
+
 class ExperimentConfig(Strict):
     """One experiment: a registered encoder with its sizes and (optionally) its own optimiser/loss."""
 
@@ -93,7 +110,9 @@ class ExperimentConfig(Strict):
     optim: OptimConfig | None = None
     loss: LossConfig | None = None
     resources: ResourcesConfig | None = None
-    pretrain_epochs: int | None = Field(None, ge=0)
+    pretrain_epochs: int | None = Field(None, ge=0)  # overrides pretrain.epochs for this experiment
+    # Set by the driver after pretraining (not by users): the encoder weights fine-tuning starts from.
+    init_encoder: Path | None = None
 
 
 class Round1Config(Strict):
@@ -146,6 +165,7 @@ class ProtocolConfig(Strict):
     round1: Round1Config = Field(default_factory=Round1Config)
     round2: Round2Config = Field(default_factory=Round2Config)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -180,6 +200,12 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _resolve_path(value: str, yaml_path: Path) -> str:
+    """'{shared_data}' expanded, '~' expanded, then relative to the YAML file that names it."""
+    p = Path(value.replace("{shared_data}", str(shared_data_dir()))).expanduser()
+    return str(p if p.is_absolute() else (yaml_path.parent / p).resolve())
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
@@ -200,11 +226,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("root", "taxonomy", "folds"):
-            value = data.get(key)
-            if isinstance(value, str):
-                value = value.replace("{shared_data}", str(shared_data_dir()))
-                p = Path(value).expanduser()
-                data[key] = str(p if p.is_absolute() else (path.parent / p).resolve())
+            if isinstance(data.get(key), str):
+                data[key] = _resolve_path(data[key], path)
+    pre = raw.get("pretrain")
+    if isinstance(pre, dict):
+        if isinstance(pre.get("midi"), list):
+            pre["midi"] = [_resolve_path(m, path) if isinstance(m, str) else m for m in pre["midi"]]
+        if isinstance(pre.get("cache"), str):
+            pre["cache"] = _resolve_path(pre["cache"], path)
     return raw
 
 

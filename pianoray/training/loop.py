@@ -87,8 +87,15 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def build_model(cfg: ProtocolConfig, experiment: str, data: ExperimentData) -> PerformanceModel:
+    """The experiment's encoder (from its pretrained weights when the driver set ``init_encoder``) + heads."""
     spec = registry.get(cfg.encoder_name(experiment))
     encoder = spec.build(model_config(cfg, experiment), data.data_spec())
+    init = cfg.experiments[experiment].init_encoder
+    if init is not None:
+        from pianoray.training.pretrain import ENCODER_FILE
+
+        path = Path(init) / ENCODER_FILE if Path(init).is_dir() else Path(init)
+        encoder.load_state_dict(torch.load(path, map_location="cpu"))
     return PerformanceModel(encoder, n_dims=len(data.label_names))
 
 

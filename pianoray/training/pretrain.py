@@ -182,3 +182,52 @@ def pretrain(
                                             "losses": losses, "parts": parts_log, "skipped": skipped}, indent=1))
     os.replace(tmp, final)
     return PretrainResult(final, key, losses, parts_log, skipped=skipped)
+
+
+def pretraining_files(cfg: Any, corpus: Any) -> list[Path]:
+    """The MIDI files pretraining reads: the configured folders plus (by default) the corpus's own
+    performance MIDI, de-duplicated, sorted, and capped by a seeded sample when ``max_files`` is set."""
+    from pianoray.data.tiers import Tier
+
+    files: set[Path] = set()
+    for folder in cfg.pretrain.midi:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"pretrain.midi: {folder}: no such folder")
+        files |= {p.resolve() for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi")}
+    if cfg.pretrain.include_corpus_midi:
+        for tier in corpus.tiers:
+            m = corpus.manifest(tier)
+            if "perf_midi" in m:
+                files |= {corpus.path(r).resolve() for r in m["perf_midi"].dropna().unique()}
+    out = sorted(files)
+    if cfg.pretrain.max_files is not None and len(out) > cfg.pretrain.max_files:
+        rng = np.random.default_rng(cfg.seed)
+        out = sorted(out[i] for i in rng.choice(len(out), cfg.pretrain.max_files, replace=False))
+    return out
+
+
+def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,
+                        on_epoch: Callable[[int, float, dict[str, float]], None] | None = None) -> PretrainResult | None:
+    """Pretrain ``experiment``'s encoder if its registry entry has a task (or load the cached result).
+
+    Returns None when the encoder has no pretraining task or the budget is 0 epochs.
+    """
+    from pianoray.config import model_config
+    from pianoray.models import registry
+
+    spec = registry.get(cfg.encoder_name(experiment))
+    epochs = cfg.experiments[experiment].pretrain_epochs
+    epochs = cfg.pretrain.epochs if epochs is None else epochs
+    if spec.pretrain is None or epochs == 0:
+        return None
+    mcfg = model_config(cfg, experiment)
+    encoder = spec.build(mcfg, data.data_spec())
+    task = spec.pretrain(mcfg)
+    files = pretraining_files(cfg, data.corpus)
+    return pretrain(
+        encoder, task, files, epochs=epochs, out_dir=Path(cfg.pretrain.cache).expanduser(),
+        encoder_config={"encoder": spec.name, **mcfg.model_dump(mode="json")},
+        batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr, max_len=cfg.pretrain.max_notes, seed=cfg.seed,
+        symbolic_cache=getattr(data.corpus, "symbolic_cache", None), on_epoch=on_epoch,
+    )

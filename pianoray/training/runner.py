@@ -32,6 +32,29 @@ def _summary(r: EpochResult) -> dict[str, Any]:
     }
 
 
+def ensure_pretrained(cfg: ProtocolConfig, experiment: str, data: ExperimentData,
+                      console: Console | None = None) -> ProtocolConfig:
+    """Pretrain ``experiment``'s encoder when it has a task and no cached result exists; point the
+    experiment's ``init_encoder`` at the weights. Returns the (updated) config."""
+    from pianoray.training.pretrain import pretrain_experiment
+
+    console = console or Console(stderr=True)
+
+    def log(epoch: int, loss: float, parts: dict[str, float]) -> None:
+        detail = ", ".join(f"{k} {v:.3f}" for k, v in parts.items() if k != "seconds")
+        console.print(f"  pretrain {experiment} epoch {epoch}: loss {loss:.4f} ({detail})", highlight=False)
+
+    result = pretrain_experiment(cfg, experiment, data, on_epoch=log)
+    if result is None:
+        return cfg
+    how = "cached" if result.cached else f"trained {len(result.losses)} epochs"
+    console.print(f"pretrained {experiment}: {how}, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
+                  f"({result.path})", highlight=False)
+    cfg = cfg.model_copy(deep=True)
+    cfg.experiments[experiment].init_encoder = result.path
+    return cfg
+
+
 def train_one(
     cfg: ProtocolConfig,
     experiment: str,
@@ -50,6 +73,7 @@ def train_one(
     if not 0 <= fold < cfg.data.k:
         raise ValueError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
     data = ExperimentData.from_config(cfg)
+    cfg = ensure_pretrained(cfg, experiment, data, console)
     budget = Budget(epochs or cfg.round2.epochs, patience if patience is not None else cfg.round2.patience)
     sink = TopKSink(out, k=cfg.round2.num_to_keep) if out is not None else None
     resume = sink.latest() if sink is not None else None
