@@ -11,7 +11,9 @@ S3 goes through pyarrow's ``S3FileSystem`` (no hand-written client). ``AWS_ENDPO
 credentials come from the usual AWS environment/config chain.
 
 Transient errors (any ``OSError`` other than "not found"/"exists") are retried with exponential backoff;
-after the last attempt a :class:`StorageError` names the URI, the operation and the path.
+after the last attempt a :class:`StorageError` names the URI, the operation and the path. How long one
+S3 request may hang (an endpoint that accepts connections but never answers) is bounded by
+:class:`S3Options`; the defaults suit a cluster, tests pass sub-second timeouts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import urlparse
@@ -36,11 +39,38 @@ class StorageError(OSError):
     """A storage operation failed for good (after retries); the message names the URI and path."""
 
 
-def _s3_filesystem(region: str | None = None) -> pafs.S3FileSystem:
+@dataclass(frozen=True)
+class S3Options:
+    """Per-request limits of the S3 client (pyarrow's AWS SDK), under :class:`RunStorage`'s own retries.
+
+    Each RunStorage attempt makes up to ``sdk_attempts`` SDK tries of at most ``connect_timeout_s`` +
+    ``request_timeout_s`` each, so one failed operation lasts about
+    ``attempts x sdk_attempts x (connect + request timeout) + backoff``.
+    """
+
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 30.0
+    sdk_attempts: int = 3
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout_s <= 0 or self.request_timeout_s <= 0:
+            raise ValueError(f"S3Options: timeouts must be > 0, got {self.connect_timeout_s}, {self.request_timeout_s}")
+        if self.sdk_attempts < 1:
+            raise ValueError(f"S3Options: sdk_attempts must be >= 1, got {self.sdk_attempts}")
+
+
+def _s3_filesystem(options: S3Options | None = None) -> pafs.S3FileSystem:
     """pyarrow S3 filesystem honouring AWS_ENDPOINT_URL(_S3) for S3-compatible servers (moto, MinIO)."""
+    options = options or S3Options()
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict[str, Any] = {"region": region}
+    region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kwargs: dict[str, Any] = {
+        "region": region,
+        "connect_timeout": options.connect_timeout_s,
+        "request_timeout": options.request_timeout_s,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.sdk_attempts),
+    }
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
         kwargs["endpoint_override"] = parsed.netloc
@@ -67,6 +97,7 @@ class RunStorage:
         attempts: tries per operation before giving up on transient errors (>= 1).
         backoff_s: first retry delay; doubles each retry, capped at ``max_backoff_s``.
         filesystem: an explicit pyarrow filesystem (tests); its root is then ``uri`` as a path.
+        s3: timeouts and SDK retries of the S3 client (``s3://`` URIs only); see :class:`S3Options`.
         fsync: locally, flush each file to disk before renaming it into place, so a crash never leaves
             an empty "complete" file (~5 ms per write; tests that write thousands of files turn it off).
     """
@@ -81,6 +112,7 @@ class RunStorage:
         max_backoff_s: float = 5.0,
         filesystem: pafs.FileSystem | None = None,
         fsync: bool = True,
+        s3: S3Options | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"RunStorage: attempts must be >= 1, got {attempts}")
@@ -97,7 +129,7 @@ class RunStorage:
         if filesystem is not None:
             self._fs, root = filesystem, root_uri.rstrip("/")
         elif scheme == "s3":
-            self._fs = _s3_filesystem()
+            self._fs = _s3_filesystem(s3)
             root = root_uri[len("s3://") :].strip("/")
             if not root:
                 raise ValueError(f"storage URI {root_uri!r} names no bucket")
@@ -137,6 +169,7 @@ class RunStorage:
     # -- retry -------------------------------------------------------------------------------------
     def _retry(self, op: str, rel: str, fn: Callable[[], T]) -> T:
         delay = self.backoff_s
+        started = time.monotonic()
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
@@ -145,7 +178,8 @@ class RunStorage:
             except OSError as e:
                 if attempt == self.attempts:
                     raise StorageError(
-                        f"{self.path(rel)}: {op} failed after {self.attempts} attempt(s): {e}"
+                        f"{self.path(rel)}: {op} failed after {self.attempts} attempt(s) over "
+                        f"{time.monotonic() - started:.1f} s: {e}"
                     ) from e
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)

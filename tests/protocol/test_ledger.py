@@ -1,10 +1,8 @@
 import dataclasses
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from pianoray.protocol.ledger import (
     sanitise_event_id,
 )
 from pianoray.protocol.storage import RunStorage
+from tests.protocol.s3server import moto_s3, moto_server  # noqa: F401  (pytest fixtures)
 
 
 class Clock:
@@ -323,45 +322,7 @@ def test_reading_5000_local_events_is_fast(storage):
     assert elapsed < 1.5, f"reading 5000 events took {elapsed:.2f} s"  # ~0.35 s here; margin for shared cores
 
 
-# -- S3 (a real moto server on loopback) ----------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def moto_s3(monkeypatch):
-    """A moto S3 server on 127.0.0.1 with bucket ``pianoray``; yields the endpoint URL."""
-    server = Path(sys.executable).with_name("moto_server")
-    if not server.exists():
-        pytest.skip(f"moto_server not installed beside {sys.executable}")
-    boto3 = pytest.importorskip("boto3")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {endpoint}")
-                time.sleep(0.1)
-        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="pianoray")
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
+# -- S3 (a real moto server on loopback: tests/protocol/s3server.py) ----------------------------------
 def test_ledger_on_s3(moto_s3):
     storage = RunStorage("s3://pianoray/runs", "demo", attempts=2)
     assert storage.uri == "s3://pianoray/runs/demo" and storage.local_dir() is None

@@ -1,0 +1,279 @@
+"""`pianoray plan`: what a config will run and what it will cost, before anything starts (no Ray).
+
+Round 1 is one Tune trial per enabled experiment on ``round1.fold`` with the Round-1 budget; Round 2 is
+up to (survivors x ``round2.folds``) TorchTrainer jobs with the full budget. Cost per epoch of one
+experiment, in resource-hours (the unit of :mod:`pianoray.protocol.accounting`: GPU-hours when the
+experiment holds GPUs, else CPU-hours)::
+
+    epoch_hours = (train_samples / sps + eval_samples / (sps * eval_speedup)) / 3600 * units
+
+where ``sps`` is the measured or assumed training throughput of one worker (``benchmarks/throughput.json``)
+and ``units`` the GPUs (or CPUs) one worker holds. A Round-2 job with W workers runs W times faster on W
+times the resources (linear data-parallel scaling assumed), so its resource-hours do not depend on W.
+
+Two totals: the upper bound (nobody is eliminated, every job runs its whole budget) and the expected
+(a fraction ``eliminated`` of the trials stops at the first rung and does not reach Round 2).
+The seed's own estimate (Round 1: 2-4 GPU-hours, Round 2: 8-20) is shown beside ours for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pianoray.config import ProtocolConfig
+from pianoray.data.tiers import Tier
+
+DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
+# The seed's GPU-hour estimates (model-improvement-v2.md), for comparison only.
+SEED_GPU_HOURS = {"round1": (2.0, 4.0), "round2": (8.0, 20.0)}
+# Segments per tier when the corpus is absent: the PercePiano-sized labelled set, no extra tiers.
+ESTIMATED_TIER_SIZES = {"T1": 1200}
+
+
+class ThroughputEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples_per_s: float = Field(gt=0)
+    source: str = ""
+
+
+class ThroughputTable(BaseModel):
+    """``benchmarks/throughput.json``: device kind ("cpu"/"gpu") -> experiment (or "default") -> entry."""
+
+    model_config = ConfigDict(extra="forbid")
+    about: str = ""
+    eval_speedup: float = Field(3.0, gt=0)  # forward-only evaluation vs a training step
+    devices: dict[str, dict[str, ThroughputEntry]]
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_THROUGHPUT) -> "ThroughputTable":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: throughput table not found")
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+        except ValidationError as err:
+            lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+            raise ValueError("\n".join(lines)) from None
+
+    def lookup(self, device: str, *names: str) -> ThroughputEntry:
+        """The first of ``names`` (experiment, then encoder) in the device's table, else its "default"."""
+        table = self.devices.get(device)
+        if table is None:
+            raise KeyError(f"throughput table has no device {device!r} (has {sorted(self.devices)})")
+        for n in (*names, "default"):
+            if n in table:
+                return table[n]
+        raise KeyError(f"throughput table: device {device!r} has none of {list(names)} and no 'default'")
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One experiment's cost model."""
+
+    experiment: str
+    cpu: float
+    gpu: float
+    device: str  # "gpu" | "cpu": which throughput applies and which hours it is billed in
+    samples_per_s: float
+    throughput_source: str
+    train_samples: int  # per epoch
+    eval_samples: int  # per epoch (validation)
+    epoch_hours: float  # resource-hours of one epoch on one worker
+
+    @property
+    def units(self) -> float:
+        return self.gpu if self.device == "gpu" else self.cpu
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    name: str
+    epochs: int
+    jobs_upper: int
+    jobs_expected: int
+    upper_hours: dict[str, float]  # "gpu"/"cpu" -> resource-hours
+    expected_hours: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    seed_gpu_hours: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    config_name: str
+    trials: list[TrialPlan]
+    rounds: list[RoundPlan]
+    eliminated: float
+    sizes: dict[str, int]
+    sizes_source: str  # the corpus folder, or "estimate (...)"
+
+    def total(self, which: str = "upper") -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.rounds:
+            for k, v in (r.upper_hours if which == "upper" else r.expected_hours).items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+
+def corpus_tier_sizes(cfg: ProtocolConfig) -> tuple[dict[str, int], str]:
+    """Segments per tier from the corpus manifests (labelled T1 only), else :data:`ESTIMATED_TIER_SIZES`."""
+    root = Path(cfg.data.root)
+    present = (root / "corpus.json").is_file() if cfg.data.source == "cache" else root.is_dir()
+    if not present:
+        return dict(ESTIMATED_TIER_SIZES), f"estimate ({root} absent: PercePiano-sized T1 only)"
+    from pianoray.data.corpus import open_corpus
+    from pianoray.data.taxonomy import Taxonomy
+
+    corpus = open_corpus(cfg.data)
+    taxonomy = Taxonomy.load(cfg.data.taxonomy) if cfg.data.taxonomy else Taxonomy.default()
+    _, labels = corpus.labels(cfg.data.labels, taxonomy)
+    sizes = {t.name: len(corpus.manifest(t)) for t in corpus.tiers}
+    if "T1" in sizes:
+        sizes["T1"] = len(labels)
+    return sizes, str(root)
+
+
+def samples_per_epoch(cfg: ProtocolConfig, sizes: Mapping[str, int], tiers: list[Tier]) -> tuple[int, int]:
+    """(training, validation) samples of one epoch of one fold.
+
+    T1 trains on its fold's training part, (k-1)/k x (1 - val_fraction), and validates on
+    (k-1)/k x val_fraction; the other tiers train on what is left after held-out passages, ~(k-1)/k.
+    """
+    k, vf = cfg.data.k, cfg.data.val_fraction
+    t1 = sizes.get("T1", 0)
+    train = t1 * (k - 1) / k * (1 - vf)
+    for t in tiers:
+        if t is not Tier.T1:
+            train += sizes.get(t.name, 0) * (k - 1) / k
+    return round(train), round(t1 * (k - 1) / k * vf)
+
+
+def plan(
+    cfg: ProtocolConfig,
+    throughput: ThroughputTable | None = None,
+    *,
+    eliminated: float = 0.5,
+    sizes: Mapping[str, int] | None = None,
+) -> Plan:
+    """The rounds, the jobs and the resource-hour budget of ``cfg``.
+
+    ``eliminated``: the share of Round-1 trials expected to stop at the first rung (for the expected
+    total; the upper bound assumes none). ``sizes``: segments per tier (default: the corpus manifests,
+    else an estimate).
+    """
+    if not 0 <= eliminated < 1:
+        raise ValueError(f"eliminated must lie in [0, 1), got {eliminated}")
+    throughput = throughput or ThroughputTable.load()
+    if sizes is None:
+        sizes, source = corpus_tier_sizes(cfg)
+    else:
+        sizes, source = dict(sizes), "given"
+    names = cfg.enabled_experiments()
+    n = len(names)
+
+    def trial_plans(tiers: list[Tier]) -> dict[str, TrialPlan]:
+        train, val = samples_per_epoch(cfg, sizes, tiers)
+        out = {}
+        for name in names:
+            res = cfg.resources_for(name)
+            device = "gpu" if res.gpu > 0 else "cpu"
+            entry = throughput.lookup(device, name, cfg.encoder_name(name))
+            sps = entry.samples_per_s
+            units = res.gpu if device == "gpu" else res.cpu
+            seconds = train / sps + val / (sps * throughput.eval_speedup)
+            out[name] = TrialPlan(name, res.cpu, res.gpu, device, sps, entry.source, train, val,
+                                  seconds / 3600 * units)
+        return out
+
+    r1, r2 = cfg.round1, cfg.round2
+    p1, p2 = trial_plans(r1.tiers), trial_plans(r2.tiers)
+    first_rung = r1.rungs[0] if r1.rungs else r1.epochs
+    stopped = math.floor(eliminated * n) if r1.rungs else 0
+    survivors = n - stopped
+
+    def hours(per_trial: Mapping[str, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, h in per_trial.items():
+            dev = p1[name].device
+            out[dev] = out.get(dev, 0.0) + h
+        return out
+
+    # Expected: every trial pays up to the first rung; the survivors' share of the rest is paid too.
+    # Which trials stop is unknown, so the stopping share is spread evenly over the experiments.
+    keep = survivors / n if n else 0.0
+    round1 = RoundPlan(
+        "round1", r1.epochs, n, n,
+        hours({x: t.epoch_hours * r1.epochs for x, t in p1.items()}),
+        hours({x: t.epoch_hours * (first_rung + keep * (r1.epochs - first_rung)) for x, t in p1.items()}),
+        [f"one Tune trial per enabled experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
+         f"rungs {r1.rungs} ({r1.mode}), gap {r1.gap:g} points; expected: {stopped} of {n} stop at epoch {first_rung}"],
+        SEED_GPU_HOURS["round1"],
+    )
+    round2 = RoundPlan(
+        "round2", r2.epochs, n * r2.folds, survivors * r2.folds,
+        hours({x: t.epoch_hours * r2.epochs * r2.folds for x, t in p2.items()}),
+        hours({x: t.epoch_hours * r2.epochs * r2.folds * keep for x, t in p2.items()}),
+        [f"one TorchTrainer per (survivor, fold): {r2.folds} folds x {r2.workers_per_fold} worker(s), "
+         f"tiers {[t.name for t in r2.tiers]}",
+         f"full budget {r2.epochs} epochs (early stopping, patience {r2.patience}, can only lower it); "
+         f"top-{r2.num_to_keep} checkpoints"],
+        SEED_GPU_HOURS["round2"],
+    )
+    return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def _fmt_hours(h: Mapping[str, float]) -> str:
+    parts = [f"{h[k]:.2f} {k.upper()}-h" for k in ("gpu", "cpu") if h.get(k)]
+    return " + ".join(parts) or "0"
+
+
+def render_plan(p: Plan) -> list[Any]:
+    """Rich renderables: the per-trial cost model, then the rounds with both totals beside the seed's."""
+    from rich.table import Table
+    from rich.text import Text
+
+    trials = Table(title=f"plan · {p.config_name} · per experiment (one worker)")
+    for col in ("experiment", "resources", "samples/s", "train / val samples per epoch", "hours / epoch", "throughput source"):
+        trials.add_column(col)
+    for t in p.trials:
+        res = f"{t.cpu:g} CPU" + (f" + {t.gpu:g} GPU" if t.gpu else "")
+        trials.add_row(t.experiment, res, f"{t.samples_per_s:g} ({t.device})", f"{t.train_samples} / {t.eval_samples}",
+                       f"{t.epoch_hours:.4f} {t.device.upper()}-h", t.throughput_source)
+    rounds = Table(title="rounds")
+    for col in ("round", "jobs (upper / expected)", "epochs", "upper bound", "expected", "seed's estimate", "how"):
+        rounds.add_column(col)
+    for r in p.rounds:
+        seed = "-" if r.seed_gpu_hours is None else f"{r.seed_gpu_hours[0]:g}-{r.seed_gpu_hours[1]:g} GPU-h"
+        rounds.add_row(r.name, f"{r.jobs_upper} / {r.jobs_expected}", str(r.epochs), _fmt_hours(r.upper_hours),
+                       _fmt_hours(r.expected_hours), seed, "\n".join(r.notes))
+    lo = sum(r.seed_gpu_hours[0] for r in p.rounds if r.seed_gpu_hours)
+    hi = sum(r.seed_gpu_hours[1] for r in p.rounds if r.seed_gpu_hours)
+    rounds.add_row("total", "", "", _fmt_hours(p.total("upper")), _fmt_hours(p.total("expected")),
+                   f"{lo:g}-{hi:g} GPU-h", f"expected: {p.eliminated:.0%} of Round-1 trials eliminated")
+    sizes = ", ".join(f"{k} {v}" for k, v in sorted(p.sizes.items()))
+    note = Text(f"corpus: {sizes} segments ({p.sizes_source}). The seed's figures are for comparison only.",
+                style="dim")
+    return [trials, rounds, note]
+
+
+def print_plan(cfg: ProtocolConfig, console: Any, *, throughput: str | Path | None = None,
+               eliminated: float = 0.5, as_json: bool = False) -> Plan:
+    """What `pianoray plan` does: compute and print (rich tables, or one JSON object)."""
+    import dataclasses
+
+    p = plan(cfg, ThroughputTable.load(throughput or DEFAULT_THROUGHPUT), eliminated=eliminated)
+    if as_json:
+        print(json.dumps({**dataclasses.asdict(p), "total_upper": p.total("upper"),
+                          "total_expected": p.total("expected")}))
+    else:
+        for r in render_plan(p):
+            console.print(r)
+    return p

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+from rich.console import Console
+
+from pianoray.config import load_config
+from pianoray.protocol.plan import (
+    DEFAULT_THROUGHPUT,
+    SEED_GPU_HOURS,
+    ThroughputTable,
+    plan,
+    print_plan,
+    render_plan,
+    samples_per_epoch,
+)
+from pianoray.settings import PROJECT_ROOT
+
+SCRIPTED = ThroughputTable.model_validate({
+    "eval_speedup": 3.0,
+    "devices": {"gpu": {"X": {"samples_per_s": 10.0}, "default": {"samples_per_s": 5.0}},
+                "cpu": {"Y": {"samples_per_s": 2.0}}},
+})
+SIZES = {"T1": 100, "T2": 40, "T3": 20, "T4": 12}
+
+
+def scripted_config():
+    return load_config(None, {
+        "name": "scripted",
+        "data": {"k": 4, "val_fraction": 0.2},
+        "round1": {"epochs": 10, "rungs": [4], "tiers": ["T1", "T2"]},
+        "round2": {"epochs": 20, "folds": 4, "workers_per_fold": 2},
+        "experiments": {"X": {"encoder": "audio-frozen", "resources": {"cpu": 8, "gpu": 1}},
+                        "Y": {"encoder": "symbolic-features", "resources": {"cpu": 2}},
+                        "Z": {"encoder": "audio-frozen", "enabled": False}},
+    }, check_models=False)
+
+
+def test_samples_per_epoch_by_hand():
+    cfg = scripted_config()
+    # T1: 100 x 3/4 x 0.8 = 60 train, 100 x 3/4 x 0.2 = 15 val; other tiers x 3/4.
+    assert samples_per_epoch(cfg, SIZES, cfg.round1.tiers) == (60 + 30, 15)
+    assert samples_per_epoch(cfg, SIZES, cfg.round2.tiers) == (60 + 54, 15)
+
+
+def test_budget_equals_the_hand_computed_value():
+    p = plan(scripted_config(), SCRIPTED, eliminated=0.5, sizes=SIZES)
+    x, y = p.trials
+    assert (x.experiment, x.device, x.samples_per_s, y.device, y.samples_per_s) == ("X", "gpu", 10.0, "cpu", 2.0)
+    # Round 1 per epoch: X (90/10 + 15/30) s x 1 GPU; Y (90/2 + 15/6) s x 2 CPUs.
+    assert x.epoch_hours == pytest.approx(9.5 / 3600) and y.epoch_hours == pytest.approx(95 / 3600)
+    r1, r2 = p.rounds
+    assert (r1.jobs_upper, r1.jobs_expected, r2.jobs_upper, r2.jobs_expected) == (2, 2, 8, 4)
+    assert r1.upper_hours == pytest.approx({"gpu": 95 / 3600, "cpu": 950 / 3600})
+    # Expected: both pay up to rung 4, half of the remaining 6 epochs: 7 epochs each.
+    assert r1.expected_hours == pytest.approx({"gpu": 66.5 / 3600, "cpu": 665 / 3600})
+    # Round 2 per epoch: X (114/10 + 0.5) s; Y (114/2 + 2.5) s x 2; x 20 epochs x 4 folds (workers cancel out).
+    assert r2.upper_hours == pytest.approx({"gpu": 11.9 * 80 / 3600, "cpu": 119 * 80 / 3600})
+    assert r2.expected_hours == pytest.approx({"gpu": 11.9 * 40 / 3600, "cpu": 119 * 40 / 3600})
+    assert p.total("upper")["gpu"] == pytest.approx((95 + 952) / 3600)
+    assert (r1.seed_gpu_hours, r2.seed_gpu_hours) == (SEED_GPU_HOURS["round1"], SEED_GPU_HOURS["round2"])
+    assert plan(scripted_config(), SCRIPTED, eliminated=0.0, sizes=SIZES).total("expected") == pytest.approx(
+        p.total("upper"))
+
+
+@pytest.mark.parametrize("yaml_name", ["protocol.yaml", "demo.yaml"])
+def test_trial_counts_of_the_shipped_configs(yaml_name):
+    cfg = load_config(PROJECT_ROOT / "experiments" / yaml_name, check_models=False)
+    n = len(cfg.enabled_experiments())
+    p = plan(cfg, eliminated=0.5)
+    r1, r2 = p.rounds
+    assert [t.experiment for t in p.trials] == cfg.enabled_experiments()
+    assert (r1.jobs_upper, r1.epochs) == (n, cfg.round1.epochs)
+    assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == (n * cfg.round2.folds, (n - n // 2) * cfg.round2.folds,
+                                                            cfg.round2.epochs)
+    device = "gpu" if yaml_name == "protocol.yaml" else "cpu"  # protocol.yaml asks for 1 GPU per trial
+    assert {t.device for t in p.trials} == {device}
+    assert 0 < sum(p.total("expected").values()) <= sum(p.total("upper").values())
+
+
+def test_shipped_throughput_table_loads_and_falls_back_to_default():
+    table = ThroughputTable.load(DEFAULT_THROUGHPUT)
+    assert table.lookup("cpu", "A1").samples_per_s == pytest.approx(0.45)
+    assert table.lookup("gpu", "no-such", "also-not") == table.devices["gpu"]["default"]
+    with pytest.raises(KeyError, match="tpu"):
+        table.lookup("tpu", "A1")
+
+
+def test_bad_throughput_files_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"devices": {"cpu": {"A1": {"samples_per_s": 0}}}}))
+    with pytest.raises(ValueError, match=r"t\.json: devices\.cpu\.A1\.samples_per_s"):
+        ThroughputTable.load(bad)
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="t.json: not valid JSON"):
+        ThroughputTable.load(bad)
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        ThroughputTable.load(tmp_path / "absent.json")
+    with pytest.raises(ValueError, match="eliminated"):
+        plan(scripted_config(), SCRIPTED, eliminated=1.0, sizes=SIZES)
+
+
+def test_render_and_print(capsys):
+    p = plan(scripted_config(), SCRIPTED, sizes=SIZES)
+    console = Console(width=240, record=True)
+    for r in render_plan(p):
+        console.print(r)
+    text = console.export_text()
+    assert "2-4 GPU-h" in text and "8-20 GPU-h" in text and "round2" in text and "8 / 4" in text
+    capsys.readouterr()
+    print_plan(scripted_config(), console, as_json=True)
+    out = json.loads(capsys.readouterr().out)
+    assert out["rounds"][0]["jobs_upper"] == 2 and set(out["total_upper"]) <= {"gpu", "cpu"}
