@@ -427,6 +427,48 @@ def report(
     console.print(f"report: {paths['html']}  ({paths['markdown']})")
 
 
+@app.command()
+def plan(
+    config: Path = typer.Option(..., "--config", help="Protocol YAML (e.g. experiments/protocol.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+    throughput: Optional[Path] = typer.Option(None, help="Throughput table (default: benchmarks/throughput.json)."),
+    eliminated: float = typer.Option(0.5, help="Share of experiments assumed stopped at the first rung."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Print the rounds, trials, resources and the estimated GPU-hour budget before anything launches."""
+    from pianoray.protocol.plan import print_plan
+
+    with user_errors():
+        print_plan(_config(config, data), console, throughput=throughput, eliminated=eliminated, as_json=as_json)
+
+
+@app.command()
+def extract(
+    audio: Path = typer.Option(..., "--audio", help="Folder of WAV files (top level)."),
+    out: Path = typer.Option(..., "--out", help="Cache folder to write (the tier format; final layer in out/final)."),
+    muq_checkpoint: Optional[Path] = typer.Option(None, "--muq-checkpoint", help="MuQ weights (.safetensors/.pt or a folder)."),
+    augment: int = typer.Option(0, "--augment", min=0, help="Augmented twins per file, written as T4 pairs."),
+    window_seconds: float = typer.Option(10.0, help="Fixed window length (no padding; the last partial window is dropped)."),
+    tier: str = typer.Option("T1", help="T1 (labelled) or T3 (cross-performer groups)."),
+    labels: Optional[Path] = typer.Option(None, help="PercePiano label JSON for T1 rows."),
+    allow_random: bool = typer.Option(False, "--allow-random", help="Tests only: a random MuQ-shaped encoder."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Audio -> cached MuQ frames: hidden_states[8] per fixed window (+ the final layer), fp16 shards."""
+    from pianoray.extraction import ExtractionError, extract as run_extract
+    from pianoray.models.audio.muq_tail import MuQCheckpointError
+
+    with user_errors():
+        try:
+            root = run_extract(audio, out, muq_checkpoint=muq_checkpoint, augment=augment,
+                               window_seconds=window_seconds, allow_random=allow_random, seed=seed, tier=tier,
+                               labels=labels, overwrite=overwrite)
+        except (ExtractionError, MuQCheckpointError) as e:
+            raise UserError(str(e)) from None
+    _print_corpus_summary(root)
+
+
 # ------------------------------------------------------------------------------------------ cluster
 
 cluster_app = typer.Typer(help="Cluster YAMLs for `ray up`.", no_args_is_help=True)

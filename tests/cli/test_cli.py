@@ -46,7 +46,7 @@ def one_error(result, *needles: str) -> None:
 
 COMMANDS = [[], ["data"], ["data", "demo"], ["data", "folds"], ["data", "labels"], ["data", "symbolic"],
             ["validate"], ["train"], ["run"], ["status"], ["report"], ["experiments"], ["cluster"],
-            ["cluster", "check"]]
+            ["cluster", "check"], ["pretrain"], ["plan"], ["extract"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
@@ -178,3 +178,15 @@ def test_cluster_check_ships_valid_yamls() -> None:
     for name in ("cluster.yaml", "cluster-gcp.yaml"):
         r = runner.invoke(app, ["cluster", "check", str(PROJECT_ROOT / name)])
         assert r.exit_code == 0, r.output
+
+
+def test_plan_prints_the_cluster_budget() -> None:
+    r = runner.invoke(app, ["plan", "--config", str(PROJECT_ROOT / "experiments" / "protocol.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "GPU-h" in r.output and "round1" in r.output and "2-4 GPU-h" in r.output
+
+
+def test_extract_refuses_real_audio_without_a_muq_checkpoint(tmp_path: Path, percepiano_dir: Path) -> None:
+    r = runner.invoke(app, ["extract", "--audio", str(percepiano_dir / "examples"), "--out", str(tmp_path / "c")])
+    one_error(r, "MuQ checkpoint")
+    assert not (tmp_path / "c" / "corpus.json").exists()
