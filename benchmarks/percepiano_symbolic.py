@@ -48,9 +48,16 @@ def handcrafted(notes) -> np.ndarray:
             np.polyfit(np.arange(len(vel)), vel, 1)[0] if len(vel) > 2 else 0.0,
             chords.mean(), len(onset) / span, notes.pedal.mean(),
             float((notes.pedal_intervals[:, 1] - notes.pedal_intervals[:, 0]).sum() / span) if len(notes.pedal_intervals) else 0.0,
-            np.log(notes.duration / np.maximum(np.r_[ioi, ioi[-1:]][: len(notes.duration)], 1e-3)).mean()
-            if len(ioi) else 0.0]
+            articulation(notes)]
     return np.nan_to_num(np.array(out, dtype=np.float64))
+
+
+def articulation(notes) -> float:
+    """Mean log ratio of a note's duration to the gap before the next onset (legato > 0 > staccato)."""
+    gap = np.diff(notes.onset)
+    if len(gap) == 0:
+        return 0.0
+    return float(np.log(notes.duration[:-1] / np.maximum(gap, 0.02)).mean())
 
 
 def ridge_baseline(data, folds: list[int], threshold: float) -> list[dict]:

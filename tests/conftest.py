@@ -24,3 +24,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def percepiano_dir(shared_data: Path) -> Path:
     return shared_data / "percepiano"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tests share 2 cores with Ray workers and each other: one intra-op thread each avoids oversubscription
+    (measured: two threads under load ran 5-100x slower)."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -166,7 +166,7 @@ def pretrain(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
-            total += float(loss)
+            total += float(loss.detach())
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
