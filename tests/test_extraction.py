@@ -16,15 +16,12 @@ from pianoray.data.corpus import open_cache
 from pianoray.extraction import (
     AUGMENTATIONS_FILE,
     FINAL_DIR,
-    MUQ_SAMPLE_RATE,
     NO_CHECKPOINT_MESSAGE,
     ExtractionError,
-    MuQEncoder,
-    MuQEncoderConfig,
     build_encoder,
     extract,
-    mel_filterbank,
 )
+from pianoray.models.audio.muq_encoder import MUQ_SAMPLE_RATE, MuQEncoder, MuQEncoderConfig, mel_filterbank
 from pianoray.models.audio.muq_tail import MuQCheckpointError, MuQTail, MuQTailConfig, load_muq_state_dict
 
 WINDOW_S = 2.0
