@@ -58,7 +58,7 @@ class EncoderSpec:
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 # Modules that register encoders on import. Later issues add theirs here.
-BUILTIN_MODULES = ("pianoray.models.baselines", "pianoray.models.audio")
+BUILTIN_MODULES = ("pianoray.models.baselines", "pianoray.models.audio", "pianoray.models.symbolic")
 
 
 def register(spec: EncoderSpec) -> EncoderSpec:

@@ -1,0 +1,205 @@
+"""S1 (Transformer over REMI): MLM masking statistics, shapes, the full preset's size, learning, pretraining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pianoray.data.batch import Batch
+from pianoray.data.tiers import Tier
+from pianoray.models import registry
+from pianoray.models.contract import PerformanceModel
+from pianoray.models.symbolic.s1_remi import (
+    FIRST_REGULAR_ID,
+    IGNORE_INDEX,
+    RemiMLMTask,
+    S1Config,
+    build_s1,
+    masked_token_accuracy,
+    mlm_mask,
+)
+from pianoray.training.pretrain import pretrain
+
+VOCAB = 60
+N_DIMS = 2
+TINY = {"d_model": 32, "layers": 2, "heads": 4, "ffn": 64, "max_positions": 128, "vocab_size": VOCAB}
+
+
+def _batch(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Batch:
+    b = ids.shape[0]
+    return Batch(
+        segment_ids=[f"s{i}" for i in range(b)],
+        tier=torch.full((b,), int(Tier.T1)),
+        labels=labels,
+        has_labels=torch.ones(b, dtype=torch.bool),
+        rank_target=labels,
+        rank_group=torch.zeros(b, dtype=torch.long),
+        piece=torch.zeros(b, dtype=torch.long),
+        performer=torch.arange(b),
+        pair=torch.full((b,), -1),
+        inputs={"remi": ids, "remi_mask": mask},
+    )
+
+
+def test_mlm_mask_proportions() -> None:
+    g = torch.Generator().manual_seed(0)
+    V, mask_id = 446, 446
+    ids = torch.randint(FIRST_REGULAR_ID, V, (64, 512), generator=g)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[::2, 300:] = False  # padding in half the rows
+    ids[~mask] = 0
+    inputs, targets = mlm_mask(ids, mask, g, 0.15, vocab_size=V, mask_id=mask_id)
+    selected = targets != IGNORE_INDEX
+    assert not bool(selected[~mask].any()), "padding is never selected"
+    assert torch.equal(targets[selected], ids[selected])
+    assert torch.equal(inputs[~selected], ids[~selected]), "unselected tokens are untouched"
+    n = selected.sum().item()
+    assert abs(n / mask.sum().item() - 0.15) < 0.005  # ~24.6k real tokens: sd of the rate ~0.0023
+    to_mask = (inputs[selected] == mask_id).float().mean().item()
+    kept = (inputs[selected] == ids[selected]).float().mean().item()
+    replaced = inputs[selected][(inputs[selected] != mask_id) & (inputs[selected] != ids[selected])]
+    assert abs(to_mask - 0.8) < 0.015
+    # a random replacement equals the original 1 time in 442: "unchanged" is 0.1 + 0.1/442.
+    assert abs(kept - (0.1 + 0.1 / (V - FIRST_REGULAR_ID))) < 0.01
+    assert abs(replaced.numel() / n - 0.1 * (1 - 1 / (V - FIRST_REGULAR_ID))) < 0.01
+    assert bool((replaced >= FIRST_REGULAR_ID).all() and (replaced < V).all()), "specials are never drawn"
+
+
+def test_mlm_mask_is_seeded_and_checks_shapes() -> None:
+    ids = torch.randint(4, 50, (3, 20))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    a = mlm_mask(ids, mask, torch.Generator().manual_seed(1), vocab_size=50, mask_id=50)
+    b = mlm_mask(ids, mask, torch.Generator().manual_seed(1), vocab_size=50, mask_id=50)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="differ"):
+        mlm_mask(ids, mask[:, :5], torch.Generator(), vocab_size=50, mask_id=50)
+
+
+def test_masked_token_accuracy_known_value() -> None:
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = logits[0, 1, 1] = logits[0, 2, 3] = 1.0
+    targets = torch.tensor([[2, 3, IGNORE_INDEX]])
+    assert masked_token_accuracy(logits, targets).item() == pytest.approx(0.5)
+
+
+def test_registered_as_symbolic_candidate() -> None:
+    spec = registry.get("S1")
+    assert spec.track == "symbolic" and spec.role == "candidate" and spec.views == ("remi",)
+    task = spec.pretrain(S1Config())
+    assert isinstance(task, RemiMLMTask) and task.name == "s1-mlm" and task.views == ("remi",)
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="heads"):
+        S1Config(d_model=30, heads=4)
+    with pytest.raises(ValueError, match="n_layers"):
+        S1Config(n_layers=3)
+
+
+def test_full_preset_is_about_25m_parameters() -> None:
+    cfg = S1Config.full()
+    assert (cfg.layers, cfg.d_model, cfg.heads) == (8, 512, 8)
+    enc = build_s1(cfg, registry.DataSpec(n_dims=19, extras={"remi_vocab_size": 446}))
+    n = sum(p.numel() for p in enc.parameters())
+    assert n == 26_501_121, n  # the figure quoted in the module docstring and docs/symbolic-encoders.md
+
+
+def test_shapes_padding_and_length_check() -> None:
+    torch.manual_seed(0)
+    enc = build_s1(S1Config(**TINY), registry.DataSpec(n_dims=N_DIMS)).eval()
+    ids = torch.randint(4, VOCAB, (1, 10))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 10, dtype=torch.bool), torch.zeros(1, 6, dtype=torch.bool)], 1)
+    out = enc.encode(_batch(padded, mask, torch.zeros(1, N_DIMS)))
+    assert out.tokens.shape == (1, 16, 32) and out.z.shape == (1, 512)
+    alone = enc.encode(_batch(ids, torch.ones(1, 10, dtype=torch.bool), torch.zeros(1, N_DIMS)))
+    assert torch.allclose(out.tokens[:, :10], alone.tokens, atol=1e-5), "padding changes valid tokens"
+    assert torch.allclose(out.z, alone.z, atol=1e-5)
+    empty = enc.encode(_batch(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 2)))
+    assert torch.isfinite(empty.z).all()
+    with pytest.raises(ValueError, match="max_positions"):
+        enc.hidden(torch.randint(4, VOCAB, (1, 129)), torch.ones(1, 129, dtype=torch.bool))
+    with pytest.raises(ValueError, match="vocab_size"):
+        enc.hidden(torch.full((1, 3), VOCAB + 1), torch.ones(1, 3, dtype=torch.bool))
+
+
+def _token_task(seed: int, n: int = 32, length: int = 16) -> Batch:
+    """A "velocity level" y per sample: its tokens are ids around an id that grows with y, labels (y, 1 - y).
+
+    The model must learn an ordinal reading of token ids (as of REMI velocity bins) and pool it."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(n, generator=g)
+    centre = 8 + (y * (VOCAB - 16)).round().long()
+    ids = centre[:, None] + torch.randint(-4, 5, (n, length), generator=g)
+    return _batch(ids, torch.ones(n, length, dtype=torch.bool), torch.stack([y, 1 - y], 1))
+
+
+def test_finetuning_loss_falls_on_learnable_task() -> None:
+    torch.manual_seed(0)
+    model = PerformanceModel(build_s1(S1Config(**TINY, dropout=0.0), registry.DataSpec(n_dims=N_DIMS)), N_DIMS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)  # larger rates saturate the sigmoid head
+    train, held = _token_task(1), _token_task(2)
+
+    def loss_on(batch: Batch) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(model(batch).regression, batch.labels)
+
+    model.eval()
+    with torch.no_grad():
+        start = loss_on(held).item()
+    model.train()
+    for _ in range(40):
+        opt.zero_grad()
+        loss_on(train).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        end = loss_on(held).item()
+    assert end < 0.3 * start, (start, end)
+
+
+def test_mlm_task_loss_and_cross_performer_term() -> None:
+    torch.manual_seed(0)
+    cfg = S1Config(**TINY)
+    enc = build_s1(cfg, registry.DataSpec(n_dims=N_DIMS))
+    task = RemiMLMTask(cfg)
+    heads = task.build_heads(enc)
+    inputs = {"remi": torch.randint(4, VOCAB, (4, 40)), "remi_mask": torch.ones(4, 40, dtype=torch.bool)}
+    loss, parts = task.loss(enc, heads, inputs, torch.Generator().manual_seed(0))
+    # An untrained head is close to uniform over the vocabulary: cross-entropy ~ log(V).
+    assert abs(parts["mlm"] - torch.log(torch.tensor(float(VOCAB))).item()) < 1.0
+    assert "contrastive" not in parts
+
+    on = S1Config(**TINY, pretrain={"cross_performer": True, "contrastive_weight": 0.5})
+    with pytest.raises(KeyError, match="piece"):
+        RemiMLMTask(on).loss(enc, heads, inputs, torch.Generator().manual_seed(0))
+    with_ids = inputs | {"piece": torch.tensor([0, 0, 1, 1]), "performer": torch.tensor([0, 1, 2, 3])}
+    total, parts = RemiMLMTask(on).loss(enc, heads, with_ids, torch.Generator().manual_seed(0))
+    assert parts["contrastive"] > 0
+    assert total.item() == pytest.approx(parts["mlm"] + 0.5 * parts["contrastive"], rel=1e-5)
+    total.backward()
+    assert enc.shared.net[1].weight.grad is not None, "the contrastive term trains the pooled path"
+
+
+@pytest.mark.slow  # ~10 s alone on 2 cores (REMI of 16 files + 2 x 4 epochs)
+def test_pretraining_on_real_midi_falls_and_caches(percepiano_dir: Path, tmp_path: Path) -> None:
+    files = sorted((percepiano_dir / "all_2rounds").glob("*.mid"))[:16]
+    assert len(files) == 16
+    cfg = S1Config(max_positions=256)
+    spec = registry.get("S1")
+
+    def run():
+        torch.manual_seed(0)
+        enc = spec.build(cfg, registry.DataSpec(n_dims=19))
+        res = pretrain(enc, spec.pretrain(cfg), files, epochs=4, out_dir=tmp_path, batch_size=8, lr=2e-3,
+                       encoder_config=cfg.model_dump(), max_len=256)
+        return enc, res
+
+    enc, first = run()
+    assert not first.cached and len(first.losses) == 4
+    assert first.losses[0] > first.losses[-1], first.losses
+    enc2, second = run()
+    assert second.cached and second.losses == first.losses
+    for (name, a), b in zip(enc.state_dict().items(), enc2.state_dict().values()):
+        assert torch.equal(a, b), name
