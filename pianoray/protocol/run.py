@@ -48,6 +48,9 @@ class RunContext:
     session: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
     cpus: float = 2.0
     gpus: float = 0.0
+    # (round, experiment, fold) whose trial ended in an earlier session of this run: its trial-end and
+    # resource rows are in the ledger already, and a restored Tune trial that merely ends again adds none.
+    ended_before: set[tuple[str, str, int]] = field(default_factory=set)
 
 
 def config_dict(cfg: ProtocolConfig) -> dict[str, Any]:
@@ -75,6 +78,8 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
         ctx.ledger.epoch(round_, experiment, fold, epoch, metrics, trial=info.get("trial"))
 
     def on_trial_end(round_: str, row: Row, trial: Any) -> None:
+        if (round_, row.experiment, row.fold) in ctx.ended_before:
+            return
         wall = (row.ended or time.time()) - row.started
         res = ctx.cfg.resources_for(row.experiment)
         per = {"CPU": res.cpu, "GPU": res.gpu}
@@ -119,6 +124,14 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
     cfg = ctx.cfg
     names = cfg.enabled_experiments()
     prior = [Decision.from_dict(e.payload) for e in ctx.ledger.decisions(ROUND1)]
+    # Stopped in an earlier session: the trainable ends such a trial at once if Tune restores it.
+    eliminated = tuple(sorted({d.experiment for d in prior if d.stopped}))
+    for name in eliminated:
+        ctx.ended_before.add((ROUND1, name, cfg.round1.fold))
+        board.row(ROUND1, name, cfg.round1.fold).status = "ELIMINATED"
+    ctx.ended_before |= {(ROUND1, e.experiment, cfg.round1.fold) for e in ctx.ledger.events("trial")
+                         if e.round == ROUND1 and e.experiment is not None
+                         and e.payload.get("state") in ("done", "eliminated")}
 
     def on_decision(d: Decision) -> None:
         ctx.ledger.decision(d, round=ROUND1)
@@ -139,11 +152,12 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
     tracks = ctx.tracks
     param_space = {
         "experiment": tune.grid_search(names),
-        "track": tune.sample_from(lambda spec: tracks[spec.config["experiment"]][0]),
-        "role": tune.sample_from(lambda spec: tracks[spec.config["experiment"]][1]),
+        "track": tune.sample_from(lambda config: tracks[config["experiment"]][0]),
+        "role": tune.sample_from(lambda config: tracks[config["experiment"]][1]),
         "protocol": config_dict(cfg),
     }
-    trainable = tune.with_resources(screen_trainable, _resources_fn(config_dict(cfg)))
+    trainable = tune.with_resources(tune.with_parameters(screen_trainable, eliminated=eliminated),
+                                    _resources_fn(config_dict(cfg)))
     callbacks = [ProtocolCallback(ctx.key, ROUND1, cfg.round1.epochs)]
     run_config = tune.RunConfig(
         name=ROUND1,
@@ -190,6 +204,7 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
     cfg = ctx.cfg
     folds = list(range(cfg.round2.folds))
     done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold")}
+    ctx.ended_before |= {(ROUND2, n, int(k)) for n, k in done}
     todo = [n for n in survivors if any((n, k) not in done for k in folds)]
     if not todo:
         return
@@ -204,13 +219,17 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
         "protocol": config_dict(cfg),
         "storage_path": ctx.storage.uri + "/" + ROUND2 + "-train",
     }
-    trainable = tune.with_resources(fold_trainable, {"cpu": DRIVER_CPU})
+    # A fold scored in an earlier session ends at once if Tune restores its trial (a stale snapshot).
+    finished = tuple(sorted(f"{n}/{k}" for n, k in done))
+    trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished), {"cpu": DRIVER_CPU})
     callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs)]
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent))
     path = f"{ctx.storage.uri}/{ROUND2}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=param_space)
+        # The pickled TuneConfig holds the concurrency computed for the cluster of the first session.
+        tuner._local_tuner._tune_config = tune_config
         tuner._local_tuner._run_config.callbacks = callbacks
     else:
         tuner = tune.Tuner(
@@ -255,6 +274,21 @@ def _num(x: Any) -> float:
     return v if v == v else float("-inf")
 
 
+def pretrain_encoders(cfg: ProtocolConfig, console: Console) -> ProtocolConfig:
+    """Before Round 1: pretrain every enabled experiment that has a pretraining task, once (the result is
+    cached by corpus hash and config, so a resumed run loads it), and point its trials at the weights."""
+    from pianoray.training.data import ExperimentData
+    from pianoray.training.runner import ensure_pretrained
+
+    names = [n for n in cfg.enabled_experiments() if registry.get(cfg.encoder_name(n)).pretrain is not None]
+    if not names:
+        return cfg
+    data = ExperimentData.from_config(cfg)
+    for name in names:
+        cfg = ensure_pretrained(cfg, name, data, console)
+    return cfg
+
+
 def label_names(cfg: ProtocolConfig) -> list[str]:
     from pianoray.data.corpus import open_corpus
     from pianoray.data.taxonomy import Taxonomy
@@ -287,6 +321,7 @@ def run_protocol(
 
             shutil.rmtree(local)
     check_same_config(run_storage, cfg)
+    cfg = pretrain_encoders(cfg, console)
     ledger = Ledger(run_storage)
     tracks = {}
     for n in cfg.enabled_experiments():

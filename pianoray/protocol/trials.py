@@ -11,12 +11,14 @@ Epochs are counted by ``fit`` (stored in the checkpoint), never by ``training_it
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from pianoray.config import ProtocolConfig
+from pianoray.training.checkpoint import METRICS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import SELECTION_METRIC, Budget, fit
 
@@ -70,18 +72,79 @@ def _resume_dir(checkpoint: Any) -> Path | None:
     return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pianoray-resume-")))
 
 
-def screen_trainable(config: dict[str, Any]) -> None:
-    """Round 1: one experiment on fold ``round1.fold`` with the Round-1 budget, under the scheduler."""
+def _stored_checkpoints(fs: Any, trial_path: str) -> list[tuple[int, bool, str]]:
+    """(epoch, stop, path) of each checkpoint folder of a trial in storage, newest epoch first.
+
+    Our checkpoints carry their epoch and stop flag in ``metrics.json``; a folder without it (or without
+    the state) is one a killed driver left half-copied, and is skipped.
+    """
+    import pyarrow.fs as pafs
+
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        if fs.get_file_info(f"{info.path}/{STATE_FILE}").type != pafs.FileType.File:
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{METRICS_FILE}") as f:
+                metrics = json.loads(f.read())
+            out.append((int(metrics["epoch"]), bool(metrics.get("stop", False)), info.path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, reverse=True)
+
+
+def newest_trial_checkpoint(given: Any) -> tuple[Path | None, bool]:
+    """Where a Round-1 trial resumes: (local copy of its newest stored checkpoint, whether it had stopped).
+
+    Tune restores a trial from the checkpoint recorded in its experiment snapshot, which the driver
+    writes only every few seconds: after a kill -9 of the driver that snapshot can lag the checkpoints
+    already in storage, and the trial would train those epochs again (a trial that had finished would
+    run again). Every checkpoint we write says its epoch, so resume from the newest complete one.
+    """
+    from ray import tune
+
+    try:
+        storage = tune.get_context().get_storage()
+        stored = _stored_checkpoints(storage.storage_filesystem, storage.trial_fs_path)
+    except Exception:  # no storage context (e.g. a test calling the trainable directly)
+        stored, storage = [], None
+    for _epoch, stop, path in stored:
+        local = Path(tempfile.mkdtemp(prefix="pianoray-resume-"))
+        try:
+            tune.Checkpoint(path, filesystem=storage.storage_filesystem).to_directory(str(local))
+            read_state(local)  # a state.pt truncated by the kill fails here: try the next older one
+        except Exception:
+            shutil.rmtree(local, ignore_errors=True)
+            continue
+        return local, stop
+    return _resume_dir(given), False
+
+
+def screen_trainable(config: dict[str, Any], eliminated: tuple[str, ...] = ()) -> None:
+    """Round 1: one experiment on fold ``round1.fold`` with the Round-1 budget, under the scheduler.
+
+    ``eliminated``: experiments stopped at a rung in an earlier session of this run (from the ledger).
+    Tune does not know a trial was stopped when the driver died before saving its snapshot, and restores
+    it as unfinished; such a trial (or one whose newest checkpoint is its last epoch) ends at once,
+    without training or reporting, so it never runs again.
+    """
     from ray import tune
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name = config["experiment"]
+    if name in eliminated:
+        return
+    resume_from, stopped = newest_trial_checkpoint(tune.get_checkpoint())
+    if stopped:
+        return
     data = experiment_data(cfg)
     extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": "round1"}
     sink = ReportSink(tune.report, tune.Checkpoint, extra)
     budget = Budget(cfg.round1.epochs, cfg.round1.patience)
     for _ in fit(cfg, name, data, cfg.round1.fold, budget, tiers=cfg.round1.tiers, sink=sink,
-                 resume_from=_resume_dir(tune.get_checkpoint())):
+                 resume_from=resume_from):
         pass
 
 
@@ -100,10 +163,12 @@ def fold_worker(config: dict[str, Any]) -> None:
         pass
 
 
-def fold_trainable(config: dict[str, Any]) -> None:
+def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> None:
     """Round 2, one (experiment, fold): a TorchTrainer run under a fixed name, so that rerunning it resumes.
 
     Ray Train V2 resumes a job only when it is rerun with the same ``RunConfig(name, storage_path)``.
+    ``finished``: ``"<experiment>/<fold>"`` of folds scored in an earlier session (their ``fold`` ledger
+    event exists); if Tune restores one as unfinished, it ends at once instead of starting Train again.
     """
     import ray.train
     from ray import tune
@@ -114,6 +179,8 @@ def fold_trainable(config: dict[str, Any]) -> None:
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, fold = config["experiment"], config["fold"]
+    if f"{name}/{fold}" in finished:
+        return
     res = cfg.resources_for(name)
     trainer = TorchTrainer(
         fold_worker,
