@@ -228,6 +228,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         for key in ("root", "taxonomy", "folds"):
             if isinstance(data.get(key), str):
                 data[key] = _resolve_path(data[key], path)
+    if isinstance(raw.get("storage"), str) and "://" not in raw["storage"]:
+        raw["storage"] = _resolve_path(raw["storage"], path)
     pre = raw.get("pretrain")
     if isinstance(pre, dict):
         if isinstance(pre.get("midi"), list):

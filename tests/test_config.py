@@ -36,6 +36,14 @@ def test_relative_data_root_is_relative_to_the_yaml(tmp_path: Path) -> None:
     assert load_config(y).data.root == (tmp_path / "corpus").resolve()
 
 
+def test_local_storage_is_relative_to_the_yaml_and_s3_is_kept(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("storage: ../runs\n")
+    assert load_config(y).storage == str((tmp_path.parent / "runs").resolve())
+    y.write_text("storage: s3://bucket/prefix\n")
+    assert load_config(y).storage == "s3://bucket/prefix"
+
+
 def test_extends_merges_deeply(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("round1: {epochs: 9, rungs: [3]}\noptim: {lr: 0.1}\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nround1: {gap: 5}\n")

@@ -132,7 +132,7 @@ class ProtocolCallback(Callback):
             if result.get("best_metric") is not None:
                 row.best = float(result["best_metric"])
             metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/")) or k in (
-                "epoch", "stage", "best_epoch", "best_metric", "stop", "early_stopped", "epoch_seconds",
+                "epoch", "rung_epoch", "stage", "best_epoch", "best_metric", "stop", "early_stopped", "epoch_seconds",
                 "samples", "lr", "selectable")}
             self.hooks.on_epoch(self.round, row.experiment, row.fold, row.epoch, metrics,
                                 {"trial": trial.trial_id})

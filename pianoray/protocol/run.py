@@ -148,6 +148,7 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
         on_decision=functools.partial(_dispatch_decision, ctx.key),
         prior_decisions=prior,
         seed=cfg.seed,
+        epoch_key="rung_epoch",  # supervised epochs: A2's self-supervised stage is not judged
     )
     tracks = ctx.tracks
     param_space = {

@@ -51,6 +51,9 @@ class EpochResult:
     best_metric: float | None
     stop: bool  # the last epoch: early stopping fired or the budget is spent
     early_stopped: bool
+    # Epochs of model-selecting (supervised) stages so far: what rungs count, so that an experiment with a
+    # self-supervised stage (A2) is judged after as many supervised epochs as the others.
+    rung_epoch: int
     seconds: float
     samples: int
     checkpoint: Path | None = None
@@ -60,6 +63,7 @@ class EpochResult:
         return {
             **self.metrics,
             "epoch": self.epoch,
+            "rung_epoch": self.rung_epoch,
             "stage": self.stage,
             "best_epoch": self.best_epoch,
             "best_metric": self.best_metric,
@@ -119,6 +123,16 @@ def plan_stages(model: PerformanceModel, epochs: int) -> list[Stage]:
     if sum(s.epochs for s in stages) != epochs:
         raise ValueError(f"stage plan {stages} does not add up to the budget of {epochs} epochs")
     return stages
+
+
+def _selecting_epochs(stages: list[Stage], epoch: int) -> int:
+    """How many of epochs 1..epoch fall in stages that select models (``Stage.select``)."""
+    done, start = 0, 0
+    for st in stages:
+        if st.select:
+            done += max(0, min(epoch, start + st.epochs) - start)
+        start += st.epochs
+    return done
 
 
 def _optimizer(model: PerformanceModel, cfg_lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -225,7 +239,7 @@ def fit(
 
         result = EpochResult(
             epoch, stage.name, metrics, best_epoch, best_metric, stop, last_selecting,
-            time.perf_counter() - t0, samples,
+            _selecting_epochs(stages, epoch), time.perf_counter() - t0, samples,
         )
         if sink is not None:
             directory = sink.staging_dir()

@@ -64,3 +64,12 @@ def test_cosine_schedule_with_warmup(total: int, warm: float) -> None:
     assert f(w) == pytest.approx(1.0)
     assert f(total) == pytest.approx(0.0, abs=1e-9)
     assert all(f(s) >= f(s + 1) - 1e-12 for s in range(w, total))
+
+
+def test_rung_epochs_count_only_selecting_stages() -> None:
+    from pianoray.models.contract import Stage
+    from pianoray.training.loop import _selecting_epochs
+
+    stages = [Stage("self_supervised", 3, select=False), Stage("supervised", 7)]
+    assert [_selecting_epochs(stages, e) for e in (1, 3, 4, 10)] == [0, 0, 1, 7]
+    assert _selecting_epochs([Stage("supervised", 5)], 4) == 4

@@ -1,0 +1,59 @@
+"""One whole run of the protocol on the tiny e2e config, then what a user reads: status, report, ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "pianoray.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_run_then_status_and_report(fault_run_factory) -> None:
+    run = fault_run_factory("e2e", ["audio-frozen", "symbolic-features", "A1", "S2"])
+    proc = run.start()
+    assert proc.wait(timeout=900) == 0, proc.tail()
+    assert "report:" in proc.tail() and "winner" in proc.tail()
+
+    # every rung decision is in the ledger with its reason, once per (rung, experiment)
+    decisions = run.events("decision")
+    assert decisions and all(d["payload"]["reason"] for d in decisions)
+    keys = [(d["payload"]["rung"], d["payload"]["experiment"]) for d in decisions]
+    assert len(keys) == len(set(keys))
+    ids = [p.name for p in (run.dir / "ledger" / "events").rglob("*.json")]
+    assert len(ids) == len(set(ids))
+
+    status = cli("status", "--storage", str(run.dir), "--json")
+    assert status.returncode == 0, status.stderr
+    s = json.loads(status.stdout)
+    assert {e["name"] for e in s["experiments"]} == {"audio-frozen", "symbolic-features", "A1", "S2"}
+
+    report = cli("report", "--storage", str(run.dir), "--json")
+    assert report.returncode == 0, report.stderr
+    r = json.loads(report.stdout)
+    assert set(r) >= {"experiments", "decisions", "winners"}
+    by_name = {e["name"]: e for e in r["experiments"]}
+    for e in r["experiments"]:
+        assert e["status"] in {"eliminated", "promoted", "winner", "vetoed"}, e
+        assert e["resource_hours"]["cpu_hours"] > 0, e
+    # references never win; each track's winner is one of its candidates that reached round 2
+    for track, name in r["winners"].items():
+        if name is not None:
+            assert by_name[name]["role"] == "candidate" and by_name[name]["track"] == track
+            assert by_name[name]["furthest_round"] == "round2"
+            assert by_name[name]["pairwise_accuracy"]["mean"] is not None
+            assert len(by_name[name]["folds"]) == 2
+    for f in ("report.md", "report.html", "results.json"):
+        assert (run.dir / "report" / f).is_file(), f
+    html = (run.dir / "report" / "report.html").read_text()
+    assert "learning_curves_round1.png" in html and (run.dir / "report" / "learning_curves_round1.png").is_file()
