@@ -312,7 +312,6 @@ def run(
 ) -> None:
     """Run (or resume) the staged-elimination protocol: Round 1 screening, Round 2 4-fold Ray Train, selection."""
     from pianoray.protocol.run import ProtocolError, run_protocol
-    from pianoray.report import comparison_table, decisions_table, write_report
     from pianoray.validation import prepare_data, validate_all
 
     with user_errors():

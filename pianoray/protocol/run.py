@@ -14,7 +14,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
@@ -25,6 +24,7 @@ from pianoray.models import registry
 from pianoray.protocol.accounting import resource_hours, scale_resources
 from pianoray.protocol.decisions import Decision
 from pianoray.protocol.ledger import Event, Ledger
+from pianoray.protocol.monitoring import monitoring_callbacks
 from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, Row, RunHooks
 from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
 from pianoray.protocol.storage import RunStorage
@@ -115,6 +115,27 @@ def _resources_fn(cfg_json: dict[str, Any]) -> Callable[[dict[str, Any]], dict[s
     return fn
 
 
+def new_or_restored_tuner(storage_uri: str, trainable: Any, param_space: dict[str, Any], tune_config: Any,
+                          run_config: Any) -> Any:
+    """The Tuner of one round: restored when an earlier session of this run left one (resume), else new.
+
+    ``Tuner.restore`` brings back the TuneConfig and callbacks pickled when the round first started: the
+    scheduler as it was then, without its decisions (Ray does not restore scheduler state, #30838), a
+    Round-2 concurrency computed for that session's cluster, and callbacks bound to the dead driver. This
+    session's are put in their place (Tuner has no public API for it).
+    """
+    from ray import tune
+
+    path = f"{storage_uri}/{run_config.name}"
+    if not tune.Tuner.can_restore(path):
+        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                               param_space=param_space)
+    tuner._local_tuner._tune_config = tune_config
+    tuner._local_tuner._run_config.callbacks = run_config.callbacks
+    return tuner
+
+
 def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: ProgressBoard) -> dict[str, Any]:
     from ray import tune
 
@@ -159,7 +180,7 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
     }
     trainable = tune.with_resources(tune.with_parameters(screen_trainable, eliminated=eliminated),
                                     _resources_fn(config_dict(cfg)))
-    callbacks = [ProtocolCallback(ctx.key, ROUND1, cfg.round1.epochs)]
+    callbacks = [ProtocolCallback(ctx.key, ROUND1, cfg.round1.epochs), *monitoring_callbacks(cfg, ctx.storage, ROUND1)]
     run_config = tune.RunConfig(
         name=ROUND1,
         storage_path=ctx.storage.uri,
@@ -169,17 +190,7 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     tune_config = tune.TuneConfig(scheduler=scheduler, reuse_actors=True, num_samples=1)
-    path = f"{ctx.storage.uri}/{ROUND1}"
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=param_space)
-        # Tuner.restore brings back the pickled scheduler *as it was at the start*, without its decisions
-        # (#30838), and our callbacks bound to the dead driver: put in the live ones.
-        tuner._local_tuner._tune_config = tune_config
-        tuner._local_tuner._run_config.callbacks = callbacks
-    else:
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    grid = tuner.fit()
+    grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
 
     stopped = {d.experiment for d in scheduler.decisions if d.stopped}
     errored, survivors = [], []
@@ -223,24 +234,11 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
     # A fold scored in an earlier session ends at once if Tune restores its trial (a stale snapshot).
     finished = tuple(sorted(f"{n}/{k}" for n, k in done))
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished), {"cpu": DRIVER_CPU})
-    callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs)]
+    callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs), *monitoring_callbacks(cfg, ctx.storage, ROUND2)]
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent))
-    path = f"{ctx.storage.uri}/{ROUND2}"
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=param_space)
-        # The pickled TuneConfig holds the concurrency computed for the cluster of the first session.
-        tuner._local_tuner._tune_config = tune_config
-        tuner._local_tuner._run_config.callbacks = callbacks
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune_config,
-            run_config=tune.RunConfig(name=ROUND2, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures)),
-        )
-    grid = tuner.fit()
+    run_config = tune.RunConfig(name=ROUND2, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures))
+    grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
     failed = [f"{r.config['experiment']} fold {r.config['fold']}: {r.error}" for r in grid if r.error is not None]
     if failed:
         raise ProtocolError("round 2 fold jobs failed:\n" + "\n".join(failed))

@@ -187,8 +187,6 @@ def pretrain(
 def pretraining_files(cfg: Any, corpus: Any) -> list[Path]:
     """The MIDI files pretraining reads: the configured folders plus (by default) the corpus's own
     performance MIDI, de-duplicated, sorted, and capped by a seeded sample when ``max_files`` is set."""
-    from pianoray.data.tiers import Tier
-
     files: set[Path] = set()
     for folder in cfg.pretrain.midi:
         folder = Path(folder)

@@ -12,7 +12,6 @@ from rich.live import Live
 from rich.table import Table
 
 from pianoray.config import ProtocolConfig
-from pianoray.data.tiers import Tier
 from pianoray.training.checkpoint import TopKSink
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import Budget, EpochResult, fit
