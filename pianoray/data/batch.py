@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pianoray.data.tiers import Tier
+
 
 @dataclass
 class Batch:
@@ -49,6 +51,30 @@ class Batch:
     pair: Tensor
     inputs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def supervised(cls, inputs: dict[str, Any], labels: Tensor, groups: Tensor | None = None) -> "Batch":
+        """B labelled T1 segments built by hand (tests, benchmarks), with neutral fields elsewhere.
+
+        Args:
+            inputs: view name -> batched encoder input, as ``Batch.inputs``.
+            labels: [B, N] float; also the ranking target.
+            groups: [B] long ranking groups; default one group (all 0).
+        The segment ids are "s0".."s{B-1}", each sample its own performer, with no piece and no twin.
+        """
+        b = labels.shape[0]
+        return cls(
+            segment_ids=[f"s{i}" for i in range(b)],
+            tier=torch.full((b,), int(Tier.T1)),
+            labels=labels,
+            has_labels=torch.ones(b, dtype=torch.bool),
+            rank_target=labels,
+            rank_group=torch.zeros(b, dtype=torch.long) if groups is None else groups,
+            piece=torch.full((b,), -1),
+            performer=torch.arange(b),
+            pair=torch.full((b,), -1),
+            inputs=inputs,
+        )
 
     @property
     def size(self) -> int:

@@ -100,28 +100,42 @@ def load_notes(path: str | Path) -> NoteTable:
         score = symusic.Score(str(path)).to("second")
     except Exception as e:  # symusic raises RuntimeError/ValueError variants for corrupt files
         raise MidiError(path, f"not a readable MIDI file ({e})") from None
+    pitch, onset, dur, vel, pedals = score_notes(score)
+    if not len(pitch):
+        raise MidiError(path, "contains no notes")
+    onset_a = onset.astype(np.float64)
+    dur_a = np.maximum(dur.astype(np.float64), 1e-3)  # zero-length notes exist in the wild
+    return NoteTable.from_arrays(pitch, onset_a, onset_a + dur_a, np.clip(vel, 1, 127), pedals)
+
+
+def score_notes(
+    score, *, include_drums: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The notes and sustain-pedal presses of a symusic ``Score``, all tracks merged, in the score's own time
+    unit (ticks or seconds) and symusic's dtypes, unsorted.
+
+    Returns (pitch [N], onset [N], duration [N], velocity [N], pedals [P, 2] (down, up), or None when no track
+    has a pedal press); N = 0 when no track has notes. Drum tracks are left out unless ``include_drums``.
+    """
     pitch, onset, dur, vel, pedals = [], [], [], [], []
     for track in score.tracks:
-        if track.is_drum:
+        if track.is_drum and not include_drums:
             continue
         n = track.notes.numpy()
-        if len(n["pitch"]):
-            pitch.append(n["pitch"])
-            onset.append(n["time"])
-            dur.append(n["duration"])
-            vel.append(n["velocity"])
+        pitch.append(n["pitch"])
+        onset.append(n["time"])
+        dur.append(n["duration"])
+        vel.append(n["velocity"])
         p = track.pedals.numpy()
         if len(p["time"]):
             pedals.append(np.stack([p["time"], p["time"] + p["duration"]], axis=1))
     if not pitch:
-        raise MidiError(path, "contains no notes")
-    onset_a = np.concatenate(onset).astype(np.float64)
-    dur_a = np.maximum(np.concatenate(dur).astype(np.float64), 1e-3)  # zero-length notes exist in the wild
-    return NoteTable.from_arrays(
+        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), None
+    return (
         np.concatenate(pitch),
-        onset_a,
-        onset_a + dur_a,
-        np.clip(np.concatenate(vel), 1, 127),
+        np.concatenate(onset),
+        np.concatenate(dur),
+        np.concatenate(vel),
         np.concatenate(pedals) if pedals else None,
     )
 

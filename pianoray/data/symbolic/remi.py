@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pianoray.data.midi import NoteTable
+from pianoray.data.midi import NoteTable, score_notes
 
 
 class RemiConfig(BaseModel):
@@ -125,25 +125,10 @@ class RemiTokenizer:
         ids = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) != self.pad_id]
         score = self._miditok.decode([ids])
         tps = score.ticks_per_quarter * self.config.tempo_qpm / 60.0
-        pitch, onset, dur, vel, pedals = [], [], [], [], []
-        for track in score.tracks:
-            n = track.notes.numpy()
-            pitch.append(n["pitch"])
-            onset.append(n["time"])
-            dur.append(n["duration"])
-            vel.append(n["velocity"])
-            p = track.pedals.numpy()
-            if len(p["time"]):
-                pedals.append(np.stack([p["time"], p["time"] + p["duration"]], axis=1) / tps)
-        if not pitch:
-            return NoteTable.from_arrays(*(np.zeros(0) for _ in range(4)))
-        on = np.concatenate(onset).astype(np.float64) / tps
+        pitch, onset, dur, vel, pedals = score_notes(score, include_drums=True)  # miditok's tracks as decoded
+        on = onset.astype(np.float64) / tps
         return NoteTable.from_arrays(
-            np.concatenate(pitch),
-            on,
-            on + np.maximum(np.concatenate(dur), 1) / tps,
-            np.concatenate(vel),
-            np.concatenate(pedals) if pedals else None,
+            pitch, on, on + np.maximum(dur, 1) / tps, vel, pedals / tps if pedals is not None else None
         )
 
     def save(self, path: str | Path) -> None:

@@ -28,6 +28,7 @@ from pianoray.models.audio.muq_tail import (
     MUQ_N_LAYERS,
     MuQCheckpointError,
     MuQTailConfig,
+    check_state_dict_fits,
     find_conformer_prefix,
     read_state_dict,
 )
@@ -243,21 +244,9 @@ class MuQEncoder(nn.Module):
             if k.startswith(base) and k[len(base):].startswith(("conv.", "conformer.", "preprocessor_melspec_2048."))
             and not k[len(base):].startswith("conformer.pos_conv_embed.")
         }
-        missing = sorted(set(ours) - set(mapped) - optional)
-        unexpected = sorted(set(mapped) - set(ours))
-        shapes = sorted(
-            f"{k}: checkpoint {tuple(mapped[k].shape)} vs encoder {tuple(ours[k].shape)}"
-            for k in set(mapped) & set(ours) if mapped[k].shape != ours[k].shape
+        check_state_dict_fits(
+            mapped, ours, source=source, target="encoder", config_hint="the encoder config", optional=optional
         )
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)}: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
-            if unexpected:
-                parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:12])}")
-            if shapes:
-                parts.append(f"shape mismatch (is the encoder config MuQ's?): {'; '.join(shapes[:6])}")
-            raise MuQCheckpointError(f"{source} does not fit the MuQ encoder: " + " | ".join(parts))
         for key in sorted(mel_keys & set(mapped)):
             diff = float((mapped[key].float() - ours[key].float()).abs().max())
             log.info("%s: checkpoint's %s differs from ours by at most %.3g (loaded)", source, key, diff)

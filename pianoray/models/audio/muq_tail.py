@@ -220,6 +220,36 @@ def remap_muq_state_dict(
     return out
 
 
+def check_state_dict_fits(
+    mapped: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    *,
+    source: str,
+    target: str,
+    config_hint: str,
+    optional: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Raise MuQCheckpointError, naming ``source``, if the remapped checkpoint ``mapped`` does not fit the
+    module's own state dict ``expected``: missing keys (bar ``optional``), unexpected keys, or shapes that
+    differ. ``target`` names the module ("tail", "encoder"); ``config_hint`` the config that sets its shapes."""
+    missing = sorted(set(expected) - set(mapped) - set(optional))
+    unexpected = sorted(set(mapped) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(mapped[k].shape)} vs {target} {tuple(expected[k].shape)}"
+        for k in set(mapped) & set(expected)
+        if mapped[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:12])}")
+        if shapes:
+            parts.append(f"shape mismatch (is {config_hint} MuQ's?): {'; '.join(shapes[:6])}")
+        raise MuQCheckpointError(f"{source} does not fit the MuQ {target}: " + " | ".join(parts))
+
+
 def load_muq_state_dict(
     tail: MuQTail,
     state_dict_or_path: Mapping[str, Tensor] | str | Path,
@@ -240,23 +270,14 @@ def load_muq_state_dict(
         mapped = remap_muq_state_dict(state_dict, tail.cfg.n_layers, prefix)
     except MuQCheckpointError as e:
         raise MuQCheckpointError(f"{source}: {e}") from None
-    expected = tail.state_dict()
-    missing = sorted(set(expected) - set(mapped) - {"embed_positions.inv_freq"})
-    unexpected = sorted(set(mapped) - set(expected))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(mapped[k].shape)} vs tail {tuple(expected[k].shape)}"
-        for k in set(mapped) & set(expected)
-        if mapped[k].shape != expected[k].shape
+    check_state_dict_fits(
+        mapped,
+        tail.state_dict(),
+        source=source,
+        target="tail",
+        config_hint="tail.width/heads/ffn/kernel",
+        optional={"embed_positions.inv_freq"},
     )
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:12])}")
-        if shapes:
-            parts.append(f"shape mismatch (is tail.width/heads/ffn/kernel MuQ's?): {'; '.join(shapes[:6])}")
-        raise MuQCheckpointError(f"{source} does not fit the MuQ tail: " + " | ".join(parts))
     tail.load_state_dict(mapped, strict="embed_positions.inv_freq" in mapped)
     tail.pretrained = True
     return tail

@@ -20,6 +20,8 @@ from pianoray.models.audio.encoders import (
 from pianoray.models.audio.muq_tail import MuQCheckpointError, MuQTailConfig
 from pianoray.models.contract import PerformanceModel
 
+from ..learnable import assert_loss_falls
+
 N_DIMS = 3
 WIDTH = 32
 
@@ -29,22 +31,9 @@ def _tiny_tail(**overrides) -> dict:
 
 
 def _batch(frames: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> Batch:
-    b = frames.shape[0]
-    return Batch(
-        segment_ids=[f"s{i}" for i in range(b)],
-        tier=torch.full((b,), int(Tier.T1)),
-        labels=labels,
-        has_labels=torch.ones(b, dtype=torch.bool),
-        rank_target=labels,
-        rank_group=torch.zeros(b, dtype=torch.long),
-        piece=torch.zeros(b, dtype=torch.long),
-        performer=torch.arange(b),
-        pair=torch.full((b,), -1),
-        inputs={
-            "frames": frames,
-            "frames_mask": mask if mask is not None else torch.ones(frames.shape[:2], dtype=torch.bool),
-        },
-    )
+    if mask is None:
+        mask = torch.ones(frames.shape[:2], dtype=torch.bool)
+    return Batch.supervised({"frames": frames, "frames_mask": mask}, labels)
 
 
 def _synthetic_task(seed: int, n: int = 16, t: int = 12) -> Batch:
@@ -76,24 +65,7 @@ def test_loss_falls_on_learnable_task(name: str) -> None:
     model.encoder.on_epoch_start(0, 10)
     groups = model.encoder.param_groups(3e-3)
     groups.append({"params": [*model.ranking.parameters(), *model.regression.parameters()], "lr": 3e-3})
-    opt = torch.optim.AdamW(groups)
-    train, held = _synthetic_task(1), _synthetic_task(2)
-
-    def loss_on(batch: Batch) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(model(batch).regression, batch.labels)
-
-    model.eval()
-    with torch.no_grad():
-        start = loss_on(held).item()
-    model.train()
-    for step in range(40):
-        opt.zero_grad()
-        loss_on(train).backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        end = loss_on(held).item()
-    assert end < 0.5 * start, (start, end)
+    assert_loss_falls(model, _synthetic_task(1), held=_synthetic_task(2), steps=40, lr=3e-3, ratio=0.5, params=groups)
 
 
 def test_a1_trains_only_lora_pool_and_shared() -> None:

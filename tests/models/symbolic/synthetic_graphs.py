@@ -14,7 +14,6 @@ from torch_geometric.data import Batch as GraphBatch
 from pianoray.data.batch import Batch
 from pianoray.data.midi import NoteTable
 from pianoray.data.symbolic.graphs import build_graph, build_hetero_graph
-from pianoray.data.tiers import Tier
 
 
 def random_notes(rng: np.random.Generator, loudness: float, chord_rate: float, groups: int = 16) -> NoteTable:
@@ -38,19 +37,7 @@ def random_notes(rng: np.random.Generator, loudness: float, chord_rate: float, g
 def make_batch(view: str, notes: list[NoteTable], labels: torch.Tensor) -> Batch:
     """A T1 batch with one ranking group, holding ``view`` ("graph" or "hetero_graph") of ``notes``."""
     build = build_graph if view == "graph" else build_hetero_graph
-    b = len(notes)
-    return Batch(
-        segment_ids=[f"s{i}" for i in range(b)],
-        tier=torch.full((b,), int(Tier.T1)),
-        labels=labels,
-        has_labels=torch.ones(b, dtype=torch.bool),
-        rank_target=labels,
-        rank_group=torch.zeros(b, dtype=torch.long),
-        piece=torch.full((b,), -1),
-        performer=torch.arange(b),
-        pair=torch.full((b,), -1),
-        inputs={view: GraphBatch.from_data_list([build(n) for n in notes])},
-    )
+    return Batch.supervised({view: GraphBatch.from_data_list([build(n) for n in notes])}, labels)
 
 
 def learnable_task(view: str, seed: int, n: int = 24) -> Batch:

@@ -25,9 +25,9 @@ from pianoray.models.symbolic.s2_graph import (
     S2PretrainTask,
     scale_note_features,
 )
-from pianoray.objectives.losses import multitask_loss
 from pianoray.training.pretrain import pretrain
 
+from ..learnable import assert_loss_falls, multitask
 from .synthetic_graphs import learnable_task, make_batch, one_thread, random_notes  # noqa: F401 (fixture)
 
 TINY = S2Config(hidden=32, layers=2, heads=2, dropout=0.0)
@@ -100,17 +100,8 @@ def test_finetuning_loss_falls_on_learnable_task() -> None:
     torch.manual_seed(0)
     batch = learnable_task("graph", seed=2)
     model = PerformanceModel(S2GraphEncoder(TINY), n_dims=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     weights = LossConfig(lambda_contrastive=0.0, lambda_invariance=0.0)
-    losses = []
-    for _ in range(60):
-        out = model(batch)
-        loss, _ = multitask_loss(out.regression, out.scores, out.z, batch, weights)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
+    assert_loss_falls(model, batch, steps=60, lr=3e-3, ratio=0.5, loss=multitask(weights))
 
 
 def test_pretrain_loss_holds_out_edges_and_reports_parts() -> None:
