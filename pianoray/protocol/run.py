@@ -235,7 +235,8 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
     finished = tuple(sorted(f"{n}/{k}" for n, k in done))
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished), {"cpu": DRIVER_CPU})
     callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs), *monitoring_callbacks(cfg, ctx.storage, ROUND2)]
-    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent))
+    # reuse_actors: a fold launcher keeps its process (and its cached corpus, for scoring) for the next fold.
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent), reuse_actors=True)
     run_config = tune.RunConfig(name=ROUND2, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures))
     grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()

@@ -34,6 +34,9 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
             ctx = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             os.environ["RAY_AUTH_MODE"] = "disabled"  # only for the loopback head started right here
+            # Train V2's controller polls its workers every 2 s; on a laptop, where a Round-2 fold job
+            # trains for seconds, that idle wait is a large share of each job. Workers inherit this env.
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
             ctx = ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=dashboard,

@@ -207,6 +207,7 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     if best is None:
         raise RuntimeError(f"round2 {name} fold {fold}: the Train run produced no checkpoint")
     with best.as_directory() as d:
-        test = score_checkpoint(cfg, name, experiment_data(cfg), fold, Path(d))
+        # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
+        test = score_checkpoint(cfg, name, experiment_data(cfg), fold, Path(d), n_boot=200)
     tune.report(reportable({**{f"test/{k}": v for k, v in test.items()}, "experiment": name, "fold": fold,
                             "round": "round2", "final": True}))
