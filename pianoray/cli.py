@@ -332,13 +332,18 @@ def run(
 
 
 def _print_results(results: dict) -> None:
-    from pianoray.report import comparison_table, decisions_table
+    """The comparison tables, one line per elimination, and the winners (the full decisions table, with every
+    rung's reasons, is in the report)."""
+    from pianoray.report import comparison_table
 
     for track in ("audio", "symbolic"):
         if any(e["track"] == track for e in results["experiments"]):
             console.print(comparison_table(results, track))
-    if results["decisions"]:
-        console.print(decisions_table(results))
+    decisions = results["decisions"]
+    stops = [d for d in decisions if d["decision"] == "stop"]
+    console.print(f"round 1: {len(decisions)} rung decisions, {len(stops)} stop(s)")
+    for d in stops:
+        console.print(f"  rung {d['rung']}: stopped {d['experiment']}: {d['reason']}", highlight=False)
     for track, sel in results["selection"].items():
         if sel.get("winner") or sel.get("explanation"):
             console.print(f"[bold]{track} winner:[/bold] {sel.get('winner') or '-'} — {sel.get('explanation', '')}",

@@ -54,10 +54,14 @@ def score_checkpoint(
     out = {k.removeprefix("test/"): v for k, v in
            validation_metrics(test, threshold=threshold, n_boot=n_boot, seed=cfg.seed, prefix="test").items()}
     out["epoch"] = int(read_state(checkpoint)["epoch"])
-    out.update(_robustness(model, data, fold, views, bs, dev, threshold, test))
-    out.update(_competition(model, data, views, bs, dev))
-    everything = _concat([test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")])
-    out.update(_probes(data, everything))
+    if "frames" in views:  # audio augmentation leaves a MIDI view untouched: robustness is an audio metric
+        out.update(_robustness(model, data, fold, views, bs, dev, threshold, test))
+    else:
+        out.update({"robustness_drop": None, "robustness_pearson": None})
+    others = {t: _predict_tier(model, data, t, views, bs, dev) for t in (Tier.T2, Tier.T3)}
+    out.update(_competition(data, others[Tier.T2]))
+    t1 = [test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")]
+    out.update(_probes(data, _concat(t1), _concat(t1 + [p for p in others.values() if p is not None])))
     return out
 
 
@@ -92,36 +96,46 @@ def _robustness(model, data, fold, views, bs, dev, threshold, clean_test: Predic
     }
 
 
-def _competition(model, data: ExperimentData, views, bs, dev) -> dict[str, Any]:
+def _predict_tier(model, data: ExperimentData, tier: Tier, views, bs, dev) -> Predictions | None:
+    """Predictions for every segment of an unlabelled tier (T2 competition, T3 cross-performer), or None."""
     from pianoray.data.loaders import SegmentDataset, make_loader
 
     corpus = data.corpus
-    if Tier.T2 not in corpus.tiers or "frames" in views and not corpus.has_frames():
+    if tier not in corpus.tiers or len(corpus.manifest(tier)) == 0 or ("frames" in views and not corpus.has_frames()):
+        return None
+    ids = corpus.manifest(tier)["segment_id"].tolist()
+    ds = SegmentDataset(corpus, tier, ids, views, train=False, max_frames=data.max_frames,
+                        max_notes=data.max_notes, n_dims=len(data.label_names))
+    return predict(model, make_loader(ds, batch_size=bs, shuffle=False, train=False), dev)
+
+
+def _competition(data: ExperimentData, pred: Predictions | None) -> dict[str, Any]:
+    if pred is None:
         return {"competition_rho": None}
-    m = corpus.manifest(Tier.T2)
-    if len(m) == 0:
-        return {"competition_rho": None}
-    ds = SegmentDataset(corpus, Tier.T2, m["segment_id"].tolist(), views, train=False,
-                        max_frames=data.max_frames, max_notes=data.max_notes, n_dims=len(data.label_names))
-    pred = predict(model, make_loader(ds, batch_size=bs, shuffle=False, train=False), dev)
+    m = data.corpus.manifest(Tier.T2)
     placement = m.set_index("segment_id").loc[pred.segment_ids]
     r = metrics.competition_spearman(pred.scores.mean(axis=1), placement["placement"].to_numpy(float),
                                      placement["round_id"].astype(str).to_numpy(), n_boot=200)
     return {"competition_rho": r.mean, "competition_rho_ci": list(r.ci)}
 
 
-def _probes(data: ExperimentData, pred: Predictions) -> dict[str, Any]:
-    """Difficulty rho (ridge on per-piece mean z) and STOP AUC (logistic on z), both out of fold."""
+def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) -> dict[str, Any]:
+    """Difficulty rho (ridge on per-piece mean z, over every tier's segments: a piece's grade needs no
+    performance labels) and STOP AUC (logistic on the T1 segments' z), both out of fold."""
+    import pandas as pd
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 
     out: dict[str, Any] = {"difficulty_rho": None, "stop_auc": None}
-    m = data.corpus.manifest(Tier.T1).set_index("segment_id")
-    pieces = m.loc[pred.segment_ids, "piece"].astype(str).to_numpy()
-    grades = getattr(data.corpus, "difficulty", None) or {}
-    graded = sorted({p for p in pieces if p in grades})
-    if len(graded) >= 6:
-        zp = np.stack([pred.z[pieces == p].mean(axis=0) for p in graded])
+    corpus = data.corpus
+    piece_of = pd.concat([corpus.manifest(t).set_index("segment_id")["piece"] for t in corpus.tiers])
+    piece_of = piece_of[~piece_of.index.duplicated()]
+    all_pieces = piece_of.loc[every_tier.segment_ids].astype(str).to_numpy()
+    pieces = piece_of.loc[pred.segment_ids].astype(str).to_numpy()
+    grades = getattr(corpus, "difficulty", None) or {}
+    graded = sorted({p for p in all_pieces if p in grades})
+    if len(graded) >= 5:
+        zp = np.stack([every_tier.z[all_pieces == p].mean(axis=0) for p in graded])
         y = np.array([grades[p] for p in graded], dtype=float)
         guess = cross_val_predict(Ridge(alpha=10.0), zp, y, cv=KFold(min(5, len(graded)), shuffle=True, random_state=0))
         out["difficulty_rho"] = metrics.spearman_difficulty(guess, y, n_boot=200).mean
