@@ -43,8 +43,20 @@ class DemoConfig(Strict):
     scale: float = Field(1.0, gt=0)
 
 
+def _data_root(v: Any) -> Any:
+    """A local folder stays a Path; a ``scheme://`` string (``s3://bucket/prefix``) stays a string."""
+    if isinstance(v, str) and "://" not in v:
+        return Path(v)
+    if isinstance(v, str) and not v.startswith("s3://"):
+        raise ValueError(f"{v!r}: remote data roots must be s3://bucket/prefix")
+    return v
+
+
 class DataConfig(Strict):
-    root: Path = Path("demo-data")
+    # A local cache folder, or s3://bucket/prefix: a remote cache mirrored into data_cache before opening.
+    root: Path | str = Path("demo-data")
+    data_cache: Path = Path("~/.cache/pianoray/data")  # local mirrors of remote roots: <data_cache>/<bucket>/<prefix>
+    _v_root = field_validator("root", mode="before")(lambda cls, v: _data_root(v))
     # "cache": a pianoray cache (the demo, or `pianoray extract` output); "percepiano": the real
     # PercePiano folder layout (MIDI + labels, no frames: symbolic experiments only).
     source: Literal["cache", "percepiano"] = "cache"
@@ -57,6 +69,10 @@ class DataConfig(Strict):
     max_frames: int = Field(64, ge=1)  # random crop of frame sequences (training); eval uses a centre crop
     max_notes: int = Field(512, ge=8)
     demo: DemoConfig | None = None
+    # Symbolic feature cache (REMI ids, note graphs, curves keyed by MIDI content hash), built before a
+    # run when an enabled experiment reads a symbolic view. None: <root>/symbolic for source "cache",
+    # ~/.cache/pianoray/symbolic for source "percepiano" (the dataset folder is treated as read-only).
+    symbolic_cache: Path | None = None
 
 
 class OptimConfig(Strict):
@@ -201,7 +217,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_path(value: str, yaml_path: Path) -> str:
-    """'{shared_data}' expanded, '~' expanded, then relative to the YAML file that names it."""
+    """'{shared_data}' expanded, '~' expanded, then relative to the YAML file that names it; URIs unchanged."""
+    if "://" in value:
+        return value
     p = Path(value.replace("{shared_data}", str(shared_data_dir()))).expanduser()
     return str(p if p.is_absolute() else (yaml_path.parent / p).resolve())
 
@@ -225,7 +243,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     # "{shared_data}" stands for the real-data folder (PIANORAY_SHARED_DATA, default ../shared/data).
     data = raw.get("data")
     if isinstance(data, dict):
-        for key in ("root", "taxonomy", "folds"):
+        for key in ("root", "taxonomy", "folds", "symbolic_cache", "data_cache"):
             if isinstance(data.get(key), str):
                 data[key] = _resolve_path(data[key], path)
     if isinstance(raw.get("storage"), str) and "://" not in raw["storage"]:

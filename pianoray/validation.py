@@ -15,14 +15,43 @@ from pianoray.data.tiers import Tier
 
 
 def prepare_data(cfg: ProtocolConfig, console: Console | None = None) -> None:
-    """Generate the demo corpus into ``data.root`` when the config asks for one and it is absent."""
+    """Make the data a run needs: the demo corpus when asked for and absent, then the symbolic feature
+    cache (by MIDI content hash, incremental) when an enabled experiment reads a symbolic view."""
+    from pianoray.data.remote import is_remote_uri
+
     root = Path(cfg.data.root)
-    if cfg.data.source == "cache" and cfg.data.demo is not None and not (root / "corpus.json").is_file():
+    remote = is_remote_uri(cfg.data.root)  # a remote cache is never generated, only mirrored when opened
+    if not remote and cfg.data.source == "cache" and cfg.data.demo is not None and not (root / "corpus.json").is_file():
         from pianoray.data.demo import generate_demo
 
         if console is not None:
             console.print(f"demo corpus absent: generating it into {root} (seed {cfg.data.demo.seed})")
         generate_demo(root, seed=cfg.data.demo.seed, scale=cfg.data.demo.scale)
+    views = needed_views(cfg)
+    if not views:
+        return
+    from pianoray.data.corpus import open_corpus
+    from pianoray.data.midi import MidiError
+    from pianoray.data.symbolic.prepare import ensure_symbolic_cache
+
+    try:
+        corpus = open_corpus(cfg.data)
+    except (FileNotFoundError, ValueError, KeyError, MidiError):
+        return  # validate_all reports why the corpus cannot be opened; nothing to build from
+    ensure_symbolic_cache(cfg.data, views, corpus, console=console)
+
+
+def needed_views(cfg: ProtocolConfig) -> set[str]:
+    """The views the enabled experiments' encoders read (unknown encoders skipped: validate_all names them)."""
+    from pianoray.models import registry
+
+    views: set[str] = set()
+    for name in cfg.enabled_experiments():
+        try:
+            views.update(registry.get(cfg.encoder_name(name)).views)
+        except KeyError:
+            continue
+    return views
 
 
 def validate_all(cfg: ProtocolConfig) -> tuple[list[str], list[str]]:
@@ -33,8 +62,11 @@ def validate_all(cfg: ProtocolConfig) -> tuple[list[str], list[str]]:
 
     problems: list[str] = []
     summary: list[str] = []
-    root = Path(cfg.data.root)
-    if not root.exists():
+    from pianoray.data.remote import is_remote_uri
+
+    remote = is_remote_uri(cfg.data.root)  # an s3:// root is checked by opening it (mirrored locally)
+    root = cfg.data.root if remote else Path(cfg.data.root)
+    if not remote and not root.exists():
         hint = " (run `pianoray data demo --out DIR` or `pianoray run`, which generates it)" if cfg.data.demo else ""
         return [f"data.root: {root}: no such folder{hint}"], summary
     try:

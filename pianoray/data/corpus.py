@@ -79,6 +79,9 @@ class Corpus:
         self.difficulty = difficulty or {}
         self.stop = stop or {}
         self._stores: dict[Tier, FrameStore] = {}
+        # A pianoray.data.symbolic.SymbolicCache when one is built for this corpus (open_corpus attaches
+        # it); the symbolic views read features from it and compute them otherwise.
+        self.symbolic_cache: Any = None
         self._index: dict[str, tuple[Tier, int]] | None = None
 
     # ------------------------------------------------------------------ lookups
@@ -247,12 +250,47 @@ def _unhashable(v: Any) -> bool:
 # ---------------------------------------------------------------------------------- opening
 
 
-def open_corpus(data_cfg: Any) -> Corpus:
-    """Open the corpus a :class:`pianoray.config.DataConfig` names. Errors name the file at fault."""
-    root = Path(data_cfg.root)
+PERCEPIANO_SYMBOLIC_CACHE = Path("~/.cache/pianoray/symbolic")
+
+
+def symbolic_cache_dir(data_cfg: Any, local_root: Path | None = None) -> Path:
+    """The symbolic feature cache folder of a DataConfig: ``data.symbolic_cache``, else the default.
+
+    Defaults: ``<root>/symbolic`` for a pianoray cache (it travels with the corpus; for a remote root,
+    pass ``local_root``, the opened corpus's local mirror, i.e. ``corpus.root``); ``~/.cache/pianoray/
+    symbolic`` for the PercePiano folder, which is a dataset we do not write into.
+    """
+    chosen = getattr(data_cfg, "symbolic_cache", None)
+    if chosen is not None:
+        return Path(chosen).expanduser()
     if data_cfg.source == "percepiano":
-        return open_percepiano(root)
-    return open_cache(root)
+        return PERCEPIANO_SYMBOLIC_CACHE.expanduser()
+    return Path(local_root if local_root is not None else data_cfg.root) / "symbolic"
+
+
+def open_corpus(data_cfg: Any) -> Corpus:
+    """Open the corpus a :class:`pianoray.config.DataConfig` names. Errors name the file at fault.
+
+    When its symbolic feature cache (``symbolic_cache_dir``) has been built, it is attached as
+    ``corpus.symbolic_cache``.
+    """
+    from pianoray.data.remote import is_remote_uri, materialize
+
+    if is_remote_uri(data_cfg.root):
+        # s3://bucket/prefix: mirrored into data_cache (changed files only), then opened and mapped locally.
+        if data_cfg.source != "cache":
+            raise CacheError(f"{data_cfg.root}: a remote data root must hold a pianoray cache (source: cache)")
+        root = materialize(data_cfg.root, data_cfg.data_cache)
+    else:
+        root = Path(data_cfg.root)
+    corpus = open_percepiano(root) if data_cfg.source == "percepiano" else open_cache(root)
+    folder = symbolic_cache_dir(data_cfg, root)
+    if (folder / "cache.json").is_file():
+        # Lazy: a corpus without a symbolic cache (frame-only use) never loads the symbolic package.
+        from pianoray.data.symbolic.cache import SymbolicCache
+
+        corpus.symbolic_cache = SymbolicCache(folder)
+    return corpus
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -124,8 +124,13 @@ class Plan:
 
 def corpus_tier_sizes(cfg: ProtocolConfig) -> tuple[dict[str, int], str]:
     """Segments per tier from the corpus manifests (labelled T1 only), else :data:`ESTIMATED_TIER_SIZES`."""
+    from pianoray.data.remote import is_remote_uri
+
     root = Path(cfg.data.root)
-    present = (root / "corpus.json").is_file() if cfg.data.source == "cache" else root.is_dir()
+    if is_remote_uri(cfg.data.root):
+        present = True  # opening it mirrors it locally (pianoray.data.remote)
+    else:
+        present = (root / "corpus.json").is_file() if cfg.data.source == "cache" else root.is_dir()
     if not present:
         return dict(ESTIMATED_TIER_SIZES), f"estimate ({root} absent: PercePiano-sized T1 only)"
     from pianoray.data.corpus import open_corpus

@@ -185,7 +185,7 @@ def write_fault_config(path: Path, name: str, experiments: list[str], overrides:
     unknown = sorted(set(experiments) - set(base.experiments))
     if unknown:
         raise ValueError(f"{E2E_YAML}: no experiments {unknown} to enable")
-    exps = {n: ({} if n in experiments else {"enabled": False}) for n in base.experiments}
+    exps = {n: {"enabled": n in experiments} for n in base.experiments}
     cfg = load_config(E2E_YAML, {"name": name, **overrides, "experiments": exps}, check_models=False)
     path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     return path

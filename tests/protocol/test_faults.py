@@ -127,7 +127,8 @@ def test_kill_driver_mid_round1_resumes_without_rerunning(fault_run_factory):
 
 def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_factory):
     # One fast experiment, two folds, enough epochs that the kill lands inside fold 1.
-    run = fault_run_factory("r2kill", ["audio-frozen"],
+    # 1 CPU per fold job: on 2 CPUs the folds then run one after the other, so fold 0 is done when 1 starts.
+    run = fault_run_factory("r2kill", ["audio-frozen"], resources={"cpu": 1.0},
                             round2={"epochs": 8, "patience": 8, "folds": 2, "num_to_keep": 20})
     cli = run.start()
     cli.wait_until("round 2 fold 1 started", lambda: run.epochs(ROUND2).get(("audio-frozen", 1)),
