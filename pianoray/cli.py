@@ -438,12 +438,16 @@ def plan(
     throughput: Optional[Path] = typer.Option(None, help="Throughput table (default: benchmarks/throughput.json)."),
     eliminated: float = typer.Option(0.5, help="Share of experiments assumed stopped at the first rung."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    calibrate: bool = typer.Option(False, "--calibrate",
+                                   help="Measure each experiment's training throughput on this machine's device "
+                                        "(a few real steps) and plan with it instead of the table's."),
 ) -> None:
     """Print the rounds, trials, resources and the estimated GPU-hour budget before anything launches."""
     from pianoray.protocol.plan import print_plan
 
     with user_errors():
-        print_plan(_config(config, data), console, throughput=throughput, eliminated=eliminated, as_json=as_json)
+        print_plan(_config(config, data), console, throughput=throughput, eliminated=eliminated, as_json=as_json,
+                   calibrate=calibrate)
 
 
 @app.command()

@@ -7,7 +7,9 @@ experiment holds GPUs, else CPU-hours)::
 
     epoch_hours = (train_samples / sps + eval_samples / (sps * eval_speedup)) / 3600 * units
 
-where ``sps`` is the measured or assumed training throughput of one worker (``benchmarks/throughput.json``)
+where ``sps`` is the measured or assumed training throughput of one worker (``benchmarks/throughput.json``,
+or, with ``pianoray plan --calibrate``, measured on this machine's device by
+:func:`calibrate_throughput`)
 and ``units`` the GPUs (or CPUs) one worker holds. A Round-2 job with W workers runs W times faster on W
 times the resources (linear data-parallel scaling assumed), so its resource-hours do not depend on W.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -122,6 +125,124 @@ class Plan:
         return out
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Training throughput of one experiment measured on this machine (:func:`calibrate_throughput`)."""
+
+    experiment: str
+    samples_per_s: float
+    kind: str  # "gpu" | "cpu": the device kind it was measured on
+    device: str  # e.g. "NVIDIA H100 80GB HBM3" or "cpu (x86_64, 2 threads)"
+    batch_size: int
+    steps: int  # timed steps (after the warm-up ones)
+    samples: int  # samples in the timed steps
+    seconds: float  # wall time of the timed steps
+
+    def source(self, billed_as: str) -> str:
+        note = f"calibrated on {self.device}: {self.steps} steps, {self.samples} samples in {self.seconds:.2f} s"
+        if billed_as != self.kind:
+            note += f" (the experiment asks for {billed_as.upper()}; measured on {self.kind.upper()})"
+        return note
+
+
+def _device_name(dev: Any) -> str:
+    import platform
+
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
+
+
+def calibrate_throughput(
+    cfg: ProtocolConfig,
+    *,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str | None = None,
+    data: Any = None,
+    progress: Any = None,
+) -> dict[str, Calibration]:
+    """Measure training samples/s of every enabled experiment on this machine's device.
+
+    Each experiment is built as :func:`pianoray.training.loop.fit` builds it, and trained on real
+    Round-1 batches (fold 0, the Round-1 tiers the corpus has, epoch 1, the experiment's batch size):
+    ``warmup`` untimed steps (allocator, kernel selection, lazy init), then ``steps`` timed
+    forward+backward+clip+AdamW steps, bf16 autocast on CUDA and fp32 on CPU as in the loop. Batches are
+    loaded and moved to the device before timing, so this is model throughput; a loader that cannot keep
+    up is not seen here. ``data``: an :class:`~pianoray.training.data.ExperimentData` (default: opened
+    from ``cfg``); ``progress``: called with one line per experiment.
+    """
+    import torch
+
+    from pianoray.objectives.losses import multitask_loss
+    from pianoray.training.data import ExperimentData
+    from pianoray.training.loop import _nullctx, _optimizer, build_model, pick_device, plan_stages, seed_everything
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"calibrate: steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    data = data if data is not None else ExperimentData.from_config(cfg)
+    dev = pick_device(device)
+    kind = "gpu" if dev.type == "cuda" else "cpu"
+    name_of_device = _device_name(dev)
+    tiers = [t for t in cfg.round1.tiers if t in data.corpus.tiers]
+    if not tiers:
+        raise ValueError(f"calibrate: the corpus at {cfg.data.root} has none of round1.tiers "
+                         f"{[t.name for t in cfg.round1.tiers]}")
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    out: dict[str, Calibration] = {}
+    for name in cfg.enabled_experiments():
+        optim_cfg, loss_cfg = cfg.optim_for(name), cfg.loss_for(name)
+        seed_everything(cfg.seed)
+        model = build_model(cfg, name, data).to(dev)
+        stage = next((s for s in plan_stages(model, cfg.round1.epochs) if s.select), None)
+        terms = stage.terms if stage is not None else None
+        loader = data.loader(0, "train", tiers, model.encoder.views, optim_cfg.batch_size, epoch=1, seed=cfg.seed)
+        batches: list[Any] = []
+        while len(batches) < warmup + steps:  # a small corpus: go round the epoch again
+            before = len(batches)
+            for b in loader:
+                batches.append(b.to(dev))
+                if len(batches) == warmup + steps:
+                    break
+            if len(batches) == before:
+                raise ValueError(f"calibrate: experiment {name!r} has no training batches on fold 0 "
+                                 f"(tiers {[t.name for t in tiers]})")
+        optimizer = _optimizer(model, optim_cfg.lr, optim_cfg.weight_decay)
+        model.encoder.on_epoch_start(0, cfg.round1.epochs)
+        model.train()
+        samples, t0 = 0, 0.0
+        for i, b in enumerate(batches):
+            if i == warmup:
+                sync()
+                t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _nullctx():
+                o = model(b)
+                total, _ = multitask_loss(o.regression, o.scores, o.z, b, loss_cfg, terms=terms)
+            optimizer.zero_grad(set_to_none=True)
+            if total.requires_grad:
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
+                optimizer.step()
+            if i >= warmup:
+                samples += b.size
+        sync()
+        seconds = time.perf_counter() - t0
+        out[name] = Calibration(name, samples / max(seconds, 1e-9), kind, name_of_device, optim_cfg.batch_size,
+                                steps, samples, seconds)
+        if progress is not None:
+            progress(f"calibrated {name}: {out[name].samples_per_s:.1f} samples/s on {name_of_device}")
+        del model, optimizer, batches
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def corpus_tier_sizes(cfg: ProtocolConfig) -> tuple[dict[str, int], str]:
     """Segments per tier from the corpus manifests (labelled T1 only), else :data:`ESTIMATED_TIER_SIZES`."""
     from pianoray.data.remote import is_remote_uri
@@ -166,12 +287,14 @@ def plan(
     *,
     eliminated: float = 0.5,
     sizes: Mapping[str, int] | None = None,
+    calibrated: Mapping[str, Calibration] | None = None,
 ) -> Plan:
     """The rounds, the jobs and the resource-hour budget of ``cfg``.
 
     ``eliminated``: the share of Round-1 trials expected to stop at the first rung (for the expected
     total; the upper bound assumes none). ``sizes``: segments per tier (default: the corpus manifests,
-    else an estimate).
+    else an estimate). ``calibrated``: measured throughput (:func:`calibrate_throughput`) that replaces
+    the table's for the experiments it names.
     """
     if not 0 <= eliminated < 1:
         raise ValueError(f"eliminated must lie in [0, 1), got {eliminated}")
@@ -189,11 +312,15 @@ def plan(
         for name in names:
             res = cfg.resources_for(name)
             device = "gpu" if res.gpu > 0 else "cpu"
-            entry = throughput.lookup(device, name, cfg.encoder_name(name))
-            sps = entry.samples_per_s
+            measured = (calibrated or {}).get(name)
+            if measured is not None:
+                sps, source = measured.samples_per_s, measured.source(device)
+            else:
+                entry = throughput.lookup(device, name, cfg.encoder_name(name))
+                sps, source = entry.samples_per_s, entry.source
             units = res.gpu if device == "gpu" else res.cpu
             seconds = train / sps + val / (sps * throughput.eval_speedup)
-            out[name] = TrialPlan(name, res.cpu, res.gpu, device, sps, entry.source, train, val,
+            out[name] = TrialPlan(name, res.cpu, res.gpu, device, sps, source, train, val,
                                   seconds / 3600 * units)
         return out
 
@@ -250,7 +377,7 @@ def render_plan(p: Plan) -> list[Any]:
         trials.add_column(col)
     for t in p.trials:
         res = f"{t.cpu:g} CPU" + (f" + {t.gpu:g} GPU" if t.gpu else "")
-        trials.add_row(t.experiment, res, f"{t.samples_per_s:g} ({t.device})", f"{t.train_samples} / {t.eval_samples}",
+        trials.add_row(t.experiment, res, f"{t.samples_per_s:.4g} ({t.device})", f"{t.train_samples} / {t.eval_samples}",
                        f"{t.epoch_hours:.4f} {t.device.upper()}-h", t.throughput_source)
     rounds = Table(title="rounds")
     for col in ("round", "jobs (upper / expected)", "epochs", "upper bound", "expected", "seed's estimate", "how"):
@@ -270,14 +397,29 @@ def render_plan(p: Plan) -> list[Any]:
 
 
 def print_plan(cfg: ProtocolConfig, console: Any, *, throughput: str | Path | None = None,
-               eliminated: float = 0.5, as_json: bool = False) -> Plan:
-    """What `pianoray plan` does: compute and print (rich tables, or one JSON object)."""
+               eliminated: float = 0.5, as_json: bool = False, calibrate: bool = False) -> Plan:
+    """What `pianoray plan` does: compute and print (rich tables, or one JSON object).
+
+    ``calibrate``: first measure every enabled experiment's throughput on this machine
+    (:func:`calibrate_throughput`) and use it instead of the table's.
+    """
     import dataclasses
 
-    p = plan(cfg, ThroughputTable.load(throughput or DEFAULT_THROUGHPUT), eliminated=eliminated)
+    measured = None
+    if calibrate:
+        from pianoray.validation import prepare_data
+
+        # Calibration trains on real batches: make the data as `pianoray run` would (the demo corpus when
+        # absent, the symbolic feature cache), printing nothing in --json mode.
+        prepare_data(cfg, None if as_json else console)
+        progress = None if as_json else (lambda line: console.print(line, highlight=False))
+        measured = calibrate_throughput(cfg, progress=progress)
+    p = plan(cfg, ThroughputTable.load(throughput or DEFAULT_THROUGHPUT), eliminated=eliminated,
+             calibrated=measured)
     if as_json:
         print(json.dumps({**dataclasses.asdict(p), "total_upper": p.total("upper"),
-                          "total_expected": p.total("expected")}))
+                          "total_expected": p.total("expected"),
+                          "calibration": {k: dataclasses.asdict(v) for k, v in (measured or {}).items()}}))
     else:
         for r in render_plan(p):
             console.print(r)
