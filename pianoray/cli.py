@@ -351,7 +351,10 @@ def _print_results(results: dict) -> None:
 
 
 def _write_report(results: dict) -> dict:
-    """Write the report next to the run (locally), or into a local folder and copy it to S3 storage."""
+    """Write the report next to the run (locally), or into a scratch folder and copy it to object storage.
+
+    Returns what was written: local paths, or for object storage the uploaded ``s3://.../report/<file>``
+    URIs (the scratch folder is removed, so its paths would point nowhere)."""
     import tempfile
 
     from pianoray.protocol.storage import RunStorage
@@ -360,12 +363,13 @@ def _write_report(results: dict) -> dict:
     storage_uri, name = results["run"]["storage"], results["run"]["name"]
     if "://" not in storage_uri:
         return write_report(results, Path(storage_uri) / "report")
-    out = Path(tempfile.mkdtemp(prefix="pianoray-report-"))
-    paths = write_report(results, out)
     remote = RunStorage(storage_uri[: -len(name) - 1], name)
-    for p in out.iterdir():
-        remote.write_bytes(f"report/{p.name}", p.read_bytes())
-    return paths
+    with tempfile.TemporaryDirectory(prefix="pianoray-report-") as tmp:
+        written = write_report(results, Path(tmp))
+        for p in sorted(Path(tmp).iterdir()):  # everything, also files the html links but `written` omits
+            if p.is_file():
+                remote.write_bytes(f"report/{p.name}", p.read_bytes())
+    return {key: f"{remote.uri}/report/{p.name}" for key, p in written.items()}
 
 
 def _open_ledger(storage: str, name: Optional[str]):

@@ -110,3 +110,42 @@ def test_render_and_print(capsys):
     print_plan(scripted_config(), console, as_json=True)
     out = json.loads(capsys.readouterr().out)
     assert out["rounds"][0]["jobs_upper"] == 2 and set(out["total_upper"]) <= {"gpu", "cpu"}
+
+
+def test_calibration_on_the_demo_corpus_feeds_the_plan(tmp_path):
+    from pianoray.data.demo import generate_demo
+    from pianoray.protocol.plan import calibrate_throughput
+    from pianoray.validation import prepare_data
+
+    root = generate_demo(tmp_path / "demo", seed=1, scale=0.2)
+    exps = {n: {"enabled": n in ("audio-frozen", "symbolic-features")}
+            for n in load_config(PROJECT_ROOT / "experiments" / "demo.yaml", check_models=False).experiments}
+    cfg = load_config(PROJECT_ROOT / "experiments" / "demo.yaml",
+                      {"data": {"root": str(root), "max_frames": 32, "max_notes": 96}, "experiments": exps})
+    prepare_data(cfg, Console(quiet=True))  # the symbolic feature cache, as `pianoray run` builds it
+    measured = calibrate_throughput(cfg, steps=3, warmup=1, device="cpu")
+    assert sorted(measured) == ["audio-frozen", "symbolic-features"]
+    for name, m in measured.items():
+        assert m.samples_per_s > 0 and m.kind == "cpu" and m.device.startswith("cpu")
+        assert m.steps == 3 and 0 < m.samples <= 3 * m.batch_size == 3 * cfg.optim_for(name).batch_size
+        assert m.samples_per_s == pytest.approx(m.samples / m.seconds)
+
+    p = plan(cfg, SCRIPTED, eliminated=0.0, sizes=SIZES, calibrated=measured)
+    trials = {t.experiment: t for t in p.trials}
+    assert {t.throughput_source.split(":")[0] for t in p.trials} == {f"calibrated on {measured['audio-frozen'].device}"}
+    # By hand for audio-frozen (a CPU trial): demo.yaml has k=4 and val_fraction 0.2, Round-1 tiers T1+T2,
+    # so per epoch 100 x 3/4 x 0.8 + 40 x 3/4 = 90 training and 100 x 3/4 x 0.2 = 15 validation samples,
+    # validation at eval_speedup 3x; hours = epochs x (samples / measured samples/s) x CPUs per trial.
+    a, sps = trials["audio-frozen"], measured["audio-frozen"].samples_per_s
+    assert (cfg.data.k, cfg.data.val_fraction, [t.name for t in cfg.round1.tiers]) == (4, 0.2, ["T1", "T2"])
+    assert (a.samples_per_s, a.train_samples, a.eval_samples, a.device) == (sps, 90, 15, "cpu")
+    cpus = cfg.resources_for("audio-frozen").cpu
+    per_epoch_s = 90 / sps + 15 / (sps * 3.0)
+    assert a.epoch_hours == pytest.approx(per_epoch_s / 3600 * cpus)
+    r1 = p.rounds[0]
+    both = sum(cfg.round1.epochs * (90 / m.samples_per_s + 5 / m.samples_per_s) / 3600 * cfg.resources_for(n).cpu
+               for n, m in measured.items())
+    assert r1.upper_hours == pytest.approx({"cpu": both})
+    # Without calibration the table's number is used.
+    table = plan(cfg, sizes=SIZES).trials[0]
+    assert not table.throughput_source.startswith("calibrated")

@@ -195,3 +195,54 @@ def test_ray_tune_run_with_s3_storage_path(moto_s3, moto_server, monkeypatch):
         # Ray's default TBXLoggerCallback writes TensorBoard events per trial; they reach S3 too.
         assert any("events.out.tfevents" in k for k in mine), mine
         assert any(k.endswith("/result.json") for k in mine), mine
+
+
+# -- the whole protocol CLI with its run storage on S3 ---------------------------------------------------
+@pytest.mark.slow
+def test_whole_protocol_run_on_s3_storage(moto_s3, moto_server, e2e_data, tmp_path):
+    """`pianoray run --storage s3://...` end to end (local data, storage on moto), then `status` reads it."""
+    import subprocess
+    import sys
+
+    from tests.protocol.conftest import CLI, CliRun, write_fault_config
+
+    name, root = "s3run", "s3://pianoray/e2e-runs"
+    cfg = write_fault_config(tmp_path / "s3run.yaml", name, ["audio-frozen", "symbolic-features"],
+                             {"round2": {"folds": 2, "epochs": 2}})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}  # AWS_* from moto_s3
+    env.pop("PIANORAY_REQUIRE_DATA", None)
+    run = CliRun(["run", "--config", str(cfg), "--data", str(e2e_data), "--storage", root],
+                 tmp_path / "run.log", env).start()
+    assert run.wait(timeout=300) == 0, run.tail()
+    assert f"run {root}/{name}" in run.log.read_text()
+    # The CLI names where the report went: the bucket, not a scratch folder.
+    assert f"report: {root}/{name}/report/report.html" in run.tail().replace("\n", ""), run.tail()
+
+    keys = moto_server.objects(f"e2e-runs/{name}/")
+    rel = {k[len(f"e2e-runs/{name}/"):] for k in keys}
+    assert "run.json" in rel
+    # Tune's round folders and the Round-2 Train runs were synced to the bucket.
+    for folder in ("round1/", "round2/", "round2-train/"):
+        assert any(k.startswith(folder) for k in rel), f"no {folder} in the bucket: {sorted(rel)[:40]}"
+    assert any(k.startswith("round1/") and k.split("/")[-1].startswith("experiment_state") for k in rel)
+    # The report was uploaded next to the run.
+    for f in ("report.md", "report.html", "results.json", "learning_curves_round1.png"):
+        assert f"report/{f}" in rel, f
+    assert keys[f"e2e-runs/{name}/report/report.html"] > 0
+
+    # The ledger, read back through pyarrow's S3 filesystem: every kind of event, each once.
+    ledger = Ledger(RunStorage(root, name, attempts=2))
+    events = ledger.events()
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids))
+    kinds = {e.kind for e in events}
+    assert {"epoch", "decision", "round", "fold", "selection"} <= kinds, kinds
+    r2 = {(e.experiment, int(e.fold)) for e in ledger.events("epoch") if e.round == "round2"}
+    assert r2 and {f for _, f in r2} == {0, 1}, r2  # round2.folds = 2, both written to S3
+    assert {(e.experiment, e.fold) for e in ledger.events("fold")} == r2
+
+    status = subprocess.run([*CLI, "status", "--storage", f"{root}/{name}", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    s = json.loads(status.stdout)
+    assert {e["name"] for e in s["experiments"]} == {"audio-frozen", "symbolic-features"}
