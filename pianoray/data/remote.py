@@ -51,6 +51,7 @@ class S3Limits:
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 30.0
     sdk_attempts: int = 3
+    region: str | None = None
 
 
 def is_remote_uri(root: Any) -> bool:
@@ -62,7 +63,7 @@ def s3_filesystem(limits: S3Limits | None = None) -> pafs.S3FileSystem:
     """pyarrow S3 filesystem honouring AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (path-style for local servers)."""
     limits = limits or S3Limits()
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = limits.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     kwargs: dict[str, Any] = {
         "region": region,
         "connect_timeout": limits.connect_timeout_s,

@@ -13,7 +13,7 @@ credentials come from the usual AWS environment/config chain.
 Transient errors (any ``OSError`` other than "not found"/"exists") are retried with exponential backoff;
 after the last attempt a :class:`StorageError` names the URI, the operation and the path. How long one
 S3 request may hang (an endpoint that accepts connections but never answers) is bounded by
-:class:`S3Options`; the defaults suit a cluster, tests pass sub-second timeouts.
+:class:`S3Limits`; the defaults suit a cluster, tests pass sub-second timeouts.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from pianoray.data.remote import S3Limits, s3_filesystem  # one S3 client setup for data and runs
 
 T = TypeVar("T")
 
@@ -37,47 +38,6 @@ TMP_PREFIX = ".tmp-"
 
 class StorageError(OSError):
     """A storage operation failed for good (after retries); the message names the URI and path."""
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """Per-request limits of the S3 client (pyarrow's AWS SDK), under :class:`RunStorage`'s own retries.
-
-    Each RunStorage attempt makes up to ``sdk_attempts`` SDK tries of at most ``connect_timeout_s`` +
-    ``request_timeout_s`` each, so one failed operation lasts about
-    ``attempts x sdk_attempts x (connect + request timeout) + backoff``.
-    """
-
-    connect_timeout_s: float = 5.0
-    request_timeout_s: float = 30.0
-    sdk_attempts: int = 3
-    region: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.connect_timeout_s <= 0 or self.request_timeout_s <= 0:
-            raise ValueError(f"S3Options: timeouts must be > 0, got {self.connect_timeout_s}, {self.request_timeout_s}")
-        if self.sdk_attempts < 1:
-            raise ValueError(f"S3Options: sdk_attempts must be >= 1, got {self.sdk_attempts}")
-
-
-def _s3_filesystem(options: S3Options | None = None) -> pafs.S3FileSystem:
-    """pyarrow S3 filesystem honouring AWS_ENDPOINT_URL(_S3) for S3-compatible servers (moto, MinIO)."""
-    options = options or S3Options()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict[str, Any] = {
-        "region": region,
-        "connect_timeout": options.connect_timeout_s,
-        "request_timeout": options.request_timeout_s,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=options.sdk_attempts),
-    }
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-        kwargs["endpoint_override"] = parsed.netloc
-        kwargs["scheme"] = parsed.scheme or "http"
-        # Local S3-compatible servers do not serve virtual-host-style bucket names.
-        kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(**kwargs)
 
 
 def _clean_rel(rel: str) -> str:
@@ -97,7 +57,7 @@ class RunStorage:
         attempts: tries per operation before giving up on transient errors (>= 1).
         backoff_s: first retry delay; doubles each retry, capped at ``max_backoff_s``.
         filesystem: an explicit pyarrow filesystem (tests); its root is then ``uri`` as a path.
-        s3: timeouts and SDK retries of the S3 client (``s3://`` URIs only); see :class:`S3Options`.
+        s3: timeouts and SDK retries of the S3 client (``s3://`` URIs only); see :class:`S3Limits`.
         fsync: locally, flush each file to disk before renaming it into place, so a crash never leaves
             an empty "complete" file (~5 ms per write; tests that write thousands of files turn it off).
     """
@@ -112,7 +72,7 @@ class RunStorage:
         max_backoff_s: float = 5.0,
         filesystem: pafs.FileSystem | None = None,
         fsync: bool = True,
-        s3: S3Options | None = None,
+        s3: S3Limits | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"RunStorage: attempts must be >= 1, got {attempts}")
@@ -129,7 +89,7 @@ class RunStorage:
         if filesystem is not None:
             self._fs, root = filesystem, root_uri.rstrip("/")
         elif scheme == "s3":
-            self._fs = _s3_filesystem(s3)
+            self._fs = s3_filesystem(s3)
             root = root_uri[len("s3://") :].strip("/")
             if not root:
                 raise ValueError(f"storage URI {root_uri!r} names no bucket")

@@ -10,12 +10,13 @@ import time
 import pytest
 
 from pianoray.protocol.ledger import DEFAULT_METRIC, Ledger
-from pianoray.protocol.storage import RunStorage, S3Options, StorageError
+from pianoray.data.remote import S3Limits
+from pianoray.protocol.storage import RunStorage, StorageError
 from tests.protocol.s3server import MotoServer, moto_s3, moto_server, own_moto_s3  # noqa: F401  (fixtures)
 from tests.protocol.test_ledger import Clock, scripted_run
 
 # Short limits so a frozen endpoint fails an operation in ~1-2 s instead of minutes.
-FAST_FAIL = S3Options(connect_timeout_s=0.5, request_timeout_s=0.5, sdk_attempts=1)
+FAST_FAIL = S3Limits(connect_timeout_s=0.5, request_timeout_s=0.5, sdk_attempts=1)
 
 
 def test_storage_round_trips_on_s3(moto_s3, moto_server):
@@ -80,7 +81,7 @@ def test_outage_fails_cleanly_and_the_run_continues(own_moto_s3: MotoServer):
         with pytest.raises(StorageError, match=r"s3://pianoray/runs/outage/ledger/events/epoch/.*e0003\.json: write "
                                                r"failed after 2 attempt"):
             writer.epoch("round1", "A1", 0, 3, {DEFAULT_METRIC: 0.6})
-        assert time.monotonic() - t0 < 15, "retries must be bounded by S3Options and attempts"
+        assert time.monotonic() - t0 < 15, "retries must be bounded by S3Limits and attempts"
         with pytest.raises(StorageError, match="s3://pianoray/runs/outage/checkpoints/A1/latest.pt: write"):
             storage.write_bytes("checkpoints/A1/latest.pt", new_ckpt)
         with pytest.raises(StorageError, match=r"s3://pianoray/runs/outage/ledger/\w+: list failed"):
