@@ -178,14 +178,9 @@ def _load_curves(ctx: SegmentContext) -> np.ndarray:
 
 
 def _collate_curves(items: list[np.ndarray]) -> dict[str, Any]:
-    import torch
+    from pianoray.data.loaders import pad_sequences  # the same padding as the frames view
 
-    longest = max(1, max(len(i) for i in items))
-    out = torch.zeros(len(items), longest, len(CURVE_CHANNELS), dtype=torch.float32)
-    mask = torch.zeros(len(items), longest, dtype=torch.bool)
-    for b, item in enumerate(items):
-        out[b, : len(item)] = torch.from_numpy(np.asarray(item, dtype=np.float32))
-        mask[b, : len(item)] = True
+    out, mask = pad_sequences(items, len(CURVE_CHANNELS))
     return {"curves": out, "curves_mask": mask}
 
 
