@@ -5,8 +5,12 @@ selection on the inner validation split, early stopping) and scored once on its 
 checkpoint. Printed: test R2 and pairwise accuracy, mean over folds with the fold spread (min-max), beside a
 hand-crafted-feature ridge baseline on the same folds and the PercePiano paper's piece-split table.
 
+Each finished fold is written at once (atomically) to ``--results DIR`` as ``{labels}__{experiment}.json``; a
+rerun skips the folds already there (``--fresh`` retrains them), so an interrupted benchmark resumes, and
+several processes may fill different cells of one table side by side. ``--table-only`` prints what DIR holds.
+
     python benchmarks/percepiano_symbolic.py [--experiments symbolic-features S1 S2 S2H S3] [--epochs 30]
-        [--labels percepiano19 composite] [--folds 0 1 2 3]
+        [--labels percepiano19 composite] [--folds 0 1 2 3] [--results DIR] [--set experiments.S3.optim.lr=1e-3]
 """
 
 from __future__ import annotations
@@ -86,27 +90,39 @@ def ridge_baseline(data, folds: list[int], threshold: float) -> list[dict]:
     return out
 
 
-def train_folds(cfg, experiment: str, data, folds: list[int], epochs: int, patience: int, console: Console) -> list[dict]:
+def train_folds(cfg, experiment: str, data, folds: list[int], epochs: int, patience: int, console: Console,
+                store: Path | None = None) -> list[dict]:
+    """Train and test ``folds``; with ``store`` (a JSON file {fold: result}) done folds are reused and each
+    new one is saved as soon as it finishes."""
+    from pianoray.data.cache import write_json_atomic
     from pianoray.training.checkpoint import TopKSink
     from pianoray.training.loop import Budget, fit
     from pianoray.training.runner import ensure_pretrained
     from pianoray.training.scoring import score_checkpoint
 
-    cfg = ensure_pretrained(cfg, experiment, data, console)
-    out = []
-    for k in folds:
-        sink = TopKSink(Path(tempfile.mkdtemp(prefix=f"{experiment}-f{k}-")), k=1)
-        t0 = time.perf_counter()
-        last = None
-        for r in fit(cfg, experiment, data, k, Budget(epochs, patience), tiers=cfg.round2.tiers, sink=sink):
-            last = r
-        test = score_checkpoint(cfg, experiment, data, k, sink.best(), n_boot=200)
-        test["seconds"] = time.perf_counter() - t0
-        test["epochs"] = last.epoch
-        out.append(test)
+    done = json.loads(store.read_text()) if store is not None and store.exists() else {}
+    todo = [k for k in folds if str(k) not in done]
+    if todo:
+        cfg = ensure_pretrained(cfg, experiment, data, console)
+    for k in todo:
+        with tempfile.TemporaryDirectory(prefix=f"{experiment}-f{k}-") as tmp:
+            sink = TopKSink(Path(tmp), k=1)
+            t0 = time.perf_counter()
+            last, val = None, {}
+            for r in fit(cfg, experiment, data, k, Budget(epochs, patience), tiers=cfg.round2.tiers, sink=sink):
+                last, val[r.epoch] = r, r.metrics
+            test = score_checkpoint(cfg, experiment, data, k, sink.best(), n_boot=200)
+            test["seconds"] = time.perf_counter() - t0
+            test["epochs"] = last.epoch
+            best = val.get(last.best_epoch, {})
+            test["val_pairwise_accuracy"] = best.get("val/pairwise_accuracy")
+            test["val_pairwise_accuracy_ci"] = best.get("val/pairwise_accuracy_ci")
+        done[str(k)] = test
+        if store is not None:
+            write_json_atomic(store, done)
         console.print(f"  {experiment} {cfg.data.labels} fold {k}: pairwise {test['pairwise_accuracy']:.3f} "
                       f"R2 {test['r2']:.3f} ({last.epoch} epochs, {test['seconds']:.0f} s)", highlight=False)
-    return out
+    return [done[str(k)] for k in folds]
 
 
 def cell(values: list[float]) -> str:
@@ -121,30 +137,69 @@ def main() -> None:
     ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=8)
-    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "percepiano_symbolic",
+                    help="per-cell JSON results (resumable); also the --table-only source")
+    ap.add_argument("--fresh", action="store_true", help="retrain folds already in --results")
+    ap.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
+    ap.add_argument("--tag", default="", help="suffix for the model column and result files (for --set variants)")
+    ap.add_argument("--set", action="append", default=[], metavar="DOTTED=VALUE",
+                    help="config override, e.g. experiments.S3.optim.lr=1e-3 (YAML value)")
     args = ap.parse_args()
     console = Console()
+    import yaml
+
     from pianoray.config import load_config
     from pianoray.training.data import ExperimentData
 
-    rows, dump = [], {}
+    overrides: dict = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows = []
     for labels in args.labels:
+        extra = {"experiments": {n: {} for n in args.experiments}}
         cfg = load_config(ROOT / "experiments" / "percepiano.yaml",
-                          {"data": {"labels": labels}, "experiments": {n: {} for n in args.experiments}})
-        data = ExperimentData.from_config(cfg)
-        ridge = ridge_baseline(data, args.folds, cfg.loss.rank_threshold)
-        rows.append((labels, "ridge on hand-crafted MIDI features", [r["r2"] for r in ridge],
-                     [r["pairwise_accuracy"] for r in ridge]))
-        dump[f"{labels}/ridge"] = ridge
+                          _merge({"data": {"labels": labels}}, _merge(extra, overrides)))
+        data = ExperimentData.from_config(cfg) if not args.table_only else None
+        ridge_store = args.results / f"{labels}__ridge.json"
+        if ridge_store.exists():
+            ridge_all = json.loads(ridge_store.read_text())
+        else:
+            ridge_all = {}
+        if data is not None and any(str(k) not in ridge_all for k in args.folds):
+            from pianoray.data.cache import write_json_atomic
+
+            ridge_all.update({str(k): r for k, r in zip(args.folds, ridge_baseline(data, args.folds, cfg.loss.rank_threshold))})
+            write_json_atomic(ridge_store, ridge_all)
+        ridge = [ridge_all[str(k)] for k in args.folds if str(k) in ridge_all]
+        if ridge:
+            rows.append((labels, "ridge on hand-crafted MIDI features", [r["r2"] for r in ridge],
+                         [r["pairwise_accuracy"] for r in ridge], []))
         for exp in args.experiments:
-            res = train_folds(cfg, exp, data, args.folds, args.epochs, args.patience, console)
-            dump[f"{labels}/{exp}"] = res
-            rows.append((labels, exp, [r["r2"] for r in res], [r["pairwise_accuracy"] for r in res]))
+            name = exp + (f" [{args.tag}]" if args.tag else "")
+            store = args.results / f"{labels}__{exp}{'__' + args.tag if args.tag else ''}.json"
+            if args.fresh and store.exists() and not args.table_only:
+                store.unlink()
+            if args.table_only:
+                got = json.loads(store.read_text()) if store.exists() else {}
+                res = [got[str(k)] for k in args.folds if str(k) in got]
+                if len(res) < len(args.folds):
+                    name += f" ({len(res)}/{len(args.folds)} folds)"
+            else:
+                res = train_folds(cfg, exp, data, args.folds, args.epochs, args.patience, console, store)
+            if res:
+                lows = [r["val_pairwise_accuracy_ci"][0] for r in res if r.get("val_pairwise_accuracy_ci")]
+                rows.append((labels, name, [r["r2"] for r in res], [r["pairwise_accuracy"] for r in res], lows))
     t = Table(title=f"PercePiano subset, passage-safe CV, folds {args.folds}: test R2 / pairwise, mean (min-max)")
-    for col in ("labels", "model", "R2", "pairwise"):
+    for col in ("labels", "model", "test R2", "test pairwise", "val pairwise, lowest 95% bound"):
         t.add_column(col)
-    for labels, name, r2, pw in rows:
-        t.add_row(labels, name, cell(r2), cell(pw))
+    for labels, name, r2, pw, lows in rows:
+        t.add_row(labels, name, cell(r2), cell(pw), f"{min(lows):.3f}" if lows else "")
     console.print(t)
     p = Table(title="for context (not comparable: other folds/subset): PercePiano paper, piece split, 19-dim R2")
     p.add_column("model")
@@ -153,8 +208,14 @@ def main() -> None:
         p.add_row(name, f"{v:.3f}")
     console.print(p)
     console.print("DESIGN.md on this subset (19 dims): ridge ~70 features 0.38 / 0.725; gradient boosting 0.53 / 0.75")
-    if args.json:
-        args.json.write_text(json.dumps(dump, indent=1, default=float))
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Recursive dict merge, ``b`` wins."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 if __name__ == "__main__":

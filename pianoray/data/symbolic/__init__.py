@@ -16,6 +16,7 @@ the start of the segment in evaluation.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,24 @@ def crop_graph_arrays(arrays: dict[str, np.ndarray], start: int, stop: int) -> d
 
 
 def _load_remi(ctx: SegmentContext) -> np.ndarray:
+    """A window of at most max_len ids that starts at a Bar token, so token times (bar count + position,
+    S1's value embeddings) are exact within the window; a window with no Bar before it starts at 0."""
     ids = symbolic_arrays(ctx, "remi")
     a, b = crop_window(len(ids), ctx.max_len, ctx.train, ctx.rng)
+    if a:
+        bars = np.flatnonzero(ids[: a + 1] == _bar_id())
+        a = int(bars[-1]) if len(bars) else 0
+        b = min(a + ctx.max_len, len(ids))
     return ids[a:b]
 
 
-def _collate_remi(items: list[np.ndarray]) -> dict[str, Any]:
+@lru_cache(maxsize=1)
+def _bar_id() -> int:
+    return RemiTokenizer(SymbolicFeatureConfig().remi).vocab()["Bar_None"]
+
+
+def collate_remi(items: list[np.ndarray]) -> dict[str, Any]:
+    """REMI id arrays [L_i] -> {"remi": long [B, L] (0 = PAD), "remi_mask": bool [B, L]}."""
     import torch
 
     longest = max(1, max(len(i) for i in items))
@@ -184,7 +197,7 @@ def _collate_curves(items: list[np.ndarray]) -> dict[str, Any]:
     return {"curves": out, "curves_mask": mask}
 
 
-register_view(View("remi", _load_remi, _collate_remi, needs="perf_midi"))
+register_view(View("remi", _load_remi, collate_remi, needs="perf_midi"))
 register_view(View("graph", _load_graph, _collate_graph("graph"), needs="perf_midi"))
 register_view(View("hetero_graph", _load_hetero_graph, _collate_graph("hetero_graph"), needs="perf_midi"))
 register_view(View("curves", _load_curves, _collate_curves, needs="perf_midi"))

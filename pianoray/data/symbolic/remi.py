@@ -91,6 +91,10 @@ class RemiTokenizer:
     def vocab(self) -> dict[str, int]:
         return dict(self._miditok.vocab)
 
+    def token_table(self) -> "TokenTable":
+        """What each id means numerically: its kind, a normalised value and (Position) its beat in the bar."""
+        return token_table(self.vocab(), self.config)
+
     def to_score(self, notes: NoteTable):
         """NoteTable -> one-track symusic Score in ticks at the fixed tempo (in memory)."""
         import symusic
@@ -154,3 +158,61 @@ class RemiTokenizer:
         if payload.get("vocab") != tok.vocab():
             raise ValueError(f"{path}: saved vocabulary differs from this miditok's REMI vocabulary")
         return tok
+
+
+# Token kinds of the REMI vocabulary (TokenTable.kind); MASK_KIND is for the MLM [MASK] id beyond the vocab.
+TOKEN_KINDS = ("special", "bar", "position", "pitch", "velocity", "duration", "tempo", "pedal", "pedal_off")
+MASK_KIND = len(TOKEN_KINDS)
+BEATS_PER_BAR = 4  # REMI bars here are 4/4 clock time (no time-signature tokens)
+
+
+class TokenTable(BaseModel):
+    """Per-id numeric meaning of a REMI vocabulary, for encoders that should see token values as numbers
+    (velocity 96 is near 100, position 13 comes after 12) instead of learning it from ids.
+
+    kind: [V] index into TOKEN_KINDS; value: [V] in [0, 1] (pitch over the piano range, velocity / 127,
+    log duration, position in the bar, tempo; 0 for kinds without a value); beats: [V] a Position token's
+    beat offset within its bar (0 elsewhere); seconds_per_beat: the fixed clock (60 / tempo_qpm).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    kind: list[int]
+    value: list[float]
+    beats: list[float]
+    seconds_per_beat: float
+
+
+def token_table(vocab: dict[str, int], config: RemiConfig) -> TokenTable:
+    """Parse miditok's token strings (``Pitch_61``, ``Velocity_55``, ``Duration_0.18.24`` = beats.ticks.res,
+    ``Position_5``, ``Tempo_121.29``, ``Bar_None``, ``Pedal_0``, ``PedalOff_0``, specials) into a TokenTable."""
+    V = max(vocab.values()) + 1
+    kind, value, beats = [0] * V, [0.0] * V, [0.0] * V
+    ppb = config.positions_per_beat
+    lo, hi = config.pitch_range
+    max_ticks = 12 * ppb  # the longest duration token
+    for name, i in vocab.items():
+        typ, _, arg = name.partition("_")
+        if typ == "Bar":
+            kind[i] = 1
+        elif typ == "Position":
+            kind[i], beats[i] = 2, int(arg) / ppb
+            value[i] = beats[i] / BEATS_PER_BAR
+        elif typ == "Pitch":
+            kind[i], value[i] = 3, (int(arg) - lo) / max(hi - 1 - lo, 1)
+        elif typ == "Velocity":
+            kind[i], value[i] = 4, int(arg) / 127.0
+        elif typ == "Duration":
+            b, t, res = (int(x) for x in arg.split("."))
+            ticks = b * ppb + t * ppb / res
+            kind[i], value[i] = 5, float(np.log1p(ticks) / np.log1p(max_ticks))
+        elif typ == "Tempo":
+            kind[i], value[i] = 6, (float(arg) - 40.0) / 210.0
+        elif typ == "Pedal":
+            kind[i] = 7
+        elif typ == "PedalOff":
+            kind[i] = 8
+        elif name.endswith("_None") or typ == "PitchDrum":
+            kind[i] = 0  # PAD, BOS, EOS, MASK; drum pitches (never produced: no drum tracks)
+        else:
+            raise ValueError(f"REMI token table: unknown token {name!r} (id {i}); a miditok version change?")
+    return TokenTable(kind=kind, value=value, beats=beats, seconds_per_beat=60.0 / config.tempo_qpm)

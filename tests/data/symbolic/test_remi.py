@@ -74,3 +74,23 @@ def test_real_percepiano_round_trip(tokenizer: RemiTokenizer, percepiano_dir: Pa
     assert len(files) >= 10
     for f in files:
         assert_round_trip(tokenizer, load_notes(f))
+
+
+def test_token_table_reads_kinds_and_values(tokenizer: RemiTokenizer) -> None:
+    from pianoray.data.symbolic.remi import TOKEN_KINDS
+
+    table, vocab = tokenizer.token_table(), tokenizer.vocab()
+    assert len(table.kind) == len(table.value) == len(table.beats) == tokenizer.vocab_size
+    kind = {name: TOKEN_KINDS[table.kind[i]] for name, i in vocab.items()}
+    assert kind["Bar_None"] == "bar" and kind["PAD_None"] == "special" and kind["Pedal_0"] == "pedal"
+    v = lambda name: table.value[vocab[name]]  # noqa: E731
+    assert v("Pitch_21") == 0.0 and v("Pitch_108") == 1.0  # the piano range
+    assert v("Velocity_55") == pytest.approx(55 / 127)
+    # Position_12 of 24 per beat is half a beat into the bar (of 4 beats).
+    assert table.beats[vocab["Position_12"]] == 0.5 and v("Position_12") == pytest.approx(0.5 / 4)
+    # Durations: log-ticks, monotone, the longest (12 beats) is 1.
+    durations = sorted((n for n in vocab if n.startswith("Duration_")),
+                       key=lambda n: [int(x) for x in n.split("_")[1].split(".")][0] * 24
+                       + int(n.split(".")[1]) * 24 / int(n.split(".")[2]))
+    values = [v(n) for n in durations]
+    assert values == sorted(values) and values[-1] == 1.0 and table.seconds_per_beat == 0.5

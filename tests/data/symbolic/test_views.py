@@ -11,6 +11,7 @@ import torch
 from pianoray.data.midi import NoteTable, file_sha256, write_midi
 from pianoray.data.symbolic import CURVE_CHANNELS, SymbolicCache, build_symbolic_cache, crop_graph_arrays
 from pianoray.data.symbolic.graphs import graph_arrays
+from pianoray.data.symbolic.remi import RemiTokenizer
 from pianoray.data.views import SegmentContext, get_view
 
 
@@ -72,6 +73,8 @@ def test_train_crops_are_random_eval_crops_fixed(tmp_path: Path) -> None:
     trains = {tuple(view.load(ctx(corpus, p, train=True, max_len=20, seed=s)).tolist()) for s in range(5)}
     assert len(evals) == 1 and len(trains) > 1
     assert all(len(t) == 20 for t in trains)
+    bar = RemiTokenizer().vocab()["Bar_None"]
+    assert all(t[0] == bar for t in trains), "REMI crops start at a bar (token times stay exact)"
 
 
 def test_graph_crop_keeps_internal_edges_renumbered() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,8 @@ from pianoray.models.symbolic.s1_remi import (
     build_s1,
     masked_token_accuracy,
     mlm_mask,
+    time_encoding,
+    token_times,
 )
 from pianoray.training.pretrain import pretrain
 
@@ -25,7 +28,9 @@ from ..learnable import assert_loss_falls
 
 VOCAB = 60
 N_DIMS = 2
-TINY = {"d_model": 32, "layers": 2, "heads": 4, "ffn": 64, "max_positions": 128, "vocab_size": VOCAB}
+# A made-up 60-id vocabulary has no REMI meaning: value embeddings are off (tested below with real REMI).
+TINY = {"d_model": 32, "layers": 2, "heads": 4, "ffn": 64, "max_positions": 128, "vocab_size": VOCAB,
+        "value_embedding": False}
 
 
 def _batch(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Batch:
@@ -92,7 +97,7 @@ def test_full_preset_is_about_25m_parameters() -> None:
     assert (cfg.layers, cfg.d_model, cfg.heads) == (8, 512, 8)
     enc = build_s1(cfg, registry.DataSpec(n_dims=19, extras={"remi_vocab_size": 446}))
     n = sum(p.numel() for p in enc.parameters())
-    assert n == 26_501_121, n  # the figure quoted in the module docstring and docs/symbolic-encoders.md
+    assert n == 26_528_257, n  # the figure quoted in the module docstring and docs/symbolic-encoders.md
 
 
 def test_shapes_padding_and_length_check() -> None:
@@ -153,6 +158,61 @@ def test_mlm_task_loss_and_cross_performer_term() -> None:
     assert total.item() == pytest.approx(parts["mlm"] + 0.5 * parts["contrastive"], rel=1e-5)
     total.backward()
     assert enc.shared.net[1].weight.grad is not None, "the contrastive term trains the pooled path"
+
+
+def test_token_times_recover_onsets_from_bar_and_position_tokens() -> None:
+    """Known values: every Pitch token's time is its note's onset (within half a 20.8 ms grid step),
+    across bars and in a crop that starts mid-sequence."""
+    from pianoray.data.midi import NoteTable
+    from pianoray.data.symbolic.remi import TOKEN_KINDS, RemiTokenizer
+
+    tok = RemiTokenizer()
+    table = tok.token_table()
+    onset = np.array([0.3, 0.31, 1.0, 2.2, 4.05, 5.5, 9.0])  # 120 qpm: bars at 0, 2, 4, 6, 8 s
+    notes = NoteTable.from_arrays(np.array([60, 64, 67, 60, 62, 64, 65]), onset, onset + 0.4,
+                                  np.array([60, 70, 80, 90, 50, 40, 30]), np.array([[1.0, 3.0]]))
+    ids = torch.tensor(tok.encode(notes))[None]
+    kind, beats = torch.tensor(table.kind)[ids], torch.tensor(table.beats)[ids]
+    t = token_times(kind, beats, table.seconds_per_beat)
+    pitch = kind[0] == TOKEN_KINDS.index("pitch")
+    assert t.shape == ids.shape
+    np.testing.assert_allclose(t[0][pitch].numpy(), onset, atol=tok.onset_step_s / 2 + 1e-6)
+    # The REMI view crops at Bar tokens: a crop from the second bar (2 s) counts from there.
+    start = int(torch.nonzero(kind[0] == TOKEN_KINDS.index("bar"))[1])
+    crop = token_times(kind[:, start:], beats[:, start:], table.seconds_per_beat)
+    np.testing.assert_allclose(crop[0][pitch[start:]].numpy(), onset[3:] - 2.0, atol=tok.onset_step_s / 2 + 1e-6)
+    assert torch.all(time_encoding(t, 8).abs() <= 1) and time_encoding(t, 8).shape == (1, ids.shape[1], 16)
+
+
+def _remi_task(seed: int, n: int = 32) -> Batch:
+    """Real REMI sequences of random 6-note phrases; label (y, 1 - y) with y = the tempo (inter-onset
+    interval 0.15-0.5 s), at one velocity: only the tokens' times carry it."""
+    from pianoray.data.midi import NoteTable
+    from pianoray.data.symbolic import collate_remi
+    from pianoray.data.symbolic.remi import RemiTokenizer
+
+    tok, rng = RemiTokenizer(), np.random.default_rng(seed)
+    seqs, ys = [], []
+    for _ in range(n):
+        y = rng.random()
+        onset = np.arange(6) * (0.15 + 0.35 * y) + rng.uniform(0, 0.5)
+        notes = NoteTable.from_arrays(rng.integers(55, 75, 6), onset, onset + 0.2, np.full(6, 64), None)
+        seqs.append(tok.encode(notes))
+        ys.append(y)
+    y = torch.tensor(ys, dtype=torch.float32)
+    return Batch.supervised(collate_remi(seqs), torch.stack([y, 1 - y], 1))
+
+
+def test_value_embeddings_learn_timing_from_real_remi() -> None:
+    torch.manual_seed(0)
+    cfg = S1Config(d_model=32, layers=2, heads=4, ffn=64, max_positions=128, dropout=0.0)
+    model = PerformanceModel(build_s1(cfg, registry.DataSpec(n_dims=N_DIMS)), N_DIMS)
+    assert_loss_falls(model, _remi_task(1), held=_remi_task(2), steps=60, lr=3e-4, ratio=0.5)
+
+
+def test_value_embedding_needs_the_remi_table() -> None:
+    with pytest.raises(ValueError, match="value_embedding"):
+        build_s1(S1Config(vocab_size=VOCAB), registry.DataSpec(n_dims=N_DIMS))
 
 
 @pytest.mark.slow  # ~10 s alone on 2 cores (REMI of 16 files + 2 x 4 epochs)
