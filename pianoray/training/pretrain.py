@@ -6,7 +6,10 @@ link prediction + masked attributes for S2, per-edge-type link prediction for S2
 contrastive for S3). This module owns the loop, the data, and the cache:
 
 - data: every MIDI file is one sample; its views come from the same view registry as fine-tuning
-  (so the symbolic feature cache is reused);
+  (so the symbolic feature cache is reused). Every sample also carries piece and performer ids
+  (``inputs["piece"]``, ``inputs["performer"]``, long [B], -1 = unknown; :func:`rendition_groups`), and a
+  task with ``grouped = True`` (S1's cross-performer term) gets batches made of pairs of renditions of one
+  piece by different performers (:func:`_batches`), so every batch has positives;
 - loop: AdamW + cosine with warmup + clipping, seeded, one mean loss (and parts) per epoch;
 - cache: the encoder's weights are stored under ``<cache>/<key>/encoder.pt``, keyed by the corpus hash
   (sha256 of the sorted file hashes), the task, the encoder config and the epochs, and written atomically;
@@ -42,8 +45,9 @@ class PretrainTask(Protocol):
     name: short id (part of the cache key); views: the inputs each sample needs (view names).
     build_heads(encoder) -> nn.Module: the task's own trainable heads (discarded after pretraining).
     loss(encoder, heads, inputs, generator) -> (scalar loss, {part: float}): one batch's loss, where
-    ``inputs`` is the collated views (as in ``Batch.inputs``) and ``generator`` the seeded torch RNG for
-    masking / negative sampling.
+    ``inputs`` is the collated views (as in ``Batch.inputs``) plus ``piece``/``performer`` long [B] ids
+    (-1 = unknown) and ``generator`` the seeded torch RNG for masking / negative sampling.
+    An optional attribute ``grouped = True`` asks for batches of cross-performer pairs.
     """
 
     name: str
@@ -84,9 +88,50 @@ def pretrain_key(files_hash: str, task: str, encoder_config: dict[str, Any], epo
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# File stems that are scores, not performances (ASAP's midi_score.mid): no performer, no piece group.
+_SCORE_STEMS = ("midi_score", "score")
+
+
+def rendition_groups(files: list[Path], known: dict[Path, tuple[str, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Piece and performer ids per file, for cross-performer objectives (-1 = unknown).
+
+    In order of precedence: ``known`` (resolved path -> (piece, performer), e.g. from a corpus manifest's
+    passage and performer columns); a PercePiano segment name (``<piece>_<N>bars_<player>_<segment>``:
+    piece = the passage, performer = the player); otherwise a folder of renditions, ASAP's layout
+    (``Composer/Work/Piece/<Performer>.mid``: piece = the parent folder, performer = the file stem).
+    Score files (``midi_score.mid``) get piece -1 and performer -1.
+
+    Returns:
+        (piece long [N], performer long [N]): dense ids in order of first appearance.
+    """
+    from pianoray.data.percepiano import PercePianoError, parse_segment_name
+
+    known = known or {}
+    pieces: dict[str, int] = {}
+    performers: dict[str, int] = {}
+    piece, performer = np.full(len(files), -1, np.int64), np.full(len(files), -1, np.int64)
+    for i, f in enumerate(files):
+        f = Path(f)
+        if f in known:
+            pk, who = (str(x) for x in known[f])
+            pk, who = f"corpus:{pk}", f"corpus:{who}"
+        elif f.stem.strip().lower().startswith(_SCORE_STEMS):
+            continue
+        else:
+            try:
+                name = parse_segment_name(f.name)
+                pk, who = f"percepiano:{name.passage}", f"percepiano:{name.performer}"
+            except PercePianoError:
+                pk, who = f"folder:{f.parent}", f"folder:{f.parent}/{f.stem}"
+        piece[i] = pieces.setdefault(pk, len(pieces))
+        performer[i] = performers.setdefault(who, len(performers))
+    return piece, performer
+
+
 def _load_samples(files: list[Path], views: tuple[str, ...], max_len: int, cache: Any, seed: int,
                   epoch: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """One item per view per file (cropped with an (seed, epoch)-seeded RNG); unreadable files are skipped."""
+    """One item per view per file (cropped with an (seed, epoch)-seeded RNG) plus ``"_file"`` (its index in
+    ``files``); unreadable files are skipped."""
     from pianoray.data.midi import MidiError
 
     corpus = _Files(Path("/"), cache)
@@ -96,18 +141,57 @@ def _load_samples(files: list[Path], views: tuple[str, ...], max_len: int, cache
         row = {"perf_midi": str(f), "perf_midi_sha": None, "segment_id": str(f)}
         ctx = SegmentContext(row=row, corpus=corpus, train=True, rng=rng, max_len=max_len)
         try:
-            samples.append({v: get_view(v).load(ctx) for v in views})
+            samples.append({v: get_view(v).load(ctx) for v in views} | {"_file": i})
         except MidiError as e:
             skipped.append(str(e))
     return samples, skipped
 
 
+def grouped_order(piece: np.ndarray, performer: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of sample indices in which renditions of one piece by different performers come in
+    adjacent pairs (so an even-sized batch holds whole pairs); the pairs in random order, then every sample
+    left over (unknown piece, a piece with one performer, odd ones out) in random order.
+
+    Args: piece, performer: long [N] (-1 = unknown). Returns: long [N], each index once.
+    """
+    pairs, rest = [], []
+    for p in rng.permutation(np.unique(piece[piece >= 0])):
+        members = rng.permutation(np.flatnonzero(piece == p))
+        # Greedily pair members whose performers differ (an unknown performer differs from everyone).
+        pending: list[int] = []
+        for m in members:
+            mate = next((q for q in pending if performer[q] != performer[m] or performer[m] < 0), None)
+            if mate is None:
+                pending.append(int(m))
+            else:
+                pending.remove(mate)
+                pairs.append((mate, int(m)))
+        rest += pending
+    rest += np.flatnonzero(piece < 0).tolist()
+    order = [i for k in rng.permutation(len(pairs)) for i in pairs[k]] if pairs else []
+    return np.array(order + [rest[k] for k in rng.permutation(len(rest))], dtype=np.int64)
+
+
 def _batches(samples: list[dict[str, Any]], views: tuple[str, ...], batch_size: int,
-             rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-    order = rng.permutation(len(samples))
+             rng: np.random.Generator, groups: tuple[np.ndarray, np.ndarray] | None = None,
+             grouped: bool = False) -> Iterator[dict[str, Any]]:
+    """Collated batches of ``samples``; with ``groups`` (piece, performer per file) each batch also has
+    ``piece``/``performer`` long [B], and ``grouped`` orders samples in cross-performer pairs."""
+    files = np.array([s["_file"] for s in samples], dtype=np.int64)
+    if groups is not None:
+        piece, performer = groups[0][files], groups[1][files]
+    else:
+        piece = performer = np.full(len(samples), -1, np.int64)
+    if grouped:
+        if batch_size % 2:
+            raise ValueError(f"pretrain.batch_size must be even for cross-performer pairs, got {batch_size}")
+        order = grouped_order(piece, performer, rng)
+    else:
+        order = rng.permutation(len(samples))
     for i in range(0, len(order), batch_size):
-        chunk = [samples[j] for j in order[i : i + batch_size]]
-        inputs: dict[str, Any] = {}
+        idx = order[i : i + batch_size]
+        chunk = [samples[j] for j in idx]
+        inputs: dict[str, Any] = {"piece": torch.from_numpy(piece[idx]), "performer": torch.from_numpy(performer[idx])}
         for v in views:
             inputs.update(get_view(v).collate([s[v] for s in chunk]))
         yield inputs
@@ -128,8 +212,11 @@ def pretrain(
     seed: int = 42,
     symbolic_cache: Any = None,
     on_epoch: Callable[[int, float, dict[str, float]], None] | None = None,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PretrainResult:
-    """Pretrain ``encoder`` in place on ``files`` (or load the cached result) and return where it is stored."""
+    """Pretrain ``encoder`` in place on ``files`` (or load the cached result) and return where it is stored.
+
+    groups: (piece, performer) long [len(files)] (default :func:`rendition_groups` of the paths)."""
     from pianoray.training.loop import cosine_with_warmup
 
     if not files:
@@ -141,6 +228,8 @@ def pretrain(
         log = json.loads((final / LOG_FILE).read_text())
         return PretrainResult(final, key, log["losses"], log.get("parts", []), cached=True, skipped=log.get("skipped", []))
 
+    if groups is None:
+        groups = rendition_groups(files)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     heads = task.build_heads(encoder)
@@ -159,7 +248,9 @@ def pretrain(
         if not samples:
             raise ValueError(f"no readable MIDI among {len(files)} files: {skipped[:3]}")
         total, n, sums = 0.0, 0, {}
-        for inputs in _batches(samples, task.views, batch_size, np.random.default_rng([seed, epoch])):
+        batches = _batches(samples, task.views, batch_size, np.random.default_rng([seed, epoch]),
+                           groups, grouped=bool(getattr(task, "grouped", False)))
+        for inputs in batches:
             loss, parts = task.loss(encoder, heads, inputs, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,9 +314,22 @@ def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,
     encoder = spec.build(mcfg, data.data_spec())
     task = spec.pretrain(mcfg)
     files = pretraining_files(cfg, data.corpus)
+    groups = rendition_groups(files, corpus_renditions(data.corpus))
     return pretrain(
         encoder, task, files, epochs=epochs, out_dir=Path(cfg.pretrain.cache).expanduser(),
         encoder_config={"encoder": spec.name, **mcfg.model_dump(mode="json")},
         batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr, max_len=cfg.pretrain.max_notes, seed=cfg.seed,
-        symbolic_cache=getattr(data.corpus, "symbolic_cache", None), on_epoch=on_epoch,
+        symbolic_cache=getattr(data.corpus, "symbolic_cache", None), on_epoch=on_epoch, groups=groups,
     )
+
+
+def corpus_renditions(corpus: Any) -> dict[Path, tuple[str, str]]:
+    """Resolved performance MIDI path -> (passage, performer) from every tier manifest that has them."""
+    out: dict[Path, tuple[str, str]] = {}
+    for tier in corpus.tiers:
+        m = corpus.manifest(tier)
+        if not {"perf_midi", "passage", "performer"} <= set(m.columns):
+            continue
+        for path, passage, who in m[["perf_midi", "passage", "performer"]].dropna().itertuples(index=False):
+            out[corpus.path(path).resolve()] = (str(passage), str(who))
+    return out

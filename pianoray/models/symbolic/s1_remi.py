@@ -16,10 +16,10 @@ learn from a few hundred labelled segments (ids only: val pairwise 0.53; see doc
 Pretraining (:class:`RemiMLMTask`): :func:`mlm_mask` selects 15% of the real tokens; of those 80% become
 [MASK], 10% a random regular token, 10% stay; a head predicts the original ids (cross-entropy on the
 selected positions only). An optional cross-performer InfoNCE term (``pretrain.cross_performer``) pulls
-together z of two performers' renditions of one piece; it needs each pretraining sample's piece and
-performer ids (``inputs["piece"]``, ``inputs["performer"]``, long [B]), which the MIDI-folder pretraining
-loop does not provide yet (it would need a piece/performer table per file, e.g. ASAP's folder layout or
-PercePiano's file names, and batches holding >= 2 performers per piece).
+together z of two performers' renditions of one piece; it reads each sample's piece and performer ids
+(``inputs["piece"]``, ``inputs["performer"]``, long [B]), which the pretraining loop derives from the
+files (corpus manifest, PercePiano names, ASAP's folder layout: ``training.pretrain.rendition_groups``),
+and the task asks for batches of cross-performer pairs (``grouped``).
 
 Sizes: the demo default (2 layers x 128 x 4 heads, 0.72M parameters) trains in seconds on a CPU;
 ``S1Config.full()`` is the seed's 8 layers x 512 x 8 heads (26.5M parameters with a 446-token vocabulary,
@@ -266,6 +266,7 @@ class RemiMLMTask:
 
     def __init__(self, cfg: S1Config) -> None:
         self.cfg = cfg
+        self.grouped = cfg.pretrain.cross_performer  # batches of cross-performer pairs
 
     def build_heads(self, encoder: Encoder) -> nn.Module:
         enc = _as_s1(encoder)
@@ -292,8 +293,8 @@ class RemiMLMTask:
             missing = [k for k in ("piece", "performer") if k not in inputs]
             if missing:
                 raise KeyError(
-                    f"S1 pretrain.cross_performer needs inputs {missing} (long [B] piece/performer ids per file); "
-                    "the MIDI-folder pretraining data has none: set S1Config.pretrain.cross_performer=false"
+                    f"S1 pretrain.cross_performer needs inputs {missing} (long [B] piece/performer ids per file, "
+                    "as training.pretrain gives them)"
                 )
             con = info_nce_loss(enc.pooled(h, mask), inputs["piece"], inputs["performer"], temperature=pc.temperature)
             total = total + pc.contrastive_weight * con

@@ -162,7 +162,7 @@ def test_mlm_task_loss_and_cross_performer_term() -> None:
 
 def test_token_times_recover_onsets_from_bar_and_position_tokens() -> None:
     """Known values: every Pitch token's time is its note's onset (within half a 20.8 ms grid step),
-    across bars and in a crop that starts mid-sequence."""
+    across bars and in a crop that starts at a later bar."""
     from pianoray.data.midi import NoteTable
     from pianoray.data.symbolic.remi import TOKEN_KINDS, RemiTokenizer
 
@@ -207,6 +207,7 @@ def test_value_embeddings_learn_timing_from_real_remi() -> None:
     torch.manual_seed(0)
     cfg = S1Config(d_model=32, layers=2, heads=4, ffn=64, max_positions=128, dropout=0.0)
     model = PerformanceModel(build_s1(cfg, registry.DataSpec(n_dims=N_DIMS)), N_DIMS)
+    # Measured: held-out loss 0.100 -> 0.020 with value embeddings, 0.089 -> 0.072 with ids alone.
     assert_loss_falls(model, _remi_task(1), held=_remi_task(2), steps=60, lr=3e-4, ratio=0.5)
 
 
@@ -236,3 +237,29 @@ def test_pretraining_on_real_midi_falls_and_caches(percepiano_dir: Path, tmp_pat
     assert second.cached and second.losses == first.losses
     for (name, a), b in zip(enc.state_dict().items(), enc2.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow  # ~5 s: REMI of 24 ASAP files (real data), 4 epochs
+def test_cross_performer_pretraining_on_asap_pairs_renditions(shared_data: Path, tmp_path: Path) -> None:
+    """The optional contrastive term, for real: ASAP pieces with several pianists, grouped batches."""
+    from pianoray.training.pretrain import rendition_groups
+
+    folders = sorted({p.parent for p in (shared_data / "asap").rglob("*.mid")})
+    files: list[Path] = []
+    for folder in folders:
+        perfs = sorted(p for p in folder.glob("*.mid") if p.stem != "midi_score")
+        if len(perfs) >= 3:
+            files += perfs[:3]
+        if len(files) >= 24:
+            break
+    piece, performer = rendition_groups(files)
+    assert len(set(piece.tolist())) == 8 and len(set(performer.tolist())) == 24
+    torch.manual_seed(0)
+    cfg = S1Config(d_model=32, layers=1, heads=4, ffn=64, max_positions=256,
+                   pretrain={"cross_performer": True, "contrastive_weight": 1.0})
+    enc = build_s1(cfg, registry.DataSpec(n_dims=N_DIMS))
+    result = pretrain(enc, RemiMLMTask(cfg), files, epochs=4, out_dir=tmp_path, encoder_config=cfg.model_dump(),
+                      batch_size=8, lr=1e-3, max_len=256)
+    contrastive = [p["contrastive"] for p in result.parts]
+    assert all(c > 0 for c in contrastive), "every batch holds cross-performer pairs"
+    assert contrastive[-1] < contrastive[0] and result.losses[-1] < result.losses[0], result.parts
