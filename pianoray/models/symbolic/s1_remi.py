@@ -11,7 +11,7 @@ token's index in the sequence is not its time. So each token also gets (a) a kin
 numeric value (velocity, pitch, log duration, position in bar; ``remi.token_table``) times a learned
 per-kind direction, and (c) a sinusoidal embedding of its clock time in seconds, recovered from the
 Bar / Position tokens before it (:func:`token_times`). On the demo corpus this is what lets a small S1
-learn from a few hundred labelled segments (ids only: val pairwise 0.53; see docs/symbolic.md).
+learn from a few hundred labelled segments (ids only: val pairwise 0.53; docs/symbolic-encoders.md).
 
 Pretraining (:class:`RemiMLMTask`): :func:`mlm_mask` selects 15% of the real tokens; of those 80% become
 [MASK], 10% a random regular token, 10% stay; a head predicts the original ids (cross-entropy on the
