@@ -180,17 +180,23 @@ def main() -> None:
         if ridge:
             rows.append((labels, "ridge on hand-crafted MIDI features", [r["r2"] for r in ridge],
                          [r["pairwise_accuracy"] for r in ridge], []))
-        for exp in args.experiments:
-            name = exp + (f" [{args.tag}]" if args.tag else "")
-            store = args.results / f"{labels}__{exp}{'__' + args.tag if args.tag else ''}.json"
-            if args.fresh and store.exists() and not args.table_only:
-                store.unlink()
+        if args.table_only:  # every stored cell of these labels: experiments and their tagged variants
+            cells = [(f.stem.split("__", 1)[1], f) for f in sorted(args.results.glob(f"{labels}__*.json"))
+                     if f != ridge_store]
+        else:
+            cells = [(exp + (f"__{args.tag}" if args.tag else ""), None) for exp in args.experiments]
+        for cell_name, _ in cells:
+            exp, _, tag = cell_name.partition("__")
+            name = exp + (f" ({tag})" if tag else "")
+            store = args.results / f"{labels}__{cell_name}.json"
             if args.table_only:
-                got = json.loads(store.read_text()) if store.exists() else {}
+                got = json.loads(store.read_text())
                 res = [got[str(k)] for k in args.folds if str(k) in got]
                 if len(res) < len(args.folds):
-                    name += f" ({len(res)}/{len(args.folds)} folds)"
+                    name += f", {len(res)}/{len(args.folds)} folds"
             else:
+                if args.fresh and store.exists():
+                    store.unlink()
                 res = train_folds(cfg, exp, data, args.folds, args.epochs, args.patience, console, store)
             if res:
                 lows = [r["val_pairwise_accuracy_ci"][0] for r in res if r.get("val_pairwise_accuracy_ci")]
