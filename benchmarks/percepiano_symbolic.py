@@ -167,10 +167,7 @@ def main() -> None:
                           _merge({"data": {"labels": labels}}, _merge(extra, overrides)))
         data = ExperimentData.from_config(cfg) if not args.table_only else None
         ridge_store = args.results / f"{labels}__ridge.json"
-        if ridge_store.exists():
-            ridge_all = json.loads(ridge_store.read_text())
-        else:
-            ridge_all = {}
+        ridge_all = json.loads(ridge_store.read_text()) if ridge_store.exists() else {}
         if data is not None and any(str(k) not in ridge_all for k in args.folds):
             from pianoray.data.cache import write_json_atomic
 
@@ -181,11 +178,10 @@ def main() -> None:
             rows.append((labels, "ridge on hand-crafted MIDI features", [r["r2"] for r in ridge],
                          [r["pairwise_accuracy"] for r in ridge], []))
         if args.table_only:  # every stored cell of these labels: experiments and their tagged variants
-            cells = [(f.stem.split("__", 1)[1], f) for f in sorted(args.results.glob(f"{labels}__*.json"))
-                     if f != ridge_store]
+            cells = [f.stem.split("__", 1)[1] for f in sorted(args.results.glob(f"{labels}__*.json")) if f != ridge_store]
         else:
-            cells = [(exp + (f"__{args.tag}" if args.tag else ""), None) for exp in args.experiments]
-        for cell_name, _ in cells:
+            cells = [exp + (f"__{args.tag}" if args.tag else "") for exp in args.experiments]
+        for cell_name in cells:
             exp, _, tag = cell_name.partition("__")
             name = exp + (f" ({tag})" if tag else "")
             store = args.results / f"{labels}__{cell_name}.json"
