@@ -285,10 +285,9 @@ def pretraining_files(cfg: Any, corpus: Any) -> list[Path]:
             raise FileNotFoundError(f"pretrain.midi: {folder}: no such folder")
         files |= {p.resolve() for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi")}
     if cfg.pretrain.include_corpus_midi:
-        for tier in corpus.tiers:
-            m = corpus.manifest(tier)
-            if "perf_midi" in m:
-                files |= {corpus.path(r).resolve() for r in m["perf_midi"].dropna().unique()}
+        from pianoray.data.symbolic.prepare import corpus_midi_files
+
+        files |= {p.resolve() for p in corpus_midi_files(corpus)}
     out = sorted(files)
     if cfg.pretrain.max_files is not None and len(out) > cfg.pretrain.max_files:
         rng = np.random.default_rng(cfg.seed)

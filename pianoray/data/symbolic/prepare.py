@@ -21,10 +21,12 @@ SYMBOLIC_VIEWS = frozenset(FEATURE_KINDS)  # each cached feature kind is the vie
 
 
 def corpus_midi_files(corpus: Corpus) -> list[Path]:
-    """Every distinct performance MIDI named by the corpus's manifests (all tiers), sorted."""
+    """Every distinct performance MIDI named by the corpus's manifests (all tiers; a manifest without a
+    perf_midi column names none), sorted."""
     files: set[Path] = set()
     for tier in corpus.tiers:
-        for rel in corpus.manifest(tier)["perf_midi"]:
+        m = corpus.manifest(tier)
+        for rel in m["perf_midi"] if "perf_midi" in m else ():
             path = corpus.path(rel)
             if path is not None:
                 files.add(path)

@@ -175,7 +175,6 @@ class TokenTable(BaseModel):
     beat offset within its bar (0 elsewhere); seconds_per_beat: the fixed clock (60 / tempo_qpm).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
     kind: list[int]
     value: list[float]
     beats: list[float]
