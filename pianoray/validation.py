@@ -92,17 +92,8 @@ def validate_all(cfg: ProtocolConfig) -> tuple[list[str], list[str]]:
             if t not in corpus.tiers or len(corpus.manifest(t)) == 0:
                 problems.append(f"{field}: tier {t.name} is empty in {root}")
 
-    # Folds: given ones must never split a passage and must cover the labelled segments.
-    if cfg.data.folds is not None:
-        from pianoray.data.folds import FoldSet, check_folds
-
-        try:
-            fs = FoldSet.load(cfg.data.folds)
-            m = corpus.manifest(Tier.T1)
-            col = "passage" if cfg.data.fold_unit == "passage" else "performer"
-            problems.extend(f"data.folds: {p}" for p in check_folds(fs, dict(zip(m["segment_id"], m[col].astype(str)))))
-        except (FileNotFoundError, ValueError) as e:
-            problems.append(f"data.folds: {e}")
+    # Folds: a given file must never split its own groups nor separate music; say how folds group segments.
+    problems.extend(_fold_problems(cfg, corpus, summary))
 
     # Each enabled experiment's views must be servable by this corpus.
     has_frames = corpus.has_frames()
@@ -112,6 +103,48 @@ def validate_all(cfg: ProtocolConfig) -> tuple[list[str], list[str]]:
             problems.append(f"experiments.{name}: encoder {spec.name} reads cached frames, but {root} has none")
     summary.append(f"experiments: {', '.join(cfg.enabled_experiments()) or '(none)'}")
     return problems, summary
+
+
+def _fold_problems(cfg: ProtocolConfig, corpus, summary: list[str]) -> list[str]:
+    """Problems of ``data.folds`` (or of generating folds) against the corpus; adds the fold-unit line to
+    ``summary``. A folds file of unit passage or music that separates passages sharing music is refused
+    with one line naming both passages; a performer file passes with a note (it is meant to reuse music)."""
+    from pianoray.data.folds import FoldError, FoldSet, check_folds, corpus_folds, describe_unit, fold_units, music_leaks
+    from pianoray.data.music import MusicGroupsUnavailable, corpus_music_groups
+
+    try:
+        music, why = corpus_music_groups(corpus), ""
+    except MusicGroupsUnavailable as e:
+        music, why = None, str(e)
+    if cfg.data.folds is None:
+        try:
+            fs = corpus_folds(corpus, k=cfg.data.k, unit=cfg.data.fold_unit, val_fraction=cfg.data.val_fraction,
+                              seed=cfg.seed)
+        except (KeyError, ValueError) as e:
+            return [f"data.fold_unit: cannot make {cfg.data.k} {cfg.data.fold_unit} folds: {e}"]
+        summary.append(describe_unit(fs))
+        return []
+    try:
+        fs = FoldSet.load(cfg.data.folds)
+    except FoldError as e:
+        return [f"data.folds: {e}"]
+    summary.append(f"data.folds {cfg.data.folds}: {describe_unit(fs)}")
+    if fs.unit == "music" and music is None:
+        return [f"data.folds: {cfg.data.folds}: unit music, but this corpus's music groups cannot be computed ({why})"]
+    m = corpus.manifest(Tier.T1)
+    keys, groups, _ = fold_units(m, fs.unit, music.group_of if music is not None else None)
+    problems = [f"data.folds: {p}" for p in check_folds(fs, dict(zip(keys, groups)))]
+    if fs.unit == "performer":
+        pass  # describe_unit already says that performer folds keep known music on both sides, by design
+    elif music is not None:
+        leaks = music_leaks(fs, dict(zip(m["segment_id"].astype(str), m["passage"].astype(str))), music.pairs)
+        if leaks:
+            more = f" (and {len(leaks) - 1} more folds)" if len(leaks) > 1 else ""
+            problems.append(f"data.folds: {cfg.data.folds}: {leaks[0]}{more}; make music-safe folds with "
+                            "`pianoray data folds --unit music`")
+    else:
+        summary.append(f"data.folds: music sharing not checked: {why}")
+    return problems
 
 
 def _taxonomy(cfg: ProtocolConfig):

@@ -1,8 +1,15 @@
 """Group k-fold cross-validation splits that never split a group, with an inner validation split.
 
-The group is the *passage* (unit "passage": all players of the same music) or the *performer*
-(unit "performer", the seed's performer split). PercePiano label variance is dominated by passage
-identity (~40%), so a fold that splits a passage leaks: the model learns the passage, not the playing.
+The group is, by unit:
+
+- ``music`` (the default): the *music group*, passages that share music (``pianoray.data.music``: on
+  PercePiano an 8-bar and a 16-bar cut of one take, or repeated sections, are different passage keys of
+  the same music). PercePiano label variance is dominated by what is played (passage identity alone
+  explains ~40%), so a fold that separates the same music leaks: the model learns the music, not the
+  playing.
+- ``passage``: the passage key (all players of one passage). Safe only where no two passages share music.
+- ``performer``: the seed's performer split (new performers of known music); it does not separate music,
+  on purpose.
 
 Assignment: groups are shuffled with the seed, then placed largest-first into the fold that is lightest
 (by number of keys); with ``strata`` (e.g. the piece) each stratum's groups are first spread across
@@ -11,8 +18,11 @@ i; the other folds' groups are split, whole, into train and val (val ~ ``val_fra
 
 On disk (JSON, written atomically)::
 
-    {"version": 1, "k": 4, "unit": "passage", "seed": 42, "val_fraction": 0.2,
-     "groups": {key: group}, "folds": [{"train": [...], "val": [...], "test": [...]}, ...]}
+    {"version": 1, "k": 4, "unit": "music", "seed": 42, "val_fraction": 0.2,
+     "groups": {key: group}, "folds": [{"train": [...], "val": [...], "test": [...]}, ...],
+     "music_groups": {group: [passage, ...]}}     # unit "music" only
+
+Keys are segment ids, groups are the unit's groups; ``music_groups`` lists each music group's passages.
 """
 
 from __future__ import annotations
@@ -20,17 +30,18 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 FOLDS_VERSION = 1
-Unit = Literal["passage", "performer"]
-UNITS: tuple[str, ...] = ("passage", "performer")
+Unit = Literal["music", "passage", "performer"]
+UNITS: tuple[str, ...] = ("music", "passage", "performer")
+DEFAULT_UNIT: Unit = "music"
 
 
 class FoldError(ValueError):
@@ -61,6 +72,8 @@ class FoldSet:
     val_fraction: float
     groups: dict[str, str]
     folds: tuple[Fold, ...]
+    music_groups: dict[str, tuple[str, ...]] | None = None  # unit "music": group -> its passages
+    note: str = ""  # one line for run/validate/report: the unit used and, if not the one asked for, why
 
     def __len__(self) -> int:
         return len(self.folds)
@@ -85,6 +98,9 @@ class FoldSet:
             "val_fraction": self.val_fraction,
             "groups": dict(sorted(self.groups.items())),
             "folds": [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in self.folds],
+            **({"music_groups": {g: list(p) for g, p in sorted(self.music_groups.items())}}
+               if self.music_groups is not None else {}),
+            **({"note": self.note} if self.note else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -112,6 +128,9 @@ class FoldSet:
             val_fraction=float(data["val_fraction"]),
             groups={str(k): str(v) for k, v in data["groups"].items()},
             folds=folds,
+            music_groups=({str(g): tuple(map(str, p)) for g, p in data["music_groups"].items()}
+                          if "music_groups" in data else None),
+            note=str(data.get("note", "")),
         )
         problems = check_folds(foldset)
         if problems:
@@ -150,6 +169,10 @@ def _schema_problems(data: object) -> list[str]:
         problems.append(f"k={data['k']} but {len(data['folds'])} folds are listed")
     if not all(isinstance(v, str) for v in data["groups"].values()):
         problems.append("groups: every value must be a string")
+    music = data.get("music_groups")
+    if music is not None and not (isinstance(music, dict) and all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in music.values())):
+        problems.append("music_groups: expected an object of group -> list of passages")
     for i, fold in enumerate(data["folds"]):
         if not isinstance(fold, dict) or set(fold) != {"train", "val", "test"}:
             problems.append(f"folds[{i}] must have exactly the lists train, val, test")
@@ -273,15 +296,17 @@ def make_folds(
     keys: Sequence[str],
     groups: Sequence[str],
     k: int = 4,
-    unit: Unit = "passage",
+    unit: Unit = DEFAULT_UNIT,
     val_fraction: float = 0.2,
     seed: int = 42,
     strata: Sequence[str] | None = None,
+    music_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> FoldSet:
     """Group k-fold with an inner, group-wise validation split.
 
-    keys: [M] unique sample ids; groups: [M] the group of each key (its passage or performer);
-    strata: [M] optional coarser label to spread across folds (e.g. the piece), constant within a group.
+    keys: [M] unique sample ids; groups: [M] the group of each key (its music group, passage or
+    performer); strata: [M] optional coarser label to spread across folds (e.g. the piece), constant
+    within a group; music_groups: group -> passages, stored with the folds (unit "music").
     Deterministic for a given (keys, groups, strata, k, val_fraction, seed), whatever the input order.
     """
     keys = [str(x) for x in keys]
@@ -325,23 +350,129 @@ def make_folds(
                 test=tuple(sorted(x for g in fold_groups[i] for x in keys_of[g])),
             )
         )
-    return FoldSet(k, unit, seed, float(val_fraction), dict(zip(keys, groups)), tuple(folds))
+    music = {str(g): tuple(sorted(map(str, p))) for g, p in music_groups.items()} if music_groups else None
+    return FoldSet(k, unit, seed, float(val_fraction), dict(zip(keys, groups)), tuple(folds), music)
 
 
-def groups_for(df: pd.DataFrame, unit: Unit) -> list[str]:
+def fold_units(
+    table: pd.DataFrame, unit: Unit, music: Mapping[str, str] | None = None
+) -> tuple[list[str], list[str], list[str] | None]:
+    """(keys, groups, strata) of a loader's table (columns segment_id, piece, and passage or performer):
+    the one place that turns a unit into groups.
+
+    Passage and music groups are spread across folds piece by piece (strata: the piece; for a music
+    group, the piece of the passage that names it, so strata stay constant within a group). A performer
+    plays many pieces, so performer folds have no strata. unit "music" needs ``music`` (passage -> music
+    group, ``pianoray.data.music``). For ASAP/MAESTRO-style tables (no ``passage`` column) the passage is
+    the whole ``piece``.
+    """
+    keys = [str(x) for x in table["segment_id"]]
+    groups = groups_for(table, unit, music)
+    if unit == "performer" or "piece" not in table.columns:
+        return keys, groups, None
+    pieces = [str(x) for x in table["piece"]]
+    if unit == "passage":
+        return keys, groups, pieces
+    piece_of_passage = dict(zip(table["passage"].astype(str), pieces))
+    return keys, groups, [piece_of_passage.get(g, g) for g in groups]
+
+
+def groups_for(df: pd.DataFrame, unit: Unit, music: Mapping[str, str] | None = None) -> list[str]:
     """The group of each row of a loader's DataFrame.
 
     PercePiano rows have a ``passage`` column; for ASAP/MAESTRO-style tables (no ``passage``) the
-    passage is the whole ``piece``. unit "performer" uses the ``performer`` column.
+    passage is the whole ``piece``. unit "performer" uses the ``performer`` column; unit "music" maps
+    each row's passage through ``music`` (passage -> music group).
     """
-    if unit == "passage":
-        column = "passage" if "passage" in df.columns else "piece"
-    elif unit == "performer":
-        column = "performer"
-    else:
+    if unit not in UNITS:
         raise ValueError(f"unit={unit!r}: expected one of {UNITS}")
+    column = "performer" if unit == "performer" else ("passage" if "passage" in df.columns else "piece")
     if column not in df.columns:
         raise KeyError(f"unit={unit!r} needs a {column!r} column; the table has {list(df.columns)}")
     if df[column].isna().any():
         raise ValueError(f"column {column!r} has missing values; every row needs a {unit}")
-    return [str(x) for x in df[column]]
+    values = [str(x) for x in df[column]]
+    if unit != "music":
+        return values
+    if music is None:
+        raise ValueError("unit='music' needs the music groups (passage -> group)")
+    if missing := sorted({v for v in values if v not in music}):
+        raise ValueError(f"passage {missing[0]!r} has no music group ({len(missing)} passages lack one)")
+    return [music[v] for v in values]
+
+
+def music_leaks(foldset: FoldSet, passage_of: Mapping[str, str], pairs: Sequence) -> list[str]:
+    """One line per fold that separates music: a music-sharing pair of passages (``pairs``:
+    ``pianoray.data.music.SharedPair``) whose segments sit in different parts (train/val/test).
+
+    passage_of: segment key -> passage. Each line names both passages, their parts and the evidence.
+    """
+    lines = []
+    for i, fold in enumerate(foldset.folds):
+        part: dict[str, set[str]] = defaultdict(set)
+        for name, keys in (("train", fold.train), ("val", fold.val), ("test", fold.test)):
+            for key in keys:
+                if key in passage_of:
+                    part[passage_of[key]].add(name)
+        crossing = [p for p in pairs if p.a in part and p.b in part and len(part[p.a] | part[p.b]) > 1]
+        if crossing:
+            p = crossing[0]
+            more = f" ({len(crossing)} such pairs in this fold)" if len(crossing) > 1 else ""
+            lines.append(
+                f"fold {i} separates music: passage {p.a!r} ({'/'.join(sorted(part[p.a]))}) and "
+                f"{p.b!r} ({'/'.join(sorted(part[p.b]))}) share {p.overlap:.0%} of their pitch runs "
+                f"({p.via}){more}"
+            )
+    return lines
+
+
+def describe_unit(foldset: FoldSet) -> str:
+    """One line saying how the folds group segments, for run/validate/report."""
+    n_groups = len(set(foldset.groups.values()))
+    if foldset.unit == "music":
+        n_passages = sum(len(p) for p in (foldset.music_groups or {}).values())
+        line = f"folds by music group: {n_groups} groups over {n_passages} passages (passages that share music stay together)"
+    elif foldset.unit == "passage":
+        line = f"folds by passage: {n_groups} passages (passages that share music may be split)"
+    else:
+        line = f"folds by {foldset.unit}: {n_groups} {foldset.unit}s (new {foldset.unit}s of known music; music is not separated)"
+    return f"{line}; {foldset.note}" if foldset.note else line
+
+
+def corpus_folds(
+    corpus: Any,
+    keys: Collection[str] | None = None,
+    *,
+    k: int = 4,
+    unit: Unit = DEFAULT_UNIT,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+) -> FoldSet:
+    """Folds over a corpus's T1 segments (``keys``: only these, e.g. the labelled ones), piece-stratified.
+
+    Unit "music" computes the corpus's music groups (``pianoray.data.music``). Where they cannot be
+    computed (a corpus without MIDI), the folds fall back to passages and ``note`` says so and why: the
+    run, ``validate`` and the report print it.
+    """
+    from pianoray.data.music import MusicGroupsUnavailable, corpus_music_groups
+    from pianoray.data.tiers import Tier
+
+    table = corpus.manifest(Tier.T1)
+    if keys is not None:
+        table = table[table["segment_id"].isin(set(keys))]
+    music = None
+    note = ""
+    if unit == "music":
+        try:
+            music = corpus_music_groups(corpus)
+        except MusicGroupsUnavailable as e:
+            unit, note = "passage", f"music groups could not be computed ({e}), so folds split by passage"
+    keys_, groups, strata = fold_units(table, unit, music.group_of if music else None)
+    members = None
+    if music is not None:
+        present = set(table["passage"].astype(str))
+        members = {g: [p for p in ps if p in present] for g, ps in music.members().items()}
+        members = {g: ps for g, ps in members.items() if ps}
+    fs = make_folds(keys_, groups, k=k, unit=unit, val_fraction=val_fraction, seed=seed, strata=strata,
+                    music_groups=members)
+    return replace(fs, note=note) if note else fs

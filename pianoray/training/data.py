@@ -1,7 +1,7 @@
 """What one experiment trains on: the corpus, the chosen label set, the folds, and loaders per split.
 
-Folds come from ``data.folds`` when given, else they are generated (passage-stratified, seeded) from the
-labelled T1 segments, so every run of a config sees the same folds.
+Folds come from ``data.folds`` when given, else they are generated (by ``data.fold_unit``, music groups by
+default; piece-stratified, seeded) from the labelled T1 segments, so every run of a config sees the same folds.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ class ExperimentData:
     folds: Any  # pianoray.data.folds.FoldSet
     max_frames: int
     max_notes: int
+    # Evaluation loaders: "all" = whole segments in windows (what every figure uses); "crop" = the single
+    # pre-window crop, only to measure what whole segments change (see ``make_loader``).
+    eval_windows: str = "all"
     _datasets: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, cfg: ProtocolConfig) -> "ExperimentData":
         from pianoray.data.corpus import open_corpus
-        from pianoray.data.folds import FoldSet, make_folds
+        from pianoray.data.folds import FoldSet, corpus_folds
         from pianoray.data.taxonomy import Taxonomy
 
         corpus = open_corpus(cfg.data)
@@ -38,18 +41,8 @@ class ExperimentData:
         if cfg.data.folds is not None:
             folds = FoldSet.load(cfg.data.folds)
         else:
-            m = corpus.manifest(Tier.T1)
-            m = m[m["segment_id"].isin(labels)]
-            unit_col = "passage" if cfg.data.fold_unit == "passage" else "performer"
-            folds = make_folds(
-                m["segment_id"].tolist(),
-                m[unit_col].astype(str).tolist(),
-                k=cfg.data.k,
-                unit=cfg.data.fold_unit,
-                val_fraction=cfg.data.val_fraction,
-                seed=cfg.seed,
-                strata=m["piece"].astype(str).tolist(),
-            )
+            folds = corpus_folds(corpus, labels, k=cfg.data.k, unit=cfg.data.fold_unit,
+                                 val_fraction=cfg.data.val_fraction, seed=cfg.seed)
         return cls(corpus, list(names), labels, folds, cfg.data.max_frames, cfg.data.max_notes)
 
     def data_spec(self) -> DataSpec:
@@ -94,17 +87,19 @@ class ExperimentData:
 
         ds = self.dataset(fold, split, tiers, views)
         train = split == "train"
-        return make_loader(ds, batch_size=batch_size, shuffle=train, seed=seed * 100_003 + epoch, train=train)
+        return make_loader(ds, batch_size=batch_size, shuffle=train, seed=seed * 100_003 + epoch, train=train,
+                           windows=self.eval_windows)
 
     def eval_loader(self, fold: int, split: str, views: Iterable[str], batch_size: int) -> Any:
-        """The T1 segments of a split in a fixed order with deterministic crops (for scoring, any split)."""
+        """The T1 segments of a split in a fixed order, whole (one sample per window; for scoring, any split)."""
         from pianoray.data.loaders import make_loader
 
         return make_loader(self.dataset(fold, split, (Tier.T1,), views), batch_size=batch_size, shuffle=False,
-                           train=False)
+                           train=False, windows=self.eval_windows)
 
     def twin_loader(self, fold: int, split: str, views: Iterable[str], batch_size: int) -> Any | None:
-        """Clean/augmented twins (T4) of a split's T1 segments, each pair in one batch; None if there are none."""
+        """Clean/augmented twins (T4) of a split's T1 segments, each pair in one batch and one crop (not
+        windowed: a twin may be time-stretched); None if there are none."""
         from pianoray.data.loaders import augmented_twins, make_loader
 
         if Tier.T4 not in self.corpus.tiers:

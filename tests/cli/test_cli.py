@@ -141,13 +141,41 @@ def test_folds_on_real_percepiano(tmp_path: Path, percepiano_dir: Path) -> None:
     out = tmp_path / "f.json"
     r = runner.invoke(app, ["data", "folds", "--percepiano", str(percepiano_dir), "--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert "45 groups over 79 passages" in r.output and "largest music group" in r.output
     folds = json.loads(out.read_text())
-    assert folds["k"] == 4 and folds["unit"] == "passage" and len(folds["folds"]) == 4
+    assert folds["k"] == 4 and folds["unit"] == "music" and len(folds["folds"]) == 4
+    passages_of = folds["music_groups"]
+    assert sum(map(len, passages_of.values())) == 79 and max(map(len, passages_of.values())) == 11
     fold_of = {}
     for i, f in enumerate(folds["folds"]):
         for key in f["test"]:
-            passage = folds["groups"][key]
-            assert fold_of.setdefault(passage, i) == i, f"passage {passage} in two folds"
+            group = folds["groups"][key]
+            assert fold_of.setdefault(group, i) == i, f"music group {group} in two folds"
+
+
+def _real_folds_config(tmp_path: Path, percepiano_dir: Path, unit: str) -> Path:
+    out = tmp_path / f"{unit}.json"
+    r = runner.invoke(app, ["data", "folds", "--percepiano", str(percepiano_dir), "--out", str(out), "--unit", unit])
+    assert r.exit_code == 0, r.output
+    cfg = tmp_path / f"{unit}.yaml"
+    cfg.write_text(f"extends: {PROJECT_ROOT / 'experiments' / 'percepiano.yaml'}\ndata: {{folds: {out}}}\n")
+    return cfg
+
+
+def test_validate_refuses_passage_folds_that_separate_music(tmp_path: Path, percepiano_dir: Path) -> None:
+    cfg = _real_folds_config(tmp_path, percepiano_dir, "passage")
+    r = runner.invoke(app, ["validate", "--config", str(cfg), "--data", str(percepiano_dir)])
+    # The 16-bar passage and the 8-bar passage cut from it land on different sides: named, in one line.
+    one_error(r, "data.folds", "separates music", "Schubert_D960_mv", "16bars", "8bars")
+    assert len([l for l in r.output.splitlines() if l.startswith("error:")]) == 1
+
+
+def test_validate_passes_music_and_performer_folds(tmp_path: Path, percepiano_dir: Path) -> None:
+    for unit, note in (("music", "folds by music group"), ("performer", "music is not separated")):
+        cfg = _real_folds_config(tmp_path, percepiano_dir, unit)
+        r = runner.invoke(app, ["validate", "--config", str(cfg), "--data", str(percepiano_dir)])
+        assert r.exit_code == 0, r.output
+        assert note in " ".join(r.output.split())
 
 
 def test_composite_labels_for_every_percepiano_segment(tmp_path: Path, percepiano_dir: Path) -> None:

@@ -106,7 +106,7 @@ def test_deterministic_by_seed_and_input_order():
 
 
 def test_real_passage_folds_never_split_a_passage(pp):
-    fs = make_folds(pp.segment_id, groups_for(pp, "passage"), k=4, strata=list(pp.piece))
+    fs = make_folds(pp.segment_id, groups_for(pp, "passage"), k=4, unit="passage", strata=list(pp.piece))
     groups = dict(zip(pp.segment_id, pp.passage))
     _assert_sound(fs, groups)
     assert all(220 <= len(f.test) <= 260 for f in fs.folds)  # 961 / 4 = 240
@@ -125,11 +125,11 @@ def test_real_performer_folds_never_split_a_performer(pp):
 
 
 def test_real_folds_round_trip_and_determinism(pp, tmp_path):
-    fs = make_folds(pp.segment_id, groups_for(pp, "passage"), seed=42)
+    fs = make_folds(pp.segment_id, groups_for(pp, "passage"), unit="passage", seed=42)
     path = tmp_path / "folds.json"
     fs.save(path)
     assert FoldSet.load(path) == fs
-    assert make_folds(pp.segment_id, groups_for(pp, "passage"), seed=42) == fs
+    assert make_folds(pp.segment_id, groups_for(pp, "passage"), unit="passage", seed=42) == fs
     data = json.loads(path.read_text())
     assert {k: data[k] for k in ("version", "k", "unit", "seed", "val_fraction")} == {
         "version": 1, "k": 4, "unit": "passage", "seed": 42, "val_fraction": 0.2}
