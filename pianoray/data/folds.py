@@ -20,9 +20,12 @@ On disk (JSON, written atomically)::
 
     {"version": 1, "k": 4, "unit": "music", "seed": 42, "val_fraction": 0.2,
      "groups": {key: group}, "folds": [{"train": [...], "val": [...], "test": [...]}, ...],
-     "music_groups": {group: [passage, ...]}}     # unit "music" only
+     "music_groups": {group: [passage, ...]},    # unit "music" only
+     "competition_rounds": [[round_id, ...], ...]} # per fold, where the corpus has competition rounds (T2)
 
 Keys are segment ids, groups are the unit's groups; ``music_groups`` lists each music group's passages.
+Competition rounds (T2, ranked by placement) are split by round along with the folds: fold i never trains on
+its ``competition_rounds[i]``, and its competition Spearman is computed on those rounds alone.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class FoldSet:
     folds: tuple[Fold, ...]
     music_groups: dict[str, tuple[str, ...]] | None = None  # unit "music": group -> its passages
     note: str = ""  # one line for run/validate/report: the unit used and, if not the one asked for, why
+    competition_rounds: tuple[tuple[str, ...], ...] | None = None  # fold i's held-out T2 rounds
 
     def __len__(self) -> int:
         return len(self.folds)
@@ -101,6 +105,8 @@ class FoldSet:
             **({"music_groups": {g: list(p) for g, p in sorted(self.music_groups.items())}}
                if self.music_groups is not None else {}),
             **({"note": self.note} if self.note else {}),
+            **({"competition_rounds": [list(r) for r in self.competition_rounds]}
+               if self.competition_rounds is not None else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -131,6 +137,8 @@ class FoldSet:
             music_groups=({str(g): tuple(map(str, p)) for g, p in data["music_groups"].items()}
                           if "music_groups" in data else None),
             note=str(data.get("note", "")),
+            competition_rounds=(tuple(tuple(map(str, r)) for r in data["competition_rounds"])
+                                if "competition_rounds" in data else None),
         )
         problems = check_folds(foldset)
         if problems:
@@ -165,6 +173,10 @@ def _schema_problems(data: object) -> list[str]:
         problems.append(f"version {data['version']} is not supported (expected {FOLDS_VERSION})")
     if data["unit"] not in UNITS:
         problems.append(f"unit {data['unit']!r} is not one of {UNITS}")
+    rounds = data.get("competition_rounds")
+    if rounds is not None and not (isinstance(rounds, list) and len(rounds) == data["k"] and all(
+            isinstance(r, list) and all(isinstance(x, str) for x in r) for r in rounds)):
+        problems.append("competition_rounds: expected one list of round ids per fold")
     if data["k"] != len(data["folds"]):
         problems.append(f"k={data['k']} but {len(data['folds'])} folds are listed")
     if not all(isinstance(v, str) for v in data["groups"].values()):
@@ -475,4 +487,22 @@ def corpus_folds(
         members = {g: ps for g, ps in members.items() if ps}
     fs = make_folds(keys_, groups, k=k, unit=unit, val_fraction=val_fraction, seed=seed, strata=strata,
                     music_groups=members)
-    return replace(fs, note=note) if note else fs
+    return with_competition_rounds(replace(fs, note=note), corpus)
+
+
+def split_rounds(rounds: Collection[str], k: int, seed: int) -> tuple[tuple[str, ...], ...]:
+    """Competition rounds -> k disjoint held-out sets (shuffled with the seed, dealt round-robin), so that
+    each round is held out by exactly one fold. Deterministic whatever the input order."""
+    order = sorted(set(map(str, rounds)))
+    np.random.default_rng([seed, 7]).shuffle(order)
+    return tuple(tuple(sorted(order[i::k])) for i in range(k))
+
+
+def with_competition_rounds(foldset: FoldSet, corpus: Any) -> FoldSet:
+    """``foldset`` with its held-out competition rounds (those of the corpus's T2 tier) when it has none."""
+    from pianoray.data.tiers import Tier
+
+    if foldset.competition_rounds is not None or Tier.T2 not in getattr(corpus, "tiers", ()):
+        return foldset
+    rounds = corpus.manifest(Tier.T2)["round_id"].astype(str)
+    return replace(foldset, competition_rounds=split_rounds(rounds, foldset.k, foldset.seed))

@@ -32,14 +32,14 @@ class ExperimentData:
     @classmethod
     def from_config(cls, cfg: ProtocolConfig) -> "ExperimentData":
         from pianoray.data.corpus import open_corpus
-        from pianoray.data.folds import FoldSet, corpus_folds
+        from pianoray.data.folds import FoldSet, corpus_folds, with_competition_rounds
         from pianoray.data.taxonomy import Taxonomy
 
         corpus = open_corpus(cfg.data)
         taxonomy = Taxonomy.load(cfg.data.taxonomy) if cfg.data.taxonomy else Taxonomy.default()
         names, labels = corpus.labels(cfg.data.labels, taxonomy)
         if cfg.data.folds is not None:
-            folds = FoldSet.load(cfg.data.folds)
+            folds = with_competition_rounds(FoldSet.load(cfg.data.folds), corpus)
         else:
             folds = corpus_folds(corpus, labels, k=cfg.data.k, unit=cfg.data.fold_unit,
                                  val_fraction=cfg.data.val_fraction, seed=cfg.seed)
@@ -50,8 +50,12 @@ class ExperimentData:
         return DataSpec(n_dims=len(self.label_names), frame_width=width)
 
     def fold(self, index: int) -> dict[str, list[str]]:
+        """T1 segment ids per split, and ``held_rounds``: the competition (T2) rounds this fold never trains
+        on, the only ones its competition Spearman is computed on."""
         f = self.folds.folds[index]
-        return {"train": list(f.train), "val": list(f.val), "test": list(f.test)}
+        rounds = self.folds.competition_rounds
+        return {"train": list(f.train), "val": list(f.val), "test": list(f.test),
+                "held_rounds": list(rounds[index]) if rounds is not None else []}
 
     def dataset(self, fold: int, split: str, tiers: Iterable[Tier], views: Iterable[str]) -> Any:
         from pianoray.data.loaders import build_split
