@@ -101,35 +101,29 @@ def _print_corpus_summary(root: Path) -> None:
 def data_folds(
     out: Path = typer.Option(..., "--out", help="JSON file to write."),
     percepiano: Optional[Path] = typer.Option(None, help="PercePiano folder (default: the shared data's)."),
-    asap: Optional[Path] = typer.Option(None, help="ASAP folder instead: a passage is the piece."),
+    asap: Optional[Path] = typer.Option(None, help="ASAP folder instead: a passage (and its music) is the piece."),
     data: Optional[Path] = typer.Option(None, "--data", help="A pianoray cache (e.g. the demo) instead."),
     k: int = typer.Option(4, min=2, help="Number of folds."),
-    unit: str = typer.Option("passage", help="passage (never split a passage) or performer (performer split)."),
+    unit: str = typer.Option("music", help="music (never split music shared by passages), passage, or performer."),
     val_fraction: float = typer.Option(0.2, help="Inner validation share of each training part."),
     seed: int = typer.Option(42),
 ) -> None:
-    """Write passage-stratified k-fold splits (with inner validation splits) as versioned JSON."""
+    """Write piece-stratified k-fold splits (with inner validation splits) as versioned JSON."""
     from pianoray.data import folds as folds_mod
 
     with user_errors():
-        if unit not in ("passage", "performer"):
-            raise UserError(f"--unit: must be passage or performer, got {unit!r}")
-        keys, groups, strata, source = _fold_units(percepiano, asap, data, unit)
-        fs = folds_mod.make_folds(keys, groups, k=k, unit=unit, val_fraction=val_fraction, seed=seed, strata=strata)
+        if unit not in folds_mod.UNITS:
+            raise UserError(f"--unit: must be one of {', '.join(folds_mod.UNITS)}, got {unit!r}")
+        fs, source = _make_cli_folds(percepiano, asap, data, k=k, unit=unit, val_fraction=val_fraction, seed=seed)
         fs.save(out)
-        table = Table(title=f"{k} folds over {len(keys)} segments of {source} (unit: {unit})")
-        for col in ("fold", "train", "val", "test", f"test {unit}s"):
-            table.add_column(col, justify="right")
-        g = dict(zip(keys, groups))
-        for i, f in enumerate(fs.folds):
-            table.add_row(str(i), str(len(f.train)), str(len(f.val)), str(len(f.test)),
-                          str(len({g[x] for x in f.test})))
-        console.print(table)
+        _print_folds(fs, source)
         console.print(f"wrote {out}")
 
 
-def _fold_units(percepiano: Optional[Path], asap: Optional[Path], data: Optional[Path], unit: str):
+def _make_cli_folds(percepiano: Optional[Path], asap: Optional[Path], data: Optional[Path], **kw):
     import pandas as pd
+
+    from pianoray.data import folds as folds_mod
 
     chosen = [x for x in (percepiano, asap, data) if x is not None]
     if len(chosen) > 1:
@@ -140,23 +134,44 @@ def _fold_units(percepiano: Optional[Path], asap: Optional[Path], data: Optional
             raise UserError(f"{meta}: ASAP metadata.csv not found")
         df = pd.read_csv(meta)
         keys = df["midi_performance"].tolist()
-        pieces = df["folder"].tolist()
-        performers = [Path(p).stem.rstrip("0123456789M").rstrip("_") for p in keys]
-        return keys, (pieces if unit == "passage" else performers), pieces, str(asap)
+        table = pd.DataFrame({"segment_id": keys, "piece": df["folder"],
+                              "performer": [Path(p).stem.rstrip("0123456789M").rstrip("_") for p in keys]})
+        # ASAP has no passages: a piece (its folder) is the unit of music, so its music group is itself.
+        table["passage"] = table["piece"]
+        music = {p: p for p in table["piece"]}
+        keys, groups, strata = folds_mod.fold_units(table, kw["unit"], music)
+        fs = folds_mod.make_folds(keys, groups, strata=strata,
+                                  music_groups={p: [p] for p in music} if kw["unit"] == "music" else None, **kw)
+        return fs, str(asap)
+    from pianoray.config import DataConfig
+    from pianoray.data.corpus import open_corpus
+
     if data is not None:
-        from pianoray.config import DataConfig
-        from pianoray.data.corpus import open_corpus
-        from pianoray.data.tiers import Tier
+        corpus, source = open_corpus(DataConfig(root=data)), str(data)
+    else:
+        root = percepiano or _default_percepiano()
+        corpus, source = open_corpus(DataConfig(root=root, source="percepiano")), str(root)
+    return folds_mod.corpus_folds(corpus, **kw), source
 
-        m = open_corpus(DataConfig(root=data)).manifest(Tier.T1)
-        col = "passage" if unit == "passage" else "performer"
-        return m["segment_id"].tolist(), m[col].astype(str).tolist(), m["piece"].tolist(), str(data)
-    from pianoray.data.percepiano import load_percepiano
 
-    root = percepiano or _default_percepiano()
-    df = load_percepiano(root)
-    col = "passage" if unit == "passage" else "performer"
-    return df["segment_id"].tolist(), df[col].astype(str).tolist(), df["piece"].tolist(), str(root)
+def _print_folds(fs, source: str) -> None:
+    from collections import Counter
+
+    from pianoray.data.folds import describe_unit
+
+    sizes = Counter(fs.groups.values())
+    largest, n_largest = sizes.most_common(1)[0]
+    passages = len((fs.music_groups or {}).get(largest, ())) if fs.unit == "music" else 1
+    console.print(f"{describe_unit(fs)}", highlight=False)
+    console.print(f"largest {fs.unit} group: {largest} ({n_largest} segments"
+                  + (f", {passages} passages)" if fs.unit == "music" else ")"), highlight=False)
+    table = Table(title=f"{fs.k} folds over {len(fs.groups)} segments of {source} (unit: {fs.unit})")
+    for col in ("fold", "train", "val", "test", f"test {fs.unit} groups"):
+        table.add_column(col, justify="right")
+    for i, f in enumerate(fs.folds):
+        table.add_row(str(i), str(len(f.train)), str(len(f.val)), str(len(f.test)),
+                      str(len({fs.groups[x] for x in f.test})))
+    console.print(table)
 
 
 @data_app.command("labels")
@@ -271,7 +286,11 @@ def pretrain(
 
         prepare_data(cfg, console)
         cfg = ensure_pretrained(cfg, experiment, ExperimentData.from_config(cfg), console)
-    console.print(f"encoder weights: {cfg.experiments[experiment].init_encoder}")
+    exp = cfg.experiments[experiment]
+    for fold, path in sorted(exp.init_encoder_folds.items()):
+        console.print(f"encoder weights, fold {fold}: {path}")
+    if exp.init_encoder is not None or not exp.init_encoder_folds:
+        console.print(f"encoder weights: {exp.init_encoder}")
 
 
 def _default_config() -> Path:

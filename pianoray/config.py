@@ -62,9 +62,11 @@ class DataConfig(Strict):
     source: Literal["cache", "percepiano"] = "cache"
     labels: Literal["percepiano19", "composite"] = "composite"
     taxonomy: Path | None = None  # None: the shipped 6-dimension taxonomy
-    folds: Path | None = None  # None: generated (passage-stratified) and stored with the run
+    folds: Path | None = None  # None: generated (piece-stratified, by fold_unit) and stored with the run
     k: int = Field(4, ge=2)
-    fold_unit: Literal["passage", "performer"] = "passage"
+    # music: passages that share music stay on one side (pianoray.data.music); passage: the passage key
+    # only (leaks where passages share music); performer: new performers of known music.
+    fold_unit: Literal["music", "passage", "performer"] = "music"
     val_fraction: float = Field(0.2, gt=0, lt=0.5)
     max_frames: int = Field(64, ge=1)  # random crop of frame sequences (training); eval uses a centre crop
     max_notes: int = Field(512, ge=8)
@@ -103,8 +105,9 @@ class ResourcesConfig(Strict):
 class PretrainConfig(Strict):
     """Self-supervised pretraining for encoders that have a pretraining task (the symbolic ones).
 
-    It runs before Round 1 (and before `pianoray train`), once per experiment: the result is cached under
-    ``cache`` by the MIDI corpus hash, the task, the encoder config and the epochs.
+    It runs before Round 1 (and before `pianoray train`), once per experiment, or once per fold with
+    ``per_fold``: the result is cached under ``cache`` by the MIDI corpus hash, the task, the encoder config,
+    the epochs and (per fold) the set of MIDI left out. It never reads labels.
     """
 
     midi: list[Path] = Field(default_factory=list)  # extra MIDI folders (ASAP, MAESTRO, ATEPP, ...)
@@ -115,6 +118,9 @@ class PretrainConfig(Strict):
     max_notes: int = Field(512, ge=8)
     max_files: int | None = Field(None, ge=1)  # cap for CPU runs (a seeded sample of the files)
     cache: Path = Path("~/.cache/pianoray/pretrain")
+    # True: one pretraining per fold, without that fold's validation and test MIDI (by content), so no fold's
+    # encoder has seen the performances it is scored on. False: one shared pretraining over every file.
+    per_fold: bool = False
 
 
 class ExperimentConfig(Strict):
@@ -127,8 +133,10 @@ class ExperimentConfig(Strict):
     loss: LossConfig | None = None
     resources: ResourcesConfig | None = None
     pretrain_epochs: int | None = Field(None, ge=0)  # overrides pretrain.epochs for this experiment
-    # Set by the driver after pretraining (not by users): the encoder weights fine-tuning starts from.
+    # Set by the driver after pretraining (not by users): the encoder weights fine-tuning starts from,
+    # shared by every fold, or per fold (fold -> weights) under ``pretrain.per_fold``.
     init_encoder: Path | None = None
+    init_encoder_folds: dict[int, Path] = Field(default_factory=dict)
 
 
 class Round1Config(Strict):
@@ -204,6 +212,12 @@ class ProtocolConfig(Strict):
 
     def resources_for(self, name: str) -> ResourcesConfig:
         return self.experiments[name].resources or self.resources
+
+    def init_encoder_for(self, name: str, fold: int | None = None) -> Path | None:
+        """The weights ``name`` starts from on ``fold``: its fold's own under per-fold pretraining, else the
+        shared ones (None: from scratch)."""
+        exp = self.experiments[name]
+        return exp.init_encoder_folds.get(fold, exp.init_encoder) if fold is not None else exp.init_encoder
 
     def enabled_experiments(self) -> list[str]:
         return [n for n, e in self.experiments.items() if e.enabled]

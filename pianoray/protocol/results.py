@@ -113,7 +113,8 @@ def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = 
                 "status": "finished" if selected else "running",
                 "started": rounds[0]["started"] if rounds else None,
                 "finished": _iso(max((e.time for e in ledger.events("selection")), default=None)) if selected else None,
-                "dashboard": run_meta.get("dashboard")},
+                "dashboard": run_meta.get("dashboard"),
+                "folds": run_meta.get("folds")},
         "dimensions": run_meta.get("dimensions", []),
         "experiments": experiments,
         "decisions": decisions,
@@ -122,4 +123,6 @@ def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = 
                       for t in ("audio", "symbolic")},
         "curves": curves,
         "rounds": rounds,
+        # experiment -> what its self-supervised pretraining read (pianoray.training.provenance's record)
+        "pretraining": {e.experiment: e.payload for e in ledger.events("pretrain") if e.experiment},
     }

@@ -274,19 +274,37 @@ def _num(x: Any) -> float:
     return v if v == v else float("-inf")
 
 
-def pretrain_encoders(cfg: ProtocolConfig, console: Console) -> ProtocolConfig:
-    """Before Round 1: pretrain every enabled experiment that has a pretraining task, once (the result is
-    cached by corpus hash and config, so a resumed run loads it), and point its trials at the weights."""
+def pretrain_encoders(cfg: ProtocolConfig, console: Console, ledger: Ledger | None = None) -> ProtocolConfig:
+    """Before Round 1: pretrain every enabled experiment that has a pretraining task, once (or once per fold
+    under ``pretrain.per_fold``; cached by corpus hash and config, so a resumed run loads it), and point its
+    trials at the weights. The ledger gets a ``pretrain`` event per experiment: what MIDI it read and whether
+    that included the evaluated folds' validation/test MIDI, which the report states."""
     from pianoray.training.data import ExperimentData
-    from pianoray.training.runner import ensure_pretrained
+    from pianoray.training.runner import pretrain_for_folds
 
     names = [n for n in cfg.enabled_experiments() if registry.get(cfg.encoder_name(n)).pretrain is not None]
     if not names:
         return cfg
     data = ExperimentData.from_config(cfg)
+    folds = sorted({cfg.round1.fold, *range(cfg.round2.folds)})
     for name in names:
-        cfg = ensure_pretrained(cfg, name, data, console)
+        cfg, record = pretrain_for_folds(cfg, name, data, console, folds)
+        if record is not None and ledger is not None:
+            ledger.append(Event(kind="pretrain", event_id=f"pretrain/{name}", time=time.time(),
+                                experiment=name, payload=record))
     return cfg
+
+
+def record_folds(cfg: ProtocolConfig, run_storage: RunStorage) -> dict[str, Any]:
+    """Store the run's folds (``folds.json``, what every trial regenerates from the config) and return
+    how they group segments: ``{"unit", "statement"}`` for run.json and the report."""
+    from pianoray.data.folds import describe_unit
+    from pianoray.training.data import ExperimentData
+
+    folds = ExperimentData.from_config(cfg).folds
+    if not run_storage.exists("folds.json"):
+        run_storage.write_json("folds.json", folds.to_json())
+    return {"unit": folds.unit, "statement": describe_unit(folds)}
 
 
 def label_names(cfg: ProtocolConfig) -> list[str]:
@@ -321,8 +339,8 @@ def run_protocol(
 
             shutil.rmtree(local)
     check_same_config(run_storage, cfg)
-    cfg = pretrain_encoders(cfg, console)
     ledger = Ledger(run_storage)
+    cfg = pretrain_encoders(cfg, console, ledger)
     tracks = {}
     for n in cfg.enabled_experiments():
         spec = registry.get(cfg.encoder_name(n))
@@ -333,10 +351,12 @@ def run_protocol(
     if session.dashboard_url:
         console.print(f"Ray dashboard: {session.dashboard_url}  (Train run pages; per-trial progress is below)")
     ctx = RunContext(cfg, run_storage, ledger, tracks, console, cpus=session.cpus, gpus=session.gpus)
+    folds = record_folds(cfg, run_storage)
+    console.print(folds["statement"], highlight=False)
     if not run_storage.exists("run.json"):
         run_storage.write_json("run.json", {"name": run_storage.name, "config": cfg.name,
                                             "dimensions": label_names(cfg), "tracks": tracks,
-                                            "dashboard": session.dashboard_url})
+                                            "dashboard": session.dashboard_url, "folds": folds})
     board = ProgressBoard(tracks)
     with Live(board.render(), console=console, refresh_per_second=2, transient=False) as live:
         last = [0.0]

@@ -97,6 +97,7 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
         f"Storage: {_text(run.get('storage'))}",
         f"Dashboard: {_text(run.get('dashboard'))}",
         f"Label dimensions: {', '.join(map(str, results.get('dimensions') or [])) or MISSING}",
+        f"Folds: {_text((run.get('folds') or {}).get('statement'))}",
     ]))
 
     blocks.append(Heading("Summary"))
@@ -114,6 +115,8 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
     blocks.append(Paragraph(
         "Winners are chosen per track by mean validation pairwise accuracy over the Round-2 folds; R2 breaks "
         "ties; an experiment whose pairwise accuracy drops more than 15% under augmentation is vetoed."))
+
+    blocks += pretraining_blocks(results)
 
     blocks.append(Heading("Comparison per track"))
     for track in track_names(results):
@@ -142,6 +145,18 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
     blocks += [Heading("Resource hours"), TableBlock(resource_data(results))]
     blocks += [Heading("Published anchors"), Paragraph(ANCHORS_NOTE), TableBlock(ANCHORS)]
     return blocks
+
+
+def pretraining_blocks(results: Mapping[str, Any]) -> list[Block]:
+    """One sentence per pretrained experiment: whether its self-supervised pretraining saw the evaluation
+    folds' MIDI (a shared pretraining over the corpus does; its labels never), since that bears on every
+    test figure of the encoders that start from it."""
+    from pianoray.training.provenance import describe
+
+    records = results.get("pretraining") or {}
+    if not records:
+        return [Heading("Self-supervised pretraining"), Paragraph("No self-supervised pretraining is recorded for this run.")]
+    return [Heading("Self-supervised pretraining"), Bullets([describe(records[n]) for n in sorted(records)])]
 
 
 def _image(images: Mapping[str, Path], key: str, alt: str) -> Block:

@@ -90,11 +90,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(cfg: ProtocolConfig, experiment: str, data: ExperimentData) -> PerformanceModel:
-    """The experiment's encoder (from its pretrained weights when the driver set ``init_encoder``) + heads."""
+def build_model(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fold: int | None = None) -> PerformanceModel:
+    """The experiment's encoder (from its pretrained weights when the driver set them: ``fold``'s own under
+    per-fold pretraining, which never saw that fold's validation/test MIDI) + heads."""
     spec = registry.get(cfg.encoder_name(experiment))
     encoder = spec.build(model_config(cfg, experiment), data.data_spec())
-    init = cfg.experiments[experiment].init_encoder
+    init = cfg.init_encoder_for(experiment, fold)
     if init is not None:
         from pianoray.training.pretrain import ENCODER_FILE
 
@@ -165,8 +166,9 @@ def fit(
     round_tiers = tuple(tiers) if tiers is not None else (Tier.T1,)
     dev = pick_device(device)
     seed_everything(cfg.seed)
-    model = build_model(cfg, experiment, data).to(dev)
+    model = build_model(cfg, experiment, data, fold).to(dev)
     stages = plan_stages(model, budget.epochs)
+    # Whole validation segments: one sample per window, merged per segment by ``predict``.
     val_batches = data.loader(fold, "val", (Tier.T1,), model.encoder.views, optim_cfg.batch_size, epoch=0)
 
     start_epoch, best_metric, best_epoch, since_best = 0, None, None, 0

@@ -12,8 +12,9 @@ contrastive for S3). This module owns the loop, the data, and the cache:
   piece by different performers (:func:`_batches`), so every batch has positives;
 - loop: AdamW + cosine with warmup + clipping, seeded, one mean loss (and parts) per epoch;
 - cache: the encoder's weights are stored under ``<cache>/<key>/encoder.pt``, keyed by the corpus hash
-  (sha256 of the sorted file hashes), the task, the encoder config and the epochs, and written atomically;
-  a second call with the same key loads instead of training.
+  (sha256 of the sorted file hashes), the task, the encoder config, the epochs and the files left out (per-fold
+  pretraining: a fold's validation/test MIDI), and written atomically; a second call with the same key loads
+  instead of training.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Collection, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -68,6 +69,8 @@ class PretrainResult:
     parts: list[dict[str, float]] = field(default_factory=list)
     cached: bool = False
     skipped: list[str] = field(default_factory=list)  # files that could not be read, with reasons
+    read: set[str] = field(default_factory=set)  # content hashes of the files pretraining read (provenance)
+    left_out: int = 0  # files of the configured corpus left out (per fold: its validation/test MIDI)
 
 
 @dataclass
@@ -83,8 +86,14 @@ def corpus_hash(files: list[Path]) -> str:
     return hashlib.sha256("\n".join(shas).encode()).hexdigest()
 
 
-def pretrain_key(files_hash: str, task: str, encoder_config: dict[str, Any], epochs: int) -> str:
-    blob = json.dumps({"files": files_hash, "task": task, "config": encoder_config, "epochs": epochs}, sort_keys=True)
+def pretrain_key(files_hash: str, task: str, encoder_config: dict[str, Any], epochs: int,
+                 left_out: Collection[str] = ()) -> str:
+    """The cache key. ``left_out`` (content hashes removed from the configured corpus) enters it only when
+    non-empty, so a shared pretraining keeps its key and each fold's own pretraining gets its own."""
+    parts: dict[str, Any] = {"files": files_hash, "task": task, "config": encoder_config, "epochs": epochs}
+    if left_out:
+        parts["left_out"] = hashlib.sha256("\n".join(sorted(left_out)).encode()).hexdigest()
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -213,15 +222,17 @@ def pretrain(
     symbolic_cache: Any = None,
     on_epoch: Callable[[int, float, dict[str, float]], None] | None = None,
     groups: tuple[np.ndarray, np.ndarray] | None = None,
+    left_out: Collection[str] = (),
 ) -> PretrainResult:
     """Pretrain ``encoder`` in place on ``files`` (or load the cached result) and return where it is stored.
 
-    groups: (piece, performer) long [len(files)] (default :func:`rendition_groups` of the paths)."""
+    groups: (piece, performer) long [len(files)] (default :func:`rendition_groups` of the paths).
+    left_out: content hashes removed from the configured corpus (part of the cache key)."""
     from pianoray.training.loop import cosine_with_warmup
 
     if not files:
         raise ValueError("pretraining needs at least one MIDI file")
-    key = pretrain_key(corpus_hash(files), task.name, encoder_config, epochs)
+    key = pretrain_key(corpus_hash(files), task.name, encoder_config, epochs, left_out)
     final = Path(out_dir) / key
     if (final / ENCODER_FILE).is_file():
         encoder.load_state_dict(torch.load(final / ENCODER_FILE, map_location="cpu"))
@@ -230,6 +241,7 @@ def pretrain(
 
     if groups is None:
         groups = rendition_groups(files)
+    cache_pretraining_features(files, symbolic_cache)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     heads = task.build_heads(encoder)
@@ -277,7 +289,10 @@ def pretrain(
 
 def pretraining_files(cfg: Any, corpus: Any) -> list[Path]:
     """The MIDI files pretraining reads: the configured folders plus (by default) the corpus's own
-    performance MIDI, de-duplicated, sorted, and capped by a seeded sample when ``max_files`` is set."""
+    performance MIDI, de-duplicated, sorted, and capped by a seeded sample when ``max_files`` is set.
+
+    Per-fold pretraining removes a fold's files from this list afterwards (:func:`without`), so the folds'
+    corpora differ only by what each leaves out."""
     files: set[Path] = set()
     for folder in cfg.pretrain.midi:
         folder = Path(folder)
@@ -295,10 +310,32 @@ def pretraining_files(cfg: Any, corpus: Any) -> list[Path]:
     return out
 
 
+def without(files: list[Path], exclude: Collection[str]) -> tuple[list[Path], list[str], set[str]]:
+    """``files`` less those whose content hash is in ``exclude`` (so a byte-identical copy under another name
+    goes too). Returns (kept files, hashes removed, hashes kept)."""
+    sha = {f: file_sha256(f) for f in files}
+    kept = [f for f in files if sha[f] not in exclude]
+    return kept, sorted({sha[f] for f in files} - {sha[f] for f in kept}), {sha[f] for f in kept}
+
+
+def cache_pretraining_features(files: list[Path], cache: Any) -> None:
+    """Build the pretraining files that the corpus's symbolic cache lacks (external folders such as ASAP)
+    into it, so every epoch reads stored features instead of recomputing them through the small in-process
+    memo. Incremental by content hash: a second call only hashes."""
+    if getattr(cache, "out_dir", None) is None:
+        return
+    from pianoray.data.symbolic.cache import build_symbolic_cache
+
+    build_symbolic_cache(files, cache.out_dir, workers=os.cpu_count() or 1, progress=False)
+
+
 def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,
-                        on_epoch: Callable[[int, float, dict[str, float]], None] | None = None) -> PretrainResult | None:
+                        on_epoch: Callable[[int, float, dict[str, float]], None] | None = None,
+                        exclude: Collection[str] = ()) -> PretrainResult | None:
     """Pretrain ``experiment``'s encoder if its registry entry has a task (or load the cached result).
 
+    exclude: content hashes of MIDI to leave out of the corpus (per-fold pretraining: the fold's validation
+    and test MIDI); the result records what it read (``read``) and how many files it left out.
     Returns None when the encoder has no pretraining task or the budget is 0 epochs.
     """
     from pianoray.config import model_config
@@ -312,14 +349,17 @@ def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,
     mcfg = model_config(cfg, experiment)
     encoder = spec.build(mcfg, data.data_spec())
     task = spec.pretrain(mcfg)
-    files = pretraining_files(cfg, data.corpus)
+    files, left_out, read = without(pretraining_files(cfg, data.corpus), set(exclude))
     groups = rendition_groups(files, corpus_renditions(data.corpus))
-    return pretrain(
+    cache = getattr(data.corpus, "symbolic_cache", None)
+    result = pretrain(
         encoder, task, files, epochs=epochs, out_dir=Path(cfg.pretrain.cache).expanduser(),
         encoder_config={"encoder": spec.name, **mcfg.model_dump(mode="json")},
         batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr, max_len=cfg.pretrain.max_notes, seed=cfg.seed,
-        symbolic_cache=getattr(data.corpus, "symbolic_cache", None), on_epoch=on_epoch, groups=groups,
+        symbolic_cache=cache, on_epoch=on_epoch, groups=groups, left_out=left_out,
     )
+    result.read, result.left_out = read, len(left_out)
+    return result
 
 
 def corpus_renditions(corpus: Any) -> dict[Path, tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from rich.console import Console
 from rich.live import Live
@@ -32,26 +32,81 @@ def _summary(r: EpochResult) -> dict[str, Any]:
 
 
 def ensure_pretrained(cfg: ProtocolConfig, experiment: str, data: ExperimentData,
-                      console: Console | None = None) -> ProtocolConfig:
+                      console: Console | None = None, folds: Iterable[int] | None = None) -> ProtocolConfig:
     """Pretrain ``experiment``'s encoder when it has a task and no cached result exists; point the
-    experiment's ``init_encoder`` at the weights. Returns the (updated) config."""
+    experiment's ``init_encoder`` (per fold: ``init_encoder_folds``) at the weights. Returns the (updated)
+    config. folds: the folds it will be scored on (default: all)."""
+    return pretrain_for_folds(cfg, experiment, data, console, folds)[0]
+
+
+def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentData, console: Console | None = None,
+                       folds: Iterable[int] | None = None) -> tuple[ProtocolConfig, dict[str, Any] | None]:
+    """Pretrain (or load) ``experiment``'s encoder for ``folds``: once, or once per fold without that fold's
+    validation/test MIDI under ``pretrain.per_fold``. Prints and returns what it read relative to those folds
+    (the record the run keeps in its ledger: :func:`pianoray.training.provenance.pretrain_record`), since a
+    shared pretraining reads the evaluation folds' MIDI and a reader of the figures must know it.
+
+    Returns (config pointing at the weights, record); (cfg, None) when the encoder does not pretrain.
+    """
     from pianoray.training.pretrain import pretrain_experiment
+    from pianoray.training.provenance import describe, eval_midi, pretrain_record
 
     console = console or Console(stderr=True)
+    folds = sorted({int(k) for k in (folds if folds is not None else range(cfg.data.k))})
+    evals = eval_midi(data, folds)
+    results: dict[int | None, Any] = {}
+    for k in folds if cfg.pretrain.per_fold else [None]:
+        result = pretrain_experiment(cfg, experiment, data, on_epoch=_epoch_logger(console, experiment, k),
+                                     exclude=evals[k] if k is not None else ())
+        if result is None:
+            return cfg, None
+        how = "cached" if result.cached else f"trained {len(result.losses)} epochs"
+        where = f" fold {k}" if k is not None else ""
+        console.print(f"pretrained {experiment}{where}: {how}, loss {result.losses[0]:.3f} -> "
+                      f"{result.losses[-1]:.3f} ({result.path})", highlight=False)
+        results[k] = result
+    cfg = cfg.model_copy(deep=True)
+    if cfg.pretrain.per_fold:
+        cfg.experiments[experiment].init_encoder_folds = {k: r.path for k, r in results.items()}
+    else:
+        cfg.experiments[experiment].init_encoder = results[None].path
+    record = pretrain_record(cfg, experiment, results, evals)
+    console.print(describe(record), highlight=False, soft_wrap=True)
+    return cfg, record
+
+
+def _epoch_logger(console: Console, experiment: str, fold: int | None):
+    where = f" fold {fold}" if fold is not None else ""
 
     def log(epoch: int, loss: float, parts: dict[str, float]) -> None:
         detail = ", ".join(f"{k} {v:.3f}" for k, v in parts.items() if k != "seconds")
-        console.print(f"  pretrain {experiment} epoch {epoch}: loss {loss:.4f} ({detail})", highlight=False)
+        console.print(f"  pretrain {experiment}{where} epoch {epoch}: loss {loss:.4f} ({detail})", highlight=False)
 
-    result = pretrain_experiment(cfg, experiment, data, on_epoch=log)
-    if result is None:
-        return cfg
-    how = "cached" if result.cached else f"trained {len(result.losses)} epochs"
-    console.print(f"pretrained {experiment}: {how}, loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
-                  f"({result.path})", highlight=False)
-    cfg = cfg.model_copy(deep=True)
-    cfg.experiments[experiment].init_encoder = result.path
-    return cfg
+    return log
+
+
+def prepare_symbolic(cfg: ProtocolConfig, experiment: str, console: Console) -> None:
+    """Build the corpus's symbolic feature cache when absent, with the routine ``pianoray run`` uses
+    (:func:`pianoray.validation.prepare_data`), so training reads stored features. Without it every segment's
+    features would be recomputed through a 512-entry in-process memo, smaller than a real training set."""
+    from pianoray.validation import prepare_data
+
+    one = cfg.model_copy(deep=True)  # only this experiment's views, not every enabled one's
+    for name, exp in one.experiments.items():
+        exp.enabled = name == experiment
+    prepare_data(one, console)
+
+
+def warn_if_uncached(cfg: ProtocolConfig, experiment: str, data: ExperimentData, console: Console) -> None:
+    """The in-process memo is a fallback, never a silent one: say so when training will compute features."""
+    from pianoray.data.symbolic.prepare import SYMBOLIC_VIEWS
+    from pianoray.models import registry
+
+    symbolic = SYMBOLIC_VIEWS & set(registry.get(cfg.encoder_name(experiment)).views)
+    if symbolic and getattr(data.corpus, "symbolic_cache", None) is None:
+        console.print(f"[yellow]warning:[/yellow] no symbolic cache for {cfg.data.root}: {experiment}'s "
+                      f"{', '.join(sorted(symbolic))} features are computed in this process (in-memory memo)",
+                      highlight=False, soft_wrap=True)
 
 
 def train_one(
@@ -71,8 +126,10 @@ def train_one(
         raise KeyError(f"--experiment: {experiment!r} is not in the config's experiments ({known})")
     if not 0 <= fold < cfg.data.k:
         raise ValueError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
+    prepare_symbolic(cfg, experiment, console)
     data = ExperimentData.from_config(cfg)
-    cfg = ensure_pretrained(cfg, experiment, data, console)
+    warn_if_uncached(cfg, experiment, data, console)
+    cfg = ensure_pretrained(cfg, experiment, data, console, folds=[fold])
     budget = Budget(epochs or cfg.round2.epochs, patience if patience is not None else cfg.round2.patience)
     sink = TopKSink(out, k=cfg.round2.num_to_keep) if out is not None else None
     resume = sink.latest() if sink is not None else None
