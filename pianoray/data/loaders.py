@@ -3,6 +3,10 @@ batch sampler and the collate function that builds a :class:`pianoray.data.batch
 
 Randomness (crops, order) depends only on the loader's seed: the sampler hands each sample its own
 seed, so a resumed run, or a run with worker processes, sees exactly the same batches.
+
+Training draws one random crop per segment. Evaluation covers whole segments: the loader yields one sample
+per evaluation window (``SegmentDataset.windows``), tagged with its window index and weight in
+``batch.meta``, and ``pianoray.training.evaluate.predict`` merges them back into one prediction per segment.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 
 from pianoray.data.batch import Batch
 from pianoray.data.tiers import Tier, parse_tier
-from pianoray.data.views import SegmentContext, View, get_view, register_view
+from pianoray.data.views import SegmentContext, View, consecutive_windows, get_view, register_view
 
 # ------------------------------------------------------------------------------------------ views
 
@@ -51,12 +55,21 @@ def pad_sequences(items: Sequence[np.ndarray], width: int) -> tuple[torch.Tensor
 
 
 def _load_frames(ctx: SegmentContext) -> np.ndarray:
-    """[T, D] float32 (T <= max_len): the segment's cached frames, cropped."""
+    """[T, D] float32 (T <= max_len): the segment's cached frames, cropped (or the window ``ctx.span``)."""
     corpus = ctx.corpus
     frames = corpus.frames(ctx.row["tier"], ctx.row)
-    n = frames.shape[0]
-    start = crop_start(n, ctx.max_len, ctx.train, ctx.rng, corpus.meta.window_frames)
-    return np.array(frames[start : start + ctx.max_len], dtype=np.float32)  # copy out of the mmap
+    if ctx.span is not None:
+        start, stop = ctx.span
+    else:
+        start = crop_start(frames.shape[0], ctx.max_len, ctx.train, ctx.rng, corpus.meta.window_frames)
+        stop = start + ctx.max_len
+    return np.array(frames[start:stop], dtype=np.float32)  # copy out of the mmap
+
+
+def _frame_windows(ctx: SegmentContext) -> list[tuple[int, int]]:
+    """Consecutive max_len windows of the segment's frames, starting on the MuQ window grid."""
+    n = ctx.corpus.frames(ctx.row["tier"], ctx.row).shape[0]
+    return consecutive_windows(n, ctx.max_len, ctx.corpus.meta.window_frames)
 
 
 def _collate_frames(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -125,15 +138,27 @@ def note_features(notes: Any) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _load_notes(ctx: SegmentContext) -> np.ndarray:
-    """[L, F] float32 (L <= max_len): features of the performance MIDI's notes, cropped to max_len notes."""
+def _note_table(ctx: SegmentContext) -> Any:
     row = ctx.row
     path = ctx.corpus.path(row.get("perf_midi"))
     if path is None:
         raise ValueError(f"segment {row['segment_id']!r}: the notes view needs perf_midi, but it is empty")
-    feats = note_features(NOTE_TABLES.get(path, row.get("perf_midi_sha")))
+    return NOTE_TABLES.get(path, row.get("perf_midi_sha"))
+
+
+def _load_notes(ctx: SegmentContext) -> np.ndarray:
+    """[L, F] float32 (L <= max_len): features of the performance MIDI's notes, cropped to max_len notes
+    (or the window ``ctx.span``). Features are computed on the whole segment first, so ``position`` stays
+    the note's place in the segment."""
+    feats = note_features(_note_table(ctx))
+    if ctx.span is not None:
+        return feats[ctx.span[0] : ctx.span[1]]
     start = crop_start(len(feats), ctx.max_len, ctx.train, ctx.rng)
     return feats[start : start + ctx.max_len]
+
+
+def _note_windows(ctx: SegmentContext) -> list[tuple[int, int]]:
+    return consecutive_windows(len(_note_table(ctx).onset), ctx.max_len)
 
 
 def _collate_notes(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -141,8 +166,8 @@ def _collate_notes(items: list[np.ndarray]) -> dict[str, torch.Tensor]:
     return {"notes": x, "notes_mask": mask}
 
 
-register_view(View("frames", _load_frames, _collate_frames, needs="frames"))
-register_view(View("notes", _load_notes, _collate_notes, needs="perf_midi"))
+register_view(View("frames", _load_frames, _collate_frames, needs="frames", windows=_frame_windows))
+register_view(View("notes", _load_notes, _collate_notes, needs="perf_midi", windows=_note_windows))
 
 
 # ------------------------------------------------------------------------------------ samples
@@ -162,6 +187,42 @@ class Sample:
     performer: str | None = None
     passage: str | None = None
     twin: str | None = None  # T4: clean and augmented samples share this key
+    window: int = 0  # evaluation: the window's index within its segment
+    weight: float = 1.0  # evaluation: the window's weight in its segment's prediction (items it holds)
+
+
+EVAL_WINDOWS = ("all", "crop")  # make_loader(windows=...): whole segments, or the single pre-window crop
+
+
+@dataclass(frozen=True)
+class Window:
+    """One evaluation window of a segment.
+
+    spans: view -> [start, stop) in that view's unit (``View.windows``); None for a view without windows
+        (it loads its single evaluation crop). weight: the number of items in the window, what the segment's
+        prediction is weighted by (``pianoray.training.evaluate.segment_mean``); at least 1.
+    """
+
+    spans: dict[str, tuple[int, int] | None]
+    weight: float
+
+
+def combine_windows(per_view: Mapping[str, Sequence[tuple[int, int] | None]]) -> list[Window]:
+    """Each view's windows -> the segment's windows.
+
+    One view (every encoder today): its windows, each weighted by its item count. Several views (a fusion
+    input): as many windows as the view with the most (the first declared on ties), whose item counts are the
+    weights; window k shows each other view v its window floor(k * n_v / W), so every item of every view is
+    seen. An empty window (only an empty segment has one) weighs 1.
+    """
+    lead = max(per_view, key=lambda v: len(per_view[v]))
+    n = len(per_view[lead])
+    out = []
+    for k in range(n):
+        spans = {v: w[k * len(w) // n] for v, w in per_view.items()}
+        span = spans[lead]
+        out.append(Window(spans, float(max(1, span[1] - span[0])) if span is not None else 1.0))
+    return out
 
 
 def _seed_for(seed: int, index: int) -> np.random.Generator:
@@ -219,6 +280,7 @@ class SegmentDataset:
                 raise KeyError(f"{corpus.root}: tier {self.tier.name} has no segments {missing[:5]}")
             m = m.iloc[[pos[s] for s in ids]]
         self.rows: list[dict[str, Any]] = [dict(r, tier=self.tier) for r in m.to_dict("records")]
+        self._windows: dict[int, list[Window]] = {}
         if self.tier is Tier.T1 and self.labels is not None:
             unlabeled = [r["segment_id"] for r in self.rows if r["segment_id"] not in self.labels]
             if unlabeled:
@@ -236,48 +298,77 @@ class SegmentDataset:
     def samples_per_item(self) -> int:
         return 2 if self.tier is Tier.T4 else 1
 
-    def _inputs(self, row: dict[str, Any], rng_seed: tuple[int, int], train: bool) -> dict[str, Any]:
+    def _context(self, row: dict[str, Any], v: str, train: bool, rng: np.random.Generator,
+                 span: tuple[int, int] | None = None) -> SegmentContext:
+        max_len = self.max_frames if v == "frames" else self.max_notes
+        return SegmentContext(row, self.corpus, train, rng, max_len, span=span)
+
+    def _inputs(self, row: dict[str, Any], rng_seed: tuple[int, int], train: bool,
+                spans: Mapping[str, tuple[int, int] | None] | None = None) -> dict[str, Any]:
         out = {}
         for v in self.views:
-            view = get_view(v)
-            max_len = self.max_frames if v == "frames" else self.max_notes
             # A fresh generator per view from the same seed: the twin of a T4 pair crops identically.
             rng = _seed_for(*rng_seed)
-            out[v] = view.load(SegmentContext(row, self.corpus, train, rng, max_len))
+            out[v] = get_view(v).load(self._context(row, v, train, rng, spans.get(v) if spans else None))
         return out
 
-    def __getitem__(self, key: int | tuple[int, int, bool]) -> list[Sample]:
+    def windows(self, i: int) -> list[Window]:
+        """The evaluation windows of item ``i``, covering its whole segment (memoised: computing them reads
+        the segment's features once). T4 items keep one window, the single evaluation crop, shared by the
+        clean and augmented twins: they may differ in length (time stretch), and robustness compares the
+        two on the same crop."""
+        if self.tier is Tier.T4:
+            return [Window({v: None for v in self.views}, 1.0)]
+        if i not in self._windows:
+            row, rng = self.rows[i], np.random.default_rng(0)  # windows draw nothing
+            per_view = {}
+            for v in self.views:
+                plan = get_view(v).windows
+                per_view[v] = plan(self._context(row, v, False, rng)) if plan is not None else [None]
+            self._windows[i] = combine_windows(per_view)
+        return self._windows[i]
+
+    def __getitem__(self, key: int | tuple[int, int, bool] | tuple[int, int, bool, int]) -> list[Sample]:
+        """``i`` or ``(i, seed, train)``: the item with its single crop; ``(i, seed, False, k)``: its
+        evaluation window ``k`` (see ``windows``)."""
+        k: int | None = None
         if isinstance(key, tuple):
-            i, seed, train = key
+            i, seed, train, *rest = key
+            k = rest[0] if rest else None
         else:
             i, seed, train = int(key), self.seed, self.train
         row = self.rows[i]
         rng_seed = (seed, i)
+        window = self.windows(i)[k] if k is not None else None
+        spans = window.spans if window is not None else None
         base = dict(
             piece=_str_or_none(row.get("piece")),
             performer=_str_or_none(row.get("performer")),
             passage=_str_or_none(row.get("passage")),
         )
+        if window is not None:
+            base.update(window=k, weight=window.weight)
         sid = row["segment_id"]
         if self.tier is Tier.T1:
             y = self.labels.get(sid) if self.labels is not None else None
             y = None if y is None else np.asarray(y, dtype=np.float32)
-            return [Sample(sid, Tier.T1, self._inputs(row, rng_seed, train), labels=y, rank_target=y,
+            return [Sample(sid, Tier.T1, self._inputs(row, rng_seed, train, spans), labels=y, rank_target=y,
                            rank_group=f"T1:{row['passage']}" if y is not None else None, **base)]
         if self.tier is Tier.T2:
             score = float(row["placement_score"])
             target = np.full(self.n_dims, score, dtype=np.float32)
-            return [Sample(sid, Tier.T2, self._inputs(row, rng_seed, train), rank_target=target,
+            return [Sample(sid, Tier.T2, self._inputs(row, rng_seed, train, spans), rank_target=target,
                            rank_group=f"T2:{row['round_id']}", **base)]
         if self.tier is Tier.T3:
             base["piece"] = _str_or_none(row.get("group")) or base["piece"]
-            return [Sample(sid, Tier.T3, self._inputs(row, rng_seed, train), **base)]
+            return [Sample(sid, Tier.T3, self._inputs(row, rng_seed, train, spans), **base)]
         # T4: the clean twin (from whichever tier holds it) and the augmented segment, same crops.
         clean_tier, clean_row = self.corpus.locate(row["clean_id"])
         clean_row = dict(clean_row, tier=clean_tier)
         twin = f"{row['clean_id']}|{sid}"
-        clean = Sample(str(row["clean_id"]), Tier.T4, self._inputs(clean_row, rng_seed, train), twin=twin, **base)
-        aug = Sample(sid, Tier.T4, self._inputs(row, rng_seed, train), twin=twin, **base)
+        clean = Sample(str(row["clean_id"]), Tier.T4, self._inputs(clean_row, rng_seed, train, spans), twin=twin,
+                       **base)
+        aug = Sample(sid, Tier.T4, self._inputs(row, rng_seed, train, spans), twin=twin, **base)
         return [clean, aug]
 
 
@@ -306,11 +397,14 @@ class SplitDataset:
                 return t, g - self.starts[t]
         raise IndexError(g)
 
-    def __getitem__(self, key: int | tuple[int, int, bool]) -> list[Sample]:
+    def windows(self, g: int) -> list[Window]:
+        t, i = self.locate(g)
+        return self.parts[t].windows(i)
+
+    def __getitem__(self, key: int | tuple) -> list[Sample]:
         if isinstance(key, tuple):
-            g, seed, train = key
-            t, i = self.locate(g)
-            return self.parts[t][(i, seed, train)]
+            t, i = self.locate(key[0])
+            return self.parts[t][(i, *key[1:])]
         t, i = self.locate(int(key))
         return self.parts[t][i]
 
@@ -335,10 +429,10 @@ def build_split(
 ) -> SplitDataset:
     """The dataset of one split of one fold.
 
-    fold: {"train": [...], "val": [...], "test": [...]} T1 segment ids. val/test are T1 only. For
-    "train", the other tiers join, minus anything that would leak the fold's held-out (val + test)
-    segments: T2/T4 rows of a held-out passage, T3 rows of a held-out piece, T4 twins of a held-out
-    segment.
+    fold: {"train": [...], "val": [...], "test": [...]} T1 segment ids, and optionally "held_rounds": the
+    competition rounds the fold holds out. val/test are T1 only. For "train", the other tiers join, minus
+    anything that would leak the fold's held-out (val + test) segments: T2/T4 rows of a held-out passage,
+    T2 rows of a held-out round, T3 rows of a held-out piece, T4 twins of a held-out segment.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split {split!r}: expected train, val or test")
@@ -360,6 +454,8 @@ def build_split(
             keep = ~m["passage"].isin(held_passages)
             if tier is Tier.T3:
                 keep &= ~m["piece"].isin(held_pieces) & ~m["group"].isin(held_pieces)
+            if tier is Tier.T2:
+                keep &= ~m["round_id"].astype(str).isin(set(fold.get("held_rounds", ())))
             if tier is Tier.T4:
                 keep &= ~m["clean_id"].isin(held)
             parts[tier] = SegmentDataset(corpus, tier, m.loc[keep, "segment_id"].tolist(), **common)
@@ -374,7 +470,8 @@ def augmented_twins(
     max_notes: int = 512,
 ) -> SegmentDataset:
     """The T4 pairs whose clean segment is one of ``segment_ids`` (e.g. a fold's T1 validation set),
-    for measuring robustness on held-out segments. Evaluation mode (centre crops)."""
+    for measuring robustness on held-out segments. Evaluation mode: one window per pair, the single
+    evaluation crop (centred for frames), the same for both twins."""
     m = corpus.manifest(Tier.T4)
     ids = m.loc[m["clean_id"].isin(set(segment_ids)), "segment_id"].tolist()
     return SegmentDataset(corpus, Tier.T4, ids, views, train=False, max_frames=max_frames, max_notes=max_notes)
@@ -474,7 +571,8 @@ class TierMixedBatchSampler:
 
 
 class SequentialBatchSampler:
-    """Evaluation order: every item once, in index order; sample seeds fixed by ``seed``."""
+    """Every item once, in index order, with its single crop; sample seeds fixed by ``seed``. The pre-window
+    evaluation order (``make_loader(windows="crop")``)."""
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, train: bool = False) -> None:
         self.n, self.batch_size, self.seed, self.train = n, batch_size, seed, train
@@ -485,6 +583,33 @@ class SequentialBatchSampler:
     def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
         for s in range(0, self.n, self.batch_size):
             yield [(i, self.seed, self.train) for i in range(s, min(s + self.batch_size, self.n))]
+
+
+class WindowBatchSampler:
+    """Evaluation order over whole segments: every window of every item (``SplitDataset.windows``), items in
+    index order and each item's windows in order, so a segment's windows are consecutive.
+
+    A batch holds ``batch_size`` windows (a T4 item: its pair), so memory is bounded by the window length,
+    never by a segment's. Yields lists of (index, seed, False, window index).
+    """
+
+    def __init__(self, dataset: SplitDataset, batch_size: int, seed: int = 0) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self._keys: list[tuple[int, int]] | None = None
+
+    def keys(self) -> list[tuple[int, int]]:
+        """(item, window) pairs, computed once (planning reads every segment's features)."""
+        if self._keys is None:
+            self._keys = [(g, k) for g in range(len(self.dataset)) for k in range(len(self.dataset.windows(g)))]
+        return self._keys
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.keys()) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool, int]]]:
+        keys = self.keys()
+        for s in range(0, len(keys), self.batch_size):
+            yield [(g, self.seed, False, k) for g, k in keys[s : s + self.batch_size]]
 
 
 # ------------------------------------------------------------------------------------- collate
@@ -540,6 +665,8 @@ def collate(items: Sequence[Sample | list[Sample]], views: Sequence[str], n_dims
             "passage": [s.passage for s in samples],
             "piece": [s.piece for s in samples],
             "performer": [s.performer for s in samples],
+            "window": [s.window for s in samples],  # index of the window within its segment
+            "weight": [s.weight for s in samples],  # the window's weight in its segment's prediction
         },
     )
 
@@ -553,19 +680,27 @@ def make_loader(
     train: bool | None = None,
     weights: Mapping[str | Tier, float] | None = None,
     group_chunk: int = 4,
+    windows: str = "all",
 ) -> torch.utils.data.DataLoader:
     """A DataLoader yielding Batch. shuffle=True: tier-mixed, group-keeping batches; False: index order.
 
-    train (default: the dataset's mode) picks random (True) or centre (False) crops. Deterministic given
-    ``seed``, with or without workers.
+    train (default: the dataset's mode) picks random crops (True) or evaluation (False). Evaluation in index
+    order covers whole segments, one sample per window (``windows="all"``); ``windows="crop"`` gives the
+    single pre-window crop per segment instead (first max_len items of symbolic views, centre of frames and
+    notes), kept only to measure what whole segments change. Deterministic given ``seed``, with or without
+    workers.
     """
+    if windows not in EVAL_WINDOWS:
+        raise ValueError(f"windows={windows!r}: expected one of {', '.join(EVAL_WINDOWS)}")
     ds = dataset if isinstance(dataset, SplitDataset) else SplitDataset({dataset.tier: dataset})
     train = ds.train if train is None else train
     if shuffle:
         sampler: Any = TierMixedBatchSampler(ds, batch_size, seed=seed, train=train, weights=weights,
                                              group_chunk=group_chunk)
-    else:
+    elif train or windows == "crop":
         sampler = SequentialBatchSampler(len(ds), batch_size, seed=seed, train=train)
+    else:
+        sampler = WindowBatchSampler(ds, batch_size, seed=seed)
     n_dims = next((p.n_dims for p in ds.parts.values()), None)
     return torch.utils.data.DataLoader(
         ds,

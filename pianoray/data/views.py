@@ -7,6 +7,11 @@ registered once, by the module that owns its representation:
 
 ``load(ctx)`` returns one sample's item; ``collate(items)`` returns a dict merged into ``Batch.inputs``
 (e.g. ``{"frames": [B,T,D], "frames_mask": [B,T]}``).
+
+Evaluation sees whole segments (labels describe the whole segment): ``windows(ctx)`` lists the [start, stop)
+spans, in the view's own unit, that cover every item of the segment exactly once, each at most ``ctx.max_len``
+long; ``load`` with ``ctx.span`` set returns exactly that span. Training ignores both and keeps its random
+crops. The window predictions are merged per segment by ``pianoray.training.evaluate.segment_mean``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class SegmentContext:
     train: True when loading for training (random crops), False for evaluation (deterministic).
     rng: the per-sample generator to use for any randomness (keeps loading reproducible).
     max_len: the crop length for sequence views (frames or notes/tokens, by the view's unit).
+    span: evaluation only: the [start, stop) window to load (one of ``View.windows(ctx)``); None = the
+        view's single crop (random in training; the pre-window evaluation crop otherwise).
     """
 
     row: dict[str, Any]
@@ -36,6 +43,7 @@ class SegmentContext:
     rng: np.random.Generator
     max_len: int
     extras: dict[str, Any] = field(default_factory=dict)
+    span: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,19 @@ class View:
     collate: Callable[[list[Any]], dict[str, Any]]
     # Views that read performance MIDI need a manifest row with perf_midi; frames need frames.
     needs: str = "frames"  # "frames" | "perf_midi" | "score_midi"
+    # The evaluation windows of a segment (see the module docstring); None = one window, the whole load.
+    windows: Callable[[SegmentContext], list[tuple[int, int]]] | None = None
+
+
+def consecutive_windows(n: int, max_len: int, align: int = 1) -> list[tuple[int, int]]:
+    """Consecutive, non-overlapping [start, stop) windows covering items 0..n-1, each at most max_len long.
+
+    Starts are multiples of ``align`` (MuQ frame windows) when max_len >= align: the step is max_len rounded
+    down to a multiple of align. The last window holds what is left (it may be shorter). An empty sequence
+    gets one empty window, so every segment has at least one prediction.
+    """
+    step = max_len if max_len < align else max_len // max(1, align) * max(1, align)
+    return [(a, min(a + step, n)) for a in range(0, n, step)] or [(0, 0)]
 
 
 _VIEWS: dict[str, View] = {}

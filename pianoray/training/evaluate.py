@@ -3,12 +3,16 @@
 Validation (every epoch, for model selection) uses pairwise accuracy and R2 on the fold's inner
 validation split. The full suite (test part, once, from the best checkpoint) adds robustness on
 augmented twins, competition Spearman, and linear-probe difficulty rho and STOP AUC on z.
+
+Labels describe whole segments, so evaluation loaders cover each segment with windows (one sample per window,
+``pianoray.data.loaders.WindowBatchSampler``) and ``predict`` merges them into one prediction per segment with
+``segment_mean``: the one aggregation rule for every encoder and reference.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,17 +48,56 @@ class Predictions:
         )
 
 
+def segment_index(keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """keys [W] (a segment id per window) -> (the distinct ids [S] in first-seen order, codes [W] into them)."""
+    table: dict[str, int] = {}
+    codes = np.array([table.setdefault(k, len(table)) for k in keys], dtype=np.int64)
+    return list(table), codes
+
+
+def segment_mean(keys: Sequence[str], weights: np.ndarray, values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Window predictions -> segment predictions: the mean of each segment's windows weighted by window length.
+
+    The one rule for every encoder and reference (scores, regression and z alike). Weighting by length makes
+    every item of the segment (token, note, frame) count once, so a short last window moves the segment's
+    prediction in proportion to what it holds; a segment in one window keeps its prediction unchanged.
+
+    Args:
+        keys: [W] the segment id of each window.
+        weights: [W] window lengths (number of items), > 0.
+        values: [W, ...] per-window values, e.g. scores [W, N] or z [W, D].
+    Returns:
+        ids [S], the distinct keys in first-seen order, and [S, ...] (dtype of ``values``) where row s is
+        sum_w weights[w] * values[w] / sum_w weights[w] over the windows w of ids[s].
+    """
+    ids, codes = segment_index(keys)
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) != len(codes) or len(values) != len(codes):
+        raise ValueError(f"segment_mean: {len(codes)} keys, {len(w)} weights, {len(values)} values")
+    if (w <= 0).any():
+        raise ValueError("segment_mean: window weights must be positive")
+    v = np.asarray(values, dtype=np.float64)
+    total = np.zeros((len(ids),) + v.shape[1:])
+    np.add.at(total, codes, v * w.reshape((-1,) + (1,) * (v.ndim - 1)))
+    mass = np.bincount(codes, weights=w, minlength=len(ids))
+    return ids, (total / mass.reshape((-1,) + (1,) * (v.ndim - 1))).astype(np.asarray(values).dtype)
+
+
 @torch.no_grad()
 def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.device) -> Predictions:
+    """One row per segment (first-seen order): window predictions merged by ``segment_mean`` with the
+    weights in ``batch.meta["weight"]`` (1 per sample when absent); labels and group keys from the
+    segment's first window (every window of a segment carries the same)."""
     was_training = model.training
     model.eval()
-    ids, scores, reg, labels, has, groups, zs = [], [], [], [], [], [], []
+    ids, weights, scores, reg, labels, has, groups, zs = [], [], [], [], [], [], [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     for batch in batches:
         b = batch.to(device)
         with autocast:
             out = model(b)
         ids.extend(batch.segment_ids)
+        weights.extend(batch.meta.get("weight") or [1.0] * batch.size)
         scores.append(out.scores.float().cpu().numpy())
         reg.append(out.regression.float().cpu().numpy())
         labels.append(batch.labels.float().numpy())
@@ -64,14 +107,20 @@ def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.dev
     model.train(was_training)
     if not ids:
         raise ValueError("nothing to evaluate: the split is empty")
+    segments, codes = segment_index(ids)
+    first = np.unique(codes, return_index=True)[1]  # row of each segment's first window, in segment order
+
+    def merge(parts: list[np.ndarray]) -> np.ndarray:
+        return segment_mean(ids, np.asarray(weights), np.concatenate(parts))[1]
+
     return Predictions(
-        ids,
-        np.concatenate(scores),
-        np.concatenate(reg),
-        np.concatenate(labels),
-        np.concatenate(has),
-        np.asarray(groups, dtype=object),
-        np.concatenate(zs),
+        segments,
+        merge(scores),
+        merge(reg),
+        np.concatenate(labels)[first],
+        np.concatenate(has)[first],
+        np.asarray(groups, dtype=object)[first],
+        merge(zs),
     )
 
 

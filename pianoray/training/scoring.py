@@ -2,7 +2,8 @@
 
 - pairwise accuracy and R2 (with bootstrap CIs over passages), as in validation;
 - robustness: the relative drop in pairwise accuracy from clean to augmented twins (T4 pairs of the test
-  segments) and the Pearson r between clean and augmented predictions;
+  segments) and the Pearson r between clean and augmented predictions; each twin is scored on one crop (the
+  same for both), every other figure on whole segments (``predict`` merges the windows);
 - competition Spearman: per T2 round, the model's overall score (mean ranking-head score) against placement;
 - difficulty rho and STOP AUC as linear probes on z: the encoder has no difficulty or STOP head (those come
   with fusion), so a ridge / logistic probe is fitted on z with cross-validation over pieces and scored out of
@@ -59,7 +60,7 @@ def score_checkpoint(
     else:
         out.update({"robustness_drop": None, "robustness_pearson": None})
     others = {t: _predict_tier(model, data, t, views, bs, dev) for t in (Tier.T2, Tier.T3)}
-    out.update(_competition(data, others[Tier.T2]))
+    out.update(_competition(data, others[Tier.T2], data.fold(fold)["held_rounds"]))
     t1 = [test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")]
     out.update(_probes(data, _concat(t1), _concat(t1 + [p for p in others.values() if p is not None])))
     return out
@@ -106,17 +107,21 @@ def _predict_tier(model, data: ExperimentData, tier: Tier, views, bs, dev) -> Pr
     ids = corpus.manifest(tier)["segment_id"].tolist()
     ds = SegmentDataset(corpus, tier, ids, views, train=False, max_frames=data.max_frames,
                         max_notes=data.max_notes, n_dims=len(data.label_names))
-    return predict(model, make_loader(ds, batch_size=bs, shuffle=False, train=False), dev)
+    return predict(model, make_loader(ds, batch_size=bs, shuffle=False, train=False, windows=data.eval_windows), dev)
 
 
-def _competition(data: ExperimentData, pred: Predictions | None) -> dict[str, Any]:
-    if pred is None:
-        return {"competition_rho": None}
-    m = data.corpus.manifest(Tier.T2)
-    placement = m.set_index("segment_id").loc[pred.segment_ids]
-    r = metrics.competition_spearman(pred.scores.mean(axis=1), placement["placement"].to_numpy(float),
+def _competition(data: ExperimentData, pred: Predictions | None, held_rounds: list[str]) -> dict[str, Any]:
+    """Spearman of the overall score against placement, per competition round, on the rounds this fold held
+    out of training only (a round trained on with the placement-ranking loss would score itself). Fewer than
+    two held-out rounds: not reported."""
+    if pred is None or len(held_rounds) < 2:
+        return {"competition_rho": None, "competition_rounds": len(held_rounds)}
+    m = data.corpus.manifest(Tier.T2).set_index("segment_id").loc[pred.segment_ids]
+    keep = m["round_id"].astype(str).isin(set(held_rounds)).to_numpy()
+    placement = m[keep]
+    r = metrics.competition_spearman(pred.scores.mean(axis=1)[keep], placement["placement"].to_numpy(float),
                                      placement["round_id"].astype(str).to_numpy(), n_boot=200)
-    return {"competition_rho": r.mean, "competition_rho_ci": list(r.ci)}
+    return {"competition_rho": r.mean, "competition_rho_ci": list(r.ci), "competition_rounds": len(held_rounds)}
 
 
 def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) -> dict[str, Any]:

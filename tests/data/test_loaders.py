@@ -210,3 +210,105 @@ def test_loader_with_a_worker_matches_in_process(corpus):
     a = [b.inputs["frames"] for b in make_loader(ds, 4, shuffle=True, seed=2)]
     b = [b.inputs["frames"] for b in make_loader(ds, 4, shuffle=True, seed=2, num_workers=1)]
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+# ------------------------------------------------------------------------------ whole-segment evaluation
+
+
+def _val_split(corpus, ids, views, **kw):
+    return build_split(corpus, {"train": [], "val": list(ids), "test": []}, "val", tiers=["T1"], views=views,
+                       labels=_labels(corpus), **kw)
+
+
+@pytest.mark.parametrize("max_frames, spans", [(12, [(0, 12), (12, 20)]), (10, [(0, 8), (8, 16), (16, 20)])])
+def test_frame_windows_cover_the_segment_once_on_the_window_grid(corpus, max_frames, spans):
+    ds = _val_split(corpus, ["pa0-0", "pa0-1"], ["frames"], max_frames=max_frames)
+    assert [w.spans["frames"] for w in ds.windows(0)] == [(0, 8)]  # shorter than a window: one, whole
+    assert [w.spans["frames"] for w in ds.windows(1)] == spans
+    assert [w.weight for w in ds.windows(1)] == [b - a for a, b in spans]
+    batches = list(make_loader(ds, batch_size=2, shuffle=False))
+    ids = [s for b in batches for s in b.segment_ids]
+    assert ids == ["pa0-0"] + ["pa0-1"] * len(spans)  # a segment's windows are consecutive
+    assert [k for b in batches for k in b.meta["window"]] == [0] + list(range(len(spans)))
+    assert [w for b in batches for w in b.meta["weight"]] == [8.0] + [b - a for a, b in spans]
+    seen = [b.inputs["frames"][i, b.inputs["frames_mask"][i], 0] for b in batches for i in range(b.size)]
+    assert torch.equal(seen[0], torch.arange(0, 8.0))
+    assert torch.equal(torch.cat(seen[1:]), torch.arange(100, 120.0))  # every frame of pa0-1, once, in order
+    assert all(b.inputs["frames"].shape[1] <= max_frames for b in batches)  # memory bounded by windows
+
+
+def test_note_windows_cover_the_segment_once(corpus):
+    ds = _val_split(corpus, ["pa0-1"], ["notes"], max_notes=8)
+    batches = list(make_loader(ds, batch_size=2, shuffle=False))
+    notes = [b.inputs["notes"][i, b.inputs["notes_mask"][i]] for b in batches for i in range(b.size)]
+    assert [len(n) for n in notes] == [8, 8, 4]
+    pitch = torch.cat([n[:, 0] for n in notes]) * 127
+    assert torch.allclose(pitch, torch.arange(60, 80, dtype=torch.float32))
+    position = torch.cat([n[:, NOTE_FEATURES.index("position")] for n in notes])
+    assert torch.allclose(position, torch.linspace(0, 1, 20))  # the place in the whole segment, not the window
+
+
+def test_crop_mode_keeps_the_single_evaluation_crop(corpus):
+    ds = _val_split(corpus, ["pa0-0", "pa0-1"], ["frames"], max_frames=12)
+    batches = list(make_loader(ds, batch_size=4, shuffle=False, windows="crop"))
+    assert len(batches) == 1 and batches[0].segment_ids == ["pa0-0", "pa0-1"]
+    assert batches[0].inputs["frames"][1, 0, 0] == 104  # centred on the window grid, as before windows
+    with pytest.raises(ValueError, match="windows"):
+        make_loader(ds, batch_size=4, shuffle=False, windows="first")
+
+
+def test_training_crops_draw_as_before(corpus):
+    """Training ignores windows: crop starts come from the same per-sample generator as before (bit-identical
+    seeded training)."""
+    ds = build_split(corpus, {"train": ["pa0-1", "pa1-1"], "val": [], "test": []}, "train", views=["frames"],
+                     labels=_labels(corpus), max_frames=12)
+    for batch_seed in range(3):
+        for keys in make_loader(ds, batch_size=2, shuffle=True, seed=batch_seed).batch_sampler:
+            batch = collate([ds[k] for k in keys], ["frames"])
+            for (g, seed, train), x in zip(keys, batch.inputs["frames"]):
+                assert train and batch.meta["window"] == [0, 0] and batch.meta["weight"] == [1.0, 1.0]
+                rng = np.random.default_rng(np.random.SeedSequence([seed, g]))
+                start = crop_start(20, 12, True, rng, WINDOW)
+                assert x[0, 0] % 100 == start
+
+
+def test_twins_stay_single_and_paired_in_evaluation(corpus):
+    tw = augmented_twins(corpus, ["pa0-1", "pa1-1"], ["frames"], max_frames=12)
+    assert all(len(tw.windows(i)) == 1 for i in range(len(tw)))
+    batches = list(make_loader(tw, batch_size=1, shuffle=False))
+    assert [b.segment_ids for b in batches] == [["pa0-1", "pa0-1~aug"], ["pa1-1", "pa1-1~aug"]]
+    assert all(b.pair.tolist() == [1, 0] for b in batches)
+    assert all(b.inputs["frames"].shape[1] == 12 for b in batches)
+
+
+def test_windows_of_several_views_follow_the_longest():
+    from pianoray.data.loaders import combine_windows
+
+    w = combine_windows({"frames": [(0, 12), (12, 20)], "notes": [(0, 8), (8, 16), (16, 20)]})
+    assert [x.spans for x in w] == [{"frames": (0, 12), "notes": (0, 8)}, {"frames": (0, 12), "notes": (8, 16)},
+                                    {"frames": (12, 20), "notes": (16, 20)}]
+    assert [x.weight for x in w] == [8.0, 8.0, 4.0]
+    assert [x.weight for x in combine_windows({"notes": [(0, 0)]})] == [1.0]  # an empty segment still counts
+
+
+def test_predict_over_windows_sees_the_whole_segment(corpus):
+    """A model that mean-pools frames, scored window by window and merged by ``predict``, gives exactly the
+    mean over all the segment's frames: windows cover it once and weigh by length."""
+    from types import SimpleNamespace
+
+    from pianoray.training.evaluate import predict
+
+    class MeanPool(torch.nn.Module):
+        def forward(self, b):
+            x, m = b.inputs["frames"], b.inputs["frames_mask"]
+            mean = (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+            return SimpleNamespace(scores=mean, regression=mean, z=mean)
+
+    ids = ["pa0-0", "pa0-1", "pb0-1"]
+    ds = _val_split(corpus, ids, ["frames"], max_frames=8)
+    pred = predict(MeanPool(), make_loader(ds, batch_size=3, shuffle=False), torch.device("cpu"))
+    assert pred.segment_ids == ids and len(pred.scores) == 3
+    full = [np.asarray(corpus.frames("T1", corpus.locate(s)[1])).mean(0) for s in ids]
+    np.testing.assert_allclose(pred.scores, np.stack(full), rtol=1e-5)
+    assert pred.groups.tolist() == ["T1:pa0", "T1:pa0", "T1:pb0"]
+    np.testing.assert_allclose(pred.labels, np.stack([_labels(corpus)[s] for s in ids]))

@@ -9,8 +9,9 @@ Registers four views (``pianoray.data.views``):
 ``load(ctx)`` reads ``ctx.row["perf_midi"]`` (relative paths are relative to ``ctx.corpus.root``) and
 ``ctx.row["perf_midi_sha"]``. Features come from ``ctx.corpus.symbolic_cache`` (a ``SymbolicCache``) when
 one is attached and holds the sha; otherwise they are computed and memoised in this process (LRU by
-sha). Each sample is cropped to ``ctx.max_len`` (tokens / notes / frames): a random window in training,
-the start of the segment in evaluation.
+sha). Training crops each sample to a random window of ``ctx.max_len`` (tokens / notes / frames). Evaluation
+covers the whole segment with consecutive non-overlapping windows (``View.windows``; REMI windows start at a Bar
+token, graph windows keep the edges inside the window); with no ``ctx.span`` it loads the first ``max_len``.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ from pianoray.data.symbolic.graphs import (
     hetero_graph_from_arrays,
 )
 from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
-from pianoray.data.views import SegmentContext, View, register_view
+from pianoray.data.views import SegmentContext, View, consecutive_windows, register_view
 
 __all__ = [
     "CURVE_CHANNELS", "EDGE_ATTR_DIM", "EDGE_TYPES", "FEATURE_KINDS", "HETERO_RELATIONS", "NODE_FEATURES",
     "CurveConfig", "GraphConfig", "RemiConfig", "RemiTokenizer", "SymbolicCache", "SymbolicCacheReport",
     "SymbolicFeatureConfig", "build_graph", "build_hetero_graph", "build_symbolic_cache", "compute_curves",
-    "crop_graph_arrays", "crop_window", "symbolic_arrays",
+    "crop_graph_arrays", "crop_window", "remi_windows", "symbolic_arrays",
 ]
 
 MEMO_SIZE = 512  # (sha, kind) entries kept per process when no cache is attached
@@ -112,6 +113,11 @@ def crop_window(length: int, max_len: int, train: bool, rng: np.random.Generator
     return start, start + max_len
 
 
+def _span(ctx: SegmentContext, length: int) -> tuple[int, int]:
+    """The evaluation window ``ctx.span`` when set, else the crop of ``crop_window`` (same RNG draws as ever)."""
+    return ctx.span if ctx.span is not None else crop_window(length, ctx.max_len, ctx.train, ctx.rng)
+
+
 def crop_graph_arrays(arrays: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
     """Keep notes [start, stop) and the edges between them (indices renumbered, onsets re-zeroed).
 
@@ -137,12 +143,39 @@ def _load_remi(ctx: SegmentContext) -> np.ndarray:
     """A window of at most max_len ids that starts at a Bar token, so token times (bar count + position,
     S1's value embeddings) are exact within the window; a window with no Bar before it starts at 0."""
     ids = symbolic_arrays(ctx, "remi")
+    if ctx.span is not None:  # an evaluation window from remi_windows: already starts at a Bar
+        return ids[ctx.span[0] : ctx.span[1]]
     a, b = crop_window(len(ids), ctx.max_len, ctx.train, ctx.rng)
     if a:
         bars = np.flatnonzero(ids[: a + 1] == _bar_id())
         a = int(bars[-1]) if len(bars) else 0
         b = min(a + ctx.max_len, len(ids))
     return ids[a:b]
+
+
+def remi_windows(ids: np.ndarray, max_len: int, bar_id: int) -> list[tuple[int, int]]:
+    """Consecutive windows [a, b) covering ids [L] exactly once, each at most max_len ids, each after the first
+    starting at a Bar token (so token times are exact, as in training crops).
+
+    A window ends at the last Bar within max_len of its start; when no Bar is there (one bar longer than
+    max_len ids) it ends at max_len and the next window starts mid-bar.
+    """
+    n = len(ids)
+    bars = np.flatnonzero(np.asarray(ids) == bar_id)
+    out, a = [], 0
+    while a < n:
+        b = min(a + max_len, n)
+        if b < n:
+            k = int(np.searchsorted(bars, b, side="right")) - 1  # the last Bar at or before b
+            if k >= 0 and bars[k] > a:
+                b = int(bars[k])
+        out.append((a, b))
+        a = b
+    return out or [(0, 0)]
+
+
+def _remi_windows(ctx: SegmentContext) -> list[tuple[int, int]]:
+    return remi_windows(symbolic_arrays(ctx, "remi"), ctx.max_len, _bar_id())
 
 
 @lru_cache(maxsize=1)
@@ -165,14 +198,25 @@ def collate_remi(items: list[np.ndarray]) -> dict[str, Any]:
 
 def _load_graph(ctx: SegmentContext):
     arrays = symbolic_arrays(ctx, "graph")
-    a, b = crop_window(len(arrays["x"]), ctx.max_len, ctx.train, ctx.rng)
+    a, b = _span(ctx, len(arrays["x"]))
     return graph_from_arrays(crop_graph_arrays(arrays, a, b))
 
 
 def _load_hetero_graph(ctx: SegmentContext):
     arrays = symbolic_arrays(ctx, "hetero_graph")
-    a, b = crop_window(len(arrays["x"]), ctx.max_len, ctx.train, ctx.rng)
+    a, b = _span(ctx, len(arrays["x"]))
     return hetero_graph_from_arrays(crop_graph_arrays(arrays, a, b))
+
+
+def _item_windows(kind: str):
+    """Evaluation windows of a feature kind: consecutive max_len runs of its items (notes of a graph: a
+    window's graph keeps only the edges inside it, as a training crop does; curve frames)."""
+
+    def windows(ctx: SegmentContext) -> list[tuple[int, int]]:
+        arrays = symbolic_arrays(ctx, kind)
+        return consecutive_windows(len(arrays["x"] if isinstance(arrays, dict) else arrays), ctx.max_len)
+
+    return windows
 
 
 def _collate_graph(name: str):
@@ -186,7 +230,7 @@ def _collate_graph(name: str):
 
 def _load_curves(ctx: SegmentContext) -> np.ndarray:
     curves = symbolic_arrays(ctx, "curves")
-    a, b = crop_window(len(curves), ctx.max_len, ctx.train, ctx.rng)
+    a, b = _span(ctx, len(curves))
     return curves[a:b]
 
 
@@ -197,7 +241,8 @@ def _collate_curves(items: list[np.ndarray]) -> dict[str, Any]:
     return {"curves": out, "curves_mask": mask}
 
 
-register_view(View("remi", _load_remi, collate_remi, needs="perf_midi"))
-register_view(View("graph", _load_graph, _collate_graph("graph"), needs="perf_midi"))
-register_view(View("hetero_graph", _load_hetero_graph, _collate_graph("hetero_graph"), needs="perf_midi"))
-register_view(View("curves", _load_curves, _collate_curves, needs="perf_midi"))
+register_view(View("remi", _load_remi, collate_remi, needs="perf_midi", windows=_remi_windows))
+register_view(View("graph", _load_graph, _collate_graph("graph"), needs="perf_midi", windows=_item_windows("graph")))
+register_view(View("hetero_graph", _load_hetero_graph, _collate_graph("hetero_graph"), needs="perf_midi",
+                   windows=_item_windows("hetero_graph")))
+register_view(View("curves", _load_curves, _collate_curves, needs="perf_midi", windows=_item_windows("curves")))

@@ -85,3 +85,66 @@ def test_graph_crop_keeps_internal_edges_renumbered() -> None:
     assert c["edge_index"].min() >= 0 and c["edge_index"].max() < 4
     inside = ((g["edge_index"] >= 3) & (g["edge_index"] < 7)).all(0)
     assert c["edge_index"].shape[1] == int(inside.sum()) == len(c["edge_type"]) == len(c["edge_attr"])
+
+
+def test_remi_windows_start_at_bars_and_cover_every_token_once() -> None:
+    from pianoray.data.symbolic import remi_windows
+
+    ids = np.array([1, 5, 5, 1, 5, 5, 5, 5, 5, 5, 1, 5])  # bar id 1; the second bar is longer than max_len
+    assert remi_windows(ids, 4, 1) == [(0, 3), (3, 7), (7, 10), (10, 12)]
+    assert remi_windows(ids, 100, 1) == [(0, 12)]
+    assert remi_windows(ids[:0], 4, 1) == [(0, 0)]
+
+
+def _windows(view, corpus, path, max_len):
+    c = ctx(corpus, path, train=False, max_len=max_len)
+    spans = view.windows(c)
+    items = [view.load(SegmentContext(c.row, corpus, False, c.rng, max_len, span=s)) for s in spans]
+    assert spans[0][0] == 0 and spans[-1][1] > 0
+    assert all(a == prev_b for (a, _), (_, prev_b) in zip(spans[1:], spans[:-1]))  # contiguous, no overlap
+    assert all(0 < b - a <= max_len for a, b in spans)
+    return spans, items
+
+
+def test_symbolic_windows_cover_every_item_once(tmp_path: Path) -> None:
+    p = midi(tmp_path, 80)
+    corpus = FakeCorpus(tmp_path)
+    from pianoray.data.symbolic import symbolic_arrays
+
+    c = ctx(corpus, p, train=False, max_len=40)
+    ids = symbolic_arrays(c, "remi")
+    spans, items = _windows(get_view("remi"), corpus, p, 100)  # bars here hold 60-80 tokens
+    bar = RemiTokenizer().vocab()["Bar_None"]
+    assert len(spans) > 2 and spans[-1][1] == len(ids)
+    assert np.array_equal(np.concatenate(items), ids)
+    assert all(item[0] == bar for item in items[1:]), "windows after the first start at a Bar"
+
+    curves = symbolic_arrays(c, "curves")
+    spans, items = _windows(get_view("curves"), corpus, p, 40)
+    assert len(spans) > 1 and np.array_equal(np.concatenate(items), curves)
+
+    for name in ("graph", "hetero_graph"):
+        full = symbolic_arrays(c, name)
+        spans, items = _windows(get_view(name), corpus, p, 30)
+        assert [a for a, _ in spans] == [0, 30, 60] and spans[-1][1] == 80
+        for (a, b), g in zip(spans, items):
+            want = crop_graph_arrays(full, a, b)
+            store = g["note"] if name == "hetero_graph" else g
+            assert torch.equal(store.x, torch.from_numpy(want["x"]))
+            if name == "graph":
+                assert torch.equal(g.edge_index, torch.from_numpy(want["edge_index"]).long())
+        pitch = torch.cat([(g["note"] if name == "hetero_graph" else g).x[:, 0] for g in items])
+        assert torch.equal(pitch, torch.from_numpy(full["x"][:, 0]))  # every note once, in order
+
+
+def test_training_crops_ignore_windows(tmp_path: Path) -> None:
+    """A training load draws its crop exactly as before windows existed (seeded training is unchanged)."""
+    from pianoray.data.symbolic import crop_window, symbolic_arrays
+
+    p = midi(tmp_path, 80)
+    corpus = FakeCorpus(tmp_path)
+    curves = symbolic_arrays(ctx(corpus, p, train=False, max_len=20), "curves")
+    for seed in range(5):
+        a, b = crop_window(len(curves), 20, True, np.random.default_rng(seed))
+        got = get_view("curves").load(ctx(corpus, p, train=True, max_len=20, seed=seed))
+        assert np.array_equal(got, curves[a:b])
