@@ -2,8 +2,9 @@
 
 For each experiment and label set: every fold is trained with the shared loop on its training part (model
 selection on the inner validation split, early stopping) and scored once on its test part from the best
-checkpoint. Printed: test R2 and pairwise accuracy, mean over folds with the fold spread (min-max), beside a
-hand-crafted-feature ridge baseline on the same folds and the PercePiano paper's piece-split table.
+checkpoint. Printed: test R2 and pairwise accuracy, mean over folds with the fold spread (min-max), beside the
+fitted reference ``symbolic-gbm`` (gradient boosting on hand-crafted MIDI features, fitted once per fold on the
+same folds, same metrics) and the PercePiano paper's piece-split table.
 
 Each finished fold is written at once (atomically) to ``--results DIR`` as ``{labels}__{experiment}.json``; a
 rerun skips the folds already there (``--fresh`` retrains them), so an interrupted benchmark resumes, and
@@ -29,65 +30,29 @@ ROOT = Path(__file__).resolve().parent.parent
 PAPER = [("Bi-LSTM", 0.185), ("MidiBERT", 0.313), ("Bi-LSTM + score alignment", 0.360), ("+ HAN", 0.397)]
 
 
-def handcrafted(notes) -> np.ndarray:
-    """~40 summary statistics of a performance: velocity, IOI/rubato, durations/articulation, pitch, pedal,
-    chord spread, density."""
-    from pianoray.data.loaders import note_features
-
-    f = note_features(notes)
-    onset = notes.onset
-    ioi = np.diff(onset)
-    ioi = ioi[ioi > 0.02] if len(ioi) else np.zeros(1)
-    chords = np.diff(onset) < 0.03 if len(onset) > 1 else np.zeros(1, bool)
-    span = max(float(onset[-1] - onset[0]), 1e-3)
-    out = []
-    for col in range(f.shape[1]):
-        x = f[:, col]
-        out += [x.mean(), x.std(), np.percentile(x, 10), np.percentile(x, 90)]
-    logioi = np.log(ioi) if len(ioi) else np.zeros(1)
-    vel = notes.velocity.astype(float)
-    out += [logioi.mean(), logioi.std(), np.abs(np.diff(logioi)).mean() if len(logioi) > 1 else 0.0,
-            np.polyfit(np.arange(len(logioi)), logioi, 1)[0] if len(logioi) > 2 else 0.0,
-            vel.max() - vel.min(), np.abs(np.diff(vel)).mean() if len(vel) > 1 else 0.0,
-            np.polyfit(np.arange(len(vel)), vel, 1)[0] if len(vel) > 2 else 0.0,
-            chords.mean(), len(onset) / span, notes.pedal.mean(),
-            float((notes.pedal_intervals[:, 1] - notes.pedal_intervals[:, 0]).sum() / span) if len(notes.pedal_intervals) else 0.0,
-            articulation(notes)]
-    return np.nan_to_num(np.array(out, dtype=np.float64))
+REFERENCE = "symbolic-gbm"  # the registered fitted reference: the line every encoder is compared against
 
 
-def articulation(notes) -> float:
-    """Mean log ratio of a note's duration to the gap before the next onset (legato > 0 > staccato)."""
-    gap = np.diff(notes.onset)
-    if len(gap) == 0:
-        return 0.0
-    return float(np.log(notes.duration[:-1] / np.maximum(gap, 0.02)).mean())
+def reference_folds(cfg, experiment: str, data, folds: list[int], console: Console,
+                    store: Path | None = None) -> list[dict]:
+    """Fit and score a fitted reference (``pianoray.training.reference.fit_and_score``: one fit per fold on its
+    training part, validation and test scored with the protocol's metric functions) on ``folds``; with
+    ``store`` (a JSON file {fold: result}) done folds are reused and each new one is saved at once."""
+    from pianoray.data.cache import write_json_atomic
+    from pianoray.training.reference import fit_and_score
 
-
-def ridge_baseline(data, folds: list[int], threshold: float) -> list[dict]:
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from pianoray.data.midi import load_notes
-    from pianoray.data.tiers import Tier
-    from pianoray.objectives import metrics
-
-    m = data.corpus.manifest(Tier.T1).set_index("segment_id")
-    feats = {sid: handcrafted(load_notes(data.corpus.path(m.loc[sid, "perf_midi"]))) for sid in m.index}
-    out = []
-    for k in folds:
-        f = data.fold(k)
-        train = f["train"] + f["val"]
-        X = np.stack([feats[s] for s in train])
-        Y = np.stack([data.labels[s] for s in train])
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12))).fit(X, Y)
-        pred = model.predict(np.stack([feats[s] for s in f["test"]]))
-        Yt = np.stack([data.labels[s] for s in f["test"]])
-        groups = m.loc[f["test"], "passage"].astype(str).to_numpy()
-        out.append({"pairwise_accuracy": metrics.pairwise_accuracy(pred, Yt, groups, threshold=threshold, n_boot=0).mean,
-                    "r2": metrics.r2(pred, Yt, n_boot=0).mean})
-    return out
+    done = json.loads(store.read_text()) if store is not None and store.exists() else {}
+    for k in (k for k in folds if str(k) not in done):
+        t0 = time.perf_counter()
+        val, test = fit_and_score(cfg, experiment, data, k, n_boot=200)
+        test.update(seconds=time.perf_counter() - t0, val_pairwise_accuracy=val.get("val/pairwise_accuracy"),
+                    val_pairwise_accuracy_ci=val.get("val/pairwise_accuracy_ci"), val_r2=val.get("val/r2"))
+        done[str(k)] = test
+        if store is not None:
+            write_json_atomic(store, done)
+        console.print(f"  {experiment} {cfg.data.labels} fold {k}: pairwise {test['pairwise_accuracy']:.3f} "
+                      f"R2 {test['r2']:.3f} (fitted once, {test['seconds']:.0f} s)", highlight=False)
+    return [done[str(k)] for k in folds if str(k) in done]
 
 
 def train_folds(cfg, experiment: str, data, folds: list[int], epochs: int, patience: int, console: Console,
@@ -165,20 +130,26 @@ def main() -> None:
         extra = {"experiments": {n: {} for n in args.experiments}}
         cfg = load_config(ROOT / "experiments" / "percepiano.yaml",
                           _merge({"data": {"labels": labels}}, _merge(extra, overrides)))
-        data = ExperimentData.from_config(cfg) if not args.table_only else None
-        ridge_store = args.results / f"{labels}__ridge.json"
-        ridge_all = json.loads(ridge_store.read_text()) if ridge_store.exists() else {}
-        if data is not None and any(str(k) not in ridge_all for k in args.folds):
-            from pianoray.data.cache import write_json_atomic
+        if not args.table_only:  # the symbolic cache `pianoray run` builds: every fold reads stored features
+            from pianoray.validation import prepare_data
 
-            ridge_all.update({str(k): r for k, r in zip(args.folds, ridge_baseline(data, args.folds, cfg.loss.rank_threshold))})
-            write_json_atomic(ridge_store, ridge_all)
-        ridge = [ridge_all[str(k)] for k in args.folds if str(k) in ridge_all]
-        if ridge:
-            rows.append((labels, "ridge on hand-crafted MIDI features", [r["r2"] for r in ridge],
-                         [r["pairwise_accuracy"] for r in ridge], []))
+            prepare_data(cfg, console)
+        data = ExperimentData.from_config(cfg) if not args.table_only else None
+        ref_store = args.results / f"{labels}__{REFERENCE}.json"
+        if data is not None and args.fresh and ref_store.exists():
+            ref_store.unlink()
+        if data is not None:
+            ref = reference_folds(cfg, REFERENCE, data, args.folds, console, ref_store)
+        else:
+            got = json.loads(ref_store.read_text()) if ref_store.exists() else {}
+            ref = [got[str(k)] for k in args.folds if str(k) in got]
+        if ref:
+            lows = [r["val_pairwise_accuracy_ci"][0] for r in ref if r.get("val_pairwise_accuracy_ci")]
+            rows.append((labels, f"{REFERENCE} (fitted reference: gradient boosting on MIDI features)",
+                         [r["r2"] for r in ref], [r["pairwise_accuracy"] for r in ref], lows))
         if args.table_only:  # every stored cell of these labels: experiments and their tagged variants
-            cells = [f.stem.split("__", 1)[1] for f in sorted(args.results.glob(f"{labels}__*.json")) if f != ridge_store]
+            skip = {ref_store, args.results / f"{labels}__ridge.json"}  # the reference's row; the old ridge baseline
+            cells = [f.stem.split("__", 1)[1] for f in sorted(args.results.glob(f"{labels}__*.json")) if f not in skip]
         else:
             cells = [exp + (f"__{args.tag}" if args.tag else "") for exp in args.experiments]
         for cell_name in cells:

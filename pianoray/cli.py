@@ -303,17 +303,18 @@ def _default_config() -> Path:
 def experiments(
     config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML: mark which are enabled."),
 ) -> None:
-    """List the registered encoders: track, role, views."""
+    """List the registered experiments: track, role, kind (neural or fitted), views."""
     from pianoray.models import registry
 
     with user_errors():
         cfg = load_config(config) if config else None
-    table = Table(title="registered encoders")
-    for col in ("name", "track", "role", "views", "in config", "description"):
+    table = Table(title="registered experiments")
+    for col in ("name", "track", "role", "kind", "views", "in config", "description"):
         table.add_column(col)
     for name, spec in sorted(registry.all_specs().items(), key=lambda kv: (kv[1].track, kv[0])):
         enabled = "-" if cfg is None else ("yes" if name in cfg.enabled_experiments() else "no")
-        table.add_row(name, spec.track, spec.role, ",".join(spec.views), enabled, spec.description)
+        views = ",".join(spec.views) or "(whole MIDI)"  # a fitted reference summarises the whole performance
+        table.add_row(name, spec.track, spec.role, spec.kind, views, enabled, spec.description)
     console.print(table)
 
 

@@ -37,6 +37,9 @@ DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throu
 SEED_GPU_HOURS = {"round1": (2.0, 4.0), "round2": (8.0, 20.0)}
 # Segments per tier when the corpus is absent: the PercePiano-sized labelled set, no extra tiers.
 ESTIMATED_TIER_SIZES = {"T1": 1200}
+# Wall seconds of one fold of a fitted (non-neural) reference, features cached: symbolic-gbm on PercePiano
+# (19 dims, ~700 training segments, 1 thread) took ~17 s on 2 busy cores. An estimate, billed in CPU-hours.
+FITTED_SECONDS_PER_FOLD = 30.0
 
 
 class ThroughputEntry(BaseModel):
@@ -195,8 +198,12 @@ def calibrate_throughput(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    from pianoray.models import registry
+
     out: dict[str, Calibration] = {}
     for name in cfg.enabled_experiments():
+        if registry.get(cfg.encoder_name(name)).kind == "fitted":
+            continue  # no training steps to time: fitted once per fold (FITTED_SECONDS_PER_FOLD)
         optim_cfg, loss_cfg = cfg.optim_for(name), cfg.loss_for(name)
         seed_everything(cfg.seed)
         model = build_model(cfg, name, data).to(dev)
@@ -303,7 +310,11 @@ def plan(
         sizes, source = corpus_tier_sizes(cfg)
     else:
         sizes, source = dict(sizes), "given"
-    names = cfg.enabled_experiments()
+    from pianoray.models import registry
+
+    # Fitted references have no epochs and no Round-1 trial: one fit per fold in Round 2, a fixed estimate.
+    fitted = [x for x in cfg.enabled_experiments() if registry.get(cfg.encoder_name(x)).kind == "fitted"]
+    names = [x for x in cfg.enabled_experiments() if x not in fitted]
     n = len(names)
 
     def trial_plans(tiers: list[Tier]) -> dict[str, TrialPlan]:
@@ -344,19 +355,26 @@ def plan(
         "round1", r1.epochs, n, n,
         hours({x: t.epoch_hours * r1.epochs for x, t in p1.items()}),
         hours({x: t.epoch_hours * (first_rung + keep * (r1.epochs - first_rung)) for x, t in p1.items()}),
-        [f"one Tune trial per enabled experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
+        [f"one Tune trial per enabled neural experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
          f"rungs {r1.rungs} ({r1.mode}), gap {r1.gap:g} points; expected: {stopped} of {n} stop at epoch {first_rung}"],
         SEED_GPU_HOURS["round1"],
     )
+    fitted_cpu_h = sum(cfg.resources_for(x).cpu for x in fitted) * r2.folds * FITTED_SECONDS_PER_FOLD / 3600
+    upper2 = hours({x: t.epoch_hours * r2.epochs * r2.folds for x, t in p2.items()})
+    expected2 = hours({x: t.epoch_hours * r2.epochs * r2.folds * keep for x, t in p2.items()})
+    for h in (upper2, expected2):
+        if fitted:
+            h["cpu"] = h.get("cpu", 0.0) + fitted_cpu_h
+    notes2 = [f"one TorchTrainer per (survivor, fold): {r2.folds} folds x {r2.workers_per_fold} worker(s), "
+              f"tiers {[t.name for t in r2.tiers]}",
+              f"full budget {r2.epochs} epochs (early stopping, patience {r2.patience}, can only lower it); "
+              f"top-{r2.num_to_keep} checkpoints"]
+    if fitted:
+        notes2.append(f"fitted references ({', '.join(fitted)}): no Round-1 trial, one fit per fold on every fold "
+                      f"(~{FITTED_SECONDS_PER_FOLD:g} s each, estimated)")
     round2 = RoundPlan(
-        "round2", r2.epochs, n * r2.folds, survivors * r2.folds,
-        hours({x: t.epoch_hours * r2.epochs * r2.folds for x, t in p2.items()}),
-        hours({x: t.epoch_hours * r2.epochs * r2.folds * keep for x, t in p2.items()}),
-        [f"one TorchTrainer per (survivor, fold): {r2.folds} folds x {r2.workers_per_fold} worker(s), "
-         f"tiers {[t.name for t in r2.tiers]}",
-         f"full budget {r2.epochs} epochs (early stopping, patience {r2.patience}, can only lower it); "
-         f"top-{r2.num_to_keep} checkpoints"],
-        SEED_GPU_HOURS["round2"],
+        "round2", r2.epochs, (n + len(fitted)) * r2.folds, (survivors + len(fitted)) * r2.folds,
+        upper2, expected2, notes2, SEED_GPU_HOURS["round2"],
     )
     return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)
 

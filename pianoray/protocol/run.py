@@ -83,7 +83,9 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
         wall = (row.ended or time.time()) - row.started
         res = ctx.cfg.resources_for(row.experiment)
         per = {"CPU": res.cpu, "GPU": res.gpu}
-        used = scale_resources(per, ctx.cfg.round2.workers_per_fold) if round_ == ROUND2 else per
+        # A Round-2 neural fold holds workers_per_fold Train workers; a fitted reference fits in its trainable.
+        neural = not is_fitted(ctx.cfg, row.experiment)
+        used = scale_resources(per, ctx.cfg.round2.workers_per_fold) if round_ == ROUND2 and neural else per
         hours = resource_hours(used, wall)
         ctx.ledger.resources(row.experiment, f"{trial.trial_id}@{ctx.session}", hours.resource,
                              hours.amount_hours, wall, round=round_, fold=row.fold)
@@ -103,6 +105,26 @@ def _dispatch_decision(run_key: str, decision: Decision) -> None:
     hooks = HOOKS.get(run_key)
     if hooks is not None and hooks.on_decision is not None:
         hooks.on_decision(decision)
+
+
+def is_fitted(cfg: ProtocolConfig, name: str) -> bool:
+    """Whether experiment ``name`` is a fitted (non-neural) reference: no Round-1 trial, no rungs, no epochs;
+    fitted once per fold in Round 2 and scored there like the neural folds."""
+    return registry.get(cfg.encoder_name(name)).kind == "fitted"
+
+
+def _fold_resources_fn(cfg_json: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, float]]:
+    """Round 2: a neural fold's trainable only launches its TorchTrainer (DRIVER_CPU); a fitted reference's
+    trainable does the fit itself, so it holds the experiment's resources."""
+    cfg = ProtocolConfig.model_validate(cfg_json)
+
+    def fn(config: dict[str, Any]) -> dict[str, float]:
+        if not is_fitted(cfg, config["experiment"]):
+            return {"cpu": DRIVER_CPU}
+        r = cfg.resources_for(config["experiment"])
+        return {"cpu": r.cpu, "gpu": r.gpu}
+
+    return fn
 
 
 def _resources_fn(cfg_json: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, float]]:
@@ -143,7 +165,11 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
     from pianoray.protocol.trials import screen_trainable
 
     cfg = ctx.cfg
-    names = cfg.enabled_experiments()
+    # Fitted references take no part in Round 1: they go to Round 2 by right, where every fold is scored.
+    exempt = sorted(n for n in cfg.enabled_experiments() if is_fitted(cfg, n))
+    names = [n for n in cfg.enabled_experiments() if n not in exempt]
+    if not names:
+        return {"promoted": exempt, "eliminated": [], "errored": [], "exempt": exempt}
     prior = [Decision.from_dict(e.payload) for e in ctx.ledger.decisions(ROUND1)]
     # Stopped in an earlier session: the trainable ends such a trial at once if Tune restores it.
     eliminated = tuple(sorted({d.experiment for d in prior if d.stopped}))
@@ -205,7 +231,8 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
             survivors.remove(name)
     if not survivors:
         raise ProtocolError(f"round 1 ended with no survivor (errored: {errored or 'none'}); see the ledger")
-    return {"promoted": sorted(survivors), "eliminated": sorted(stopped), "errored": sorted(errored)}
+    return {"promoted": sorted(survivors + exempt), "eliminated": sorted(stopped), "errored": sorted(errored),
+            "exempt": exempt}
 
 
 def run_round2(ctx: RunContext, survivors: list[str]) -> None:
@@ -233,7 +260,8 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
     }
     # A fold scored in an earlier session ends at once if Tune restores its trial (a stale snapshot).
     finished = tuple(sorted(f"{n}/{k}" for n, k in done))
-    trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished), {"cpu": DRIVER_CPU})
+    trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished),
+                                    _fold_resources_fn(config_dict(cfg)))
     callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs), *monitoring_callbacks(cfg, ctx.storage, ROUND2)]
     # reuse_actors: a fold launcher keeps its process (and its cached corpus, for scoring) for the next fold.
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent), reuse_actors=True)
@@ -374,7 +402,7 @@ def run_protocol(
                 r1 = ledger.round_summary(ROUND1) or {}
                 console.print(f"round 1 already finished: promoted {', '.join(r1.get('promoted', []))}")
             else:
-                ledger.round_started(ROUND1, experiments)
+                ledger.round_started(ROUND1, {n: v for n, v in experiments.items() if not is_fitted(cfg, n)})
                 r1 = run_round1(ctx, refresh, board)
                 ledger.round_finished(ROUND1, r1)
                 ledger.compact(ROUND1)

@@ -4,7 +4,9 @@ Round 1: :func:`screen_trainable` is a Tune function trainable; it reports every
 through :class:`ReportSink`, and resumes from ``tune.get_checkpoint()`` after a PAUSE or a restore.
 Round 2: :func:`fold_trainable` is a driver-side Tune function trainable (0.1 CPU) that runs one fold as a
 Ray Train ``TorchTrainer`` with ``TuneReportCallback``; Ray's ``CheckpointConfig`` keeps the top-k. The fold's
-test part is scored once, from the best checkpoint, at the end.
+test part is scored once, from the best checkpoint, at the end. A fitted (non-neural) reference has no
+epochs and no checkpoints: its fold trainable (holding the experiment's resources) fits and scores it in
+place (:func:`fitted_fold`), reporting the same keys as a neural fold.
 
 Epochs are counted by ``fit`` (stored in the checkpoint), never by ``training_iteration``.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pianoray.config import ProtocolConfig
+from pianoray.models import registry
 from pianoray.training.checkpoint import METRICS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import SELECTION_METRIC, Budget, fit
@@ -163,6 +166,23 @@ def fold_worker(config: dict[str, Any]) -> None:
         pass
 
 
+def fitted_fold(cfg: ProtocolConfig, name: str, fold: int, report: Callable[[dict[str, Any]], None]) -> None:
+    """Round 2 for a fitted reference: one fit on the fold's training part, then two reports.
+
+    First one "epoch" (epoch 1, its validation metrics; the ledger and selection read a fold's validation
+    figures from epoch reports), then the ``final`` report with the test metrics, as a neural fold ends.
+    """
+    from pianoray.training.reference import fit_and_score
+
+    val, test = fit_and_score(cfg, name, experiment_data(cfg), fold, n_boot=200)
+    extra = {"experiment": name, "fold": fold, "round": "round2"}
+    pw = val.get(SELECTION_METRIC)
+    report(reportable({**val, **extra, "epoch": 1, "rung_epoch": 1, "stage": "fit", "best_epoch": 1,
+                       "best_metric": pw, "stop": True, "early_stopped": False, "selectable": True,
+                       "epoch_seconds": val.get("fit_seconds")}))
+    report(reportable({**{f"test/{k}": v for k, v in test.items()}, **extra, "final": True}))
+
+
 def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> None:
     """Round 2, one (experiment, fold): a TorchTrainer run under a fixed name, so that rerunning it resumes.
 
@@ -180,6 +200,9 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, fold = config["experiment"], config["fold"]
     if f"{name}/{fold}" in finished:
+        return
+    if registry.get(cfg.encoder_name(name)).kind == "fitted":
+        fitted_fold(cfg, name, fold, tune.report)
         return
     res = cfg.resources_for(name)
     trainer = TorchTrainer(

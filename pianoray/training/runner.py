@@ -109,6 +109,33 @@ def warn_if_uncached(cfg: ProtocolConfig, experiment: str, data: ExperimentData,
                       highlight=False, soft_wrap=True)
 
 
+def fit_one(cfg: ProtocolConfig, experiment: str, fold: int, data: ExperimentData, *, as_json: bool,
+            console: Console) -> dict[str, Any]:
+    """``pianoray train`` for a fitted reference: one fit on the fold's training part, validation and test
+    scored (no epochs, no checkpoints)."""
+    from pianoray.training.reference import fit_and_score
+
+    t0 = time.perf_counter()
+    val, test = fit_and_score(cfg, experiment, data, fold)
+    summary = {"epoch": 1,
+               "pairwise_accuracy": {"mean": val["val/pairwise_accuracy"], "ci": val["val/pairwise_accuracy_ci"],
+                                     "per_dim": val["val/pairwise_accuracy_per_dim"]},
+               "pairwise_accuracy_t0": val["val/pairwise_accuracy_t0"],
+               "r2": {"mean": val["val/r2"], "ci": val["val/r2_ci"], "per_dim": val["val/r2_per_dim"]}}
+    result = {"experiment": experiment, "fold": fold, "labels": cfg.data.labels, "dimensions": data.label_names,
+              "kind": "fitted", "epochs_run": 1, "early_stopped": False, "best_epoch": 1, "best": summary,
+              "final": summary, "test": test, "seconds": time.perf_counter() - t0, "checkpoints": None}
+    if as_json:
+        print(json.dumps(result, default=float))
+    else:
+        lo, hi = summary["pairwise_accuracy"]["ci"]
+        pw, r2 = summary["pairwise_accuracy"]["mean"], summary["r2"]["mean"]
+        console.print(f"{experiment} fold {fold} (fitted once, {test['fit_seconds']:.1f} s): val pairwise "
+                      f"{pw:.3f} [{lo:.3f}, {hi:.3f}], R2 {r2:.3f}; "
+                      f"test pairwise {test['pairwise_accuracy']:.3f}, R2 {test['r2']:.3f}", highlight=False)
+    return result
+
+
 def train_one(
     cfg: ProtocolConfig,
     experiment: str,
@@ -128,6 +155,10 @@ def train_one(
         raise ValueError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
     prepare_symbolic(cfg, experiment, console)
     data = ExperimentData.from_config(cfg)
+    from pianoray.models import registry
+
+    if registry.get(cfg.encoder_name(experiment)).kind == "fitted":
+        return fit_one(cfg, experiment, fold, data, as_json=as_json, console=console)
     warn_if_uncached(cfg, experiment, data, console)
     cfg = ensure_pretrained(cfg, experiment, data, console, folds=[fold])
     budget = Budget(epochs or cfg.round2.epochs, patience if patience is not None else cfg.round2.patience)

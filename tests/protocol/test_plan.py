@@ -4,6 +4,7 @@ import pytest
 from rich.console import Console
 
 from pianoray.config import load_config
+from pianoray.models import registry
 from pianoray.protocol.plan import (
     DEFAULT_THROUGHPUT,
     SEED_GPU_HOURS,
@@ -65,13 +66,18 @@ def test_budget_equals_the_hand_computed_value():
 @pytest.mark.parametrize("yaml_name", ["protocol.yaml", "demo.yaml"])
 def test_trial_counts_of_the_shipped_configs(yaml_name):
     cfg = load_config(PROJECT_ROOT / "experiments" / yaml_name, check_models=False)
-    n = len(cfg.enabled_experiments())
+    # fitted references (symbolic-gbm) have no Round-1 trial and no epochs: one fit per fold in Round 2
+    fitted = [x for x in cfg.enabled_experiments() if registry.get(cfg.encoder_name(x)).kind == "fitted"]
+    neural = [x for x in cfg.enabled_experiments() if x not in fitted]
+    assert fitted == ["symbolic-gbm"]
+    n, f = len(neural), len(fitted)
     p = plan(cfg, eliminated=0.5)
     r1, r2 = p.rounds
-    assert [t.experiment for t in p.trials] == cfg.enabled_experiments()
+    assert [t.experiment for t in p.trials] == neural
     assert (r1.jobs_upper, r1.epochs) == (n, cfg.round1.epochs)
-    assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == (n * cfg.round2.folds, (n - n // 2) * cfg.round2.folds,
-                                                            cfg.round2.epochs)
+    assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == ((n + f) * cfg.round2.folds,
+                                                            (n - n // 2 + f) * cfg.round2.folds, cfg.round2.epochs)
+    assert any("symbolic-gbm" in note for note in r2.notes)
     device = "gpu" if yaml_name == "protocol.yaml" else "cpu"  # protocol.yaml asks for 1 GPU per trial
     assert {t.device for t in p.trials} == {device}
     assert 0 < sum(p.total("expected").values()) <= sum(p.total("upper").values())

@@ -20,7 +20,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_run_then_status_and_report(fault_run_factory) -> None:
-    run = fault_run_factory("e2e", ["audio-frozen", "symbolic-features", "A1", "S2"])
+    run = fault_run_factory("e2e", ["audio-frozen", "symbolic-features", "symbolic-gbm", "A1", "S2"])
     proc = run.start()
     assert proc.wait(timeout=900) == 0, proc.tail()
     assert "report:" in proc.tail() and "winner" in proc.tail()
@@ -36,7 +36,7 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     status = cli("status", "--storage", str(run.dir), "--json")
     assert status.returncode == 0, status.stderr
     s = json.loads(status.stdout)
-    assert {e["name"] for e in s["experiments"]} == {"audio-frozen", "symbolic-features", "A1", "S2"}
+    assert {e["name"] for e in s["experiments"]} == {"audio-frozen", "symbolic-features", "symbolic-gbm", "A1", "S2"}
 
     report = cli("report", "--storage", str(run.dir), "--json")
     assert report.returncode == 0, report.stderr
@@ -53,6 +53,11 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
             assert by_name[name]["furthest_round"] == "round2"
             assert by_name[name]["pairwise_accuracy"]["mean"] is not None
             assert len(by_name[name]["folds"]) == 2
+    # the fitted reference: never in a rung, scored on every Round-2 fold like the neural folds
+    gbm = by_name["symbolic-gbm"]
+    assert (gbm["role"], gbm["furthest_round"], gbm["status"]) == ("reference", "round2", "promoted")
+    assert all(d["experiment"] != "symbolic-gbm" for d in r["decisions"]) and gbm["round1"]["epochs"] is None
+    assert len(gbm["folds"]) == 2 and all(f["test_r2"] is not None and f["epochs"] == 1 for f in gbm["folds"])
     for f in ("report.md", "report.html", "results.json"):
         assert (run.dir / "report" / f).is_file(), f
     html = (run.dir / "report" / "report.html").read_text()
