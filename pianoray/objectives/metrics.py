@@ -31,6 +31,8 @@ from pianoray.objectives.bootstrap import (
     group_bootstrap,
     group_codes,
     group_keys,
+    percentile_interval,
+    resample_weights,
     row_bootstrap,
 )
 
@@ -253,6 +255,74 @@ def pairwise_accuracy(
         n_groups=out.pairs.n_groups,
         extra={"n_pairs": int(out.pairs.i.size), "threshold": float(threshold)},
     )
+
+
+@dataclass(frozen=True)
+class PairCounts:
+    """Sufficient statistics of pairwise accuracy on one evaluated set: per passage and dimension, the
+    correct pairs (a tied prediction counts 0.5) and the pairs whose label gap reaches the threshold.
+
+    groups [G] passage keys (sorted); correct [G, N] float; total [G, N] float (whole counts). They are all
+    a bootstrap over passages needs, so a rung decision or a winner's margin can be re-judged from them
+    without the predictions. Two models scored on the same labels have equal ``groups`` and ``total``.
+    """
+
+    groups: tuple[str, ...]
+    correct: np.ndarray
+    total: np.ndarray
+
+    def accuracy(self) -> float:
+        """Pairwise accuracy (the module's definition: the mean over dimensions with a pair)."""
+        return _nanmean(_accuracy_from_sums(self.correct.sum(0), self.total.sum(0)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"groups": list(self.groups), "correct": self.correct.tolist(), "total": self.total.tolist()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "PairCounts":
+        correct = np.asarray(data["correct"], dtype=np.float64)
+        total = np.asarray(data["total"], dtype=np.float64)
+        groups = tuple(map(str, data["groups"]))
+        if correct.shape != total.shape or correct.ndim != 2 or correct.shape[0] != len(groups):
+            raise ValueError(f"PairCounts: {len(groups)} groups, correct {correct.shape}, total {total.shape}")
+        return cls(groups, correct, total)
+
+
+def pair_counts(pred: Any, target: Any, group: Any, *, threshold: float = 0.05) -> PairCounts:
+    """Per-passage, per-dimension pair counts. pred, target [M, N] (or [M]); group [M] passage keys."""
+    out = pair_outcomes(pred, target, group, threshold=threshold)
+    s, c = out.group_sums()
+    keys = group_keys(_group_for(group, _matrix(pred, "pred").shape[0], "pair counts"))[0]
+    return PairCounts(tuple(str(k) for k in keys), s, c)
+
+
+def paired_accuracy_gap(
+    pairs: list[tuple[PairCounts, PairCounts]], *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, Interval]:
+    """Gap acc(A) - acc(B) between two models scored on the same sets, with a paired bootstrap CI.
+
+    pairs: one (A, B) per evaluated set (a rung's validation split: one; the Round-2 folds: one per fold),
+    with equal groups and totals within each pair. The gap is the mean over sets of the per-set gap, each
+    on the per-dimension mean that defines pairwise accuracy (so the point gap is exactly the difference of
+    the reported accuracies). The bootstrap resamples passages within each set (stratified by set) and
+    scores both models on the same resample, so the passage-to-passage variation they share cancels.
+    Returns (gap, (lo, hi)); fractions, not points.
+    """
+    if not pairs:
+        raise ValueError("paired_accuracy_gap: no evaluated sets")
+    point, boots = [], []
+    for k, (a, b) in enumerate(pairs):
+        if a.groups != b.groups or not np.array_equal(a.total, b.total):
+            raise ValueError(f"paired_accuracy_gap: set {k}: the two models were not scored on the same pairs")
+        point.append(a.accuracy() - b.accuracy())
+        if n_boot > 0:
+            w = resample_weights(len(a.groups), n_boot, seed + k)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boots.append(_nanmean_rows((w @ (a.correct - b.correct)) / (w @ a.total)))
+    gap = float(np.mean(point))
+    if n_boot <= 0:
+        return gap, NAN_INTERVAL
+    return gap, percentile_interval(np.mean(np.stack(boots), axis=0), alpha)
 
 
 def r2(

@@ -201,3 +201,42 @@ def test_shape_mismatch_names_the_argument() -> None:
         metrics.pairwise_accuracy(PRED, TARGET, ["a", "b"])
     with pytest.raises(ValueError, match="pred has shape"):
         metrics.r2(PRED[:, :1], TARGET)
+
+
+# ------------------------------------------------------------------------------- pair counts and the gap
+
+
+def test_pair_counts_known_values_and_accuracy():
+    from pianoray.objectives.metrics import pair_counts
+
+    # passage "p": 3 performances, dim 0 labels 0.1/0.5/0.9 (3 pairs), dim 1 labels 0.5/0.5/0.9 (2 pairs)
+    # passage "q": 2 performances, dim 0 gap 0.02 < threshold (no pair), dim 1 one pair
+    target = np.array([[0.1, 0.5], [0.5, 0.5], [0.9, 0.9], [0.3, 0.2], [0.32, 0.8]])
+    pred = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    groups = np.array(["p", "p", "p", "q", "q"])
+    c = pair_counts(pred, target, groups, threshold=0.05)
+    assert c.groups == ("p", "q")
+    # p dim 0: all three ordered right; p dim 1: (0,2) and (1,2) both wrong -> 0; q dim 1: right
+    np.testing.assert_array_equal(c.correct, [[3.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(c.total, [[3.0, 2.0], [0.0, 1.0]])
+    assert c.accuracy() == pytest.approx((3 / 3 + 1 / 3) / 2)
+    assert c.accuracy() == pytest.approx(metrics.pairwise_accuracy(pred, target, groups, n_boot=0).mean)
+
+
+def test_paired_accuracy_gap_point_equals_accuracy_difference_and_ci_covers_it():
+    from pianoray.objectives.metrics import PairCounts, paired_accuracy_gap
+
+    rng = np.random.default_rng(0)
+    total = rng.integers(1, 10, size=(30, 3)).astype(float)
+    a = PairCounts(tuple(f"g{i:02d}" for i in range(30)), np.floor(total * 0.8), total)
+    b = PairCounts(a.groups, np.floor(total * 0.6), total)
+    gap, (lo, hi) = paired_accuracy_gap([(a, b)], n_boot=500, seed=1)
+    assert gap == pytest.approx(a.accuracy() - b.accuracy())
+    assert lo <= gap <= hi and lo > 0
+    # two sets: the gap is the mean of the per-set gaps; a model against itself has a zero-width CI at 0
+    gap2, _ = paired_accuracy_gap([(a, b), (b, b)], n_boot=100)
+    assert gap2 == pytest.approx(gap / 2)
+    assert paired_accuracy_gap([(a, a)], n_boot=100) == (0.0, (0.0, 0.0))
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_accuracy_gap([(a, PairCounts(a.groups, a.correct, total + 1))])
+    assert PairCounts.from_json(a.to_json()).accuracy() == pytest.approx(a.accuracy())
