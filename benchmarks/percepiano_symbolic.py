@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="DOTTED=VALUE",
                     help="config override, e.g. experiments.S3.optim.lr=1e-3 (YAML value)")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a piped table keeps one line per row
     import yaml
 
     from pianoray.config import load_config
@@ -146,7 +147,7 @@ def main() -> None:
             ref = [got[str(k)] for k in args.folds if str(k) in got]
         if ref:
             lows = [r["val_pairwise_accuracy_ci"][0] for r in ref if r.get("val_pairwise_accuracy_ci")]
-            rows.append((labels, f"{REFERENCE} (fitted reference: gradient boosting on MIDI features)",
+            rows.append((labels, f"{REFERENCE} (fitted reference)",
                          [r["r2"] for r in ref], [r["pairwise_accuracy"] for r in ref], lows))
         if args.table_only:  # every stored cell of these labels: experiments and their tagged variants
             skip = {ref_store, args.results / f"{labels}__ridge.json"}  # the reference's row; the old ridge baseline
