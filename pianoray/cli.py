@@ -364,10 +364,15 @@ def _print_results(results: dict) -> None:
     console.print(f"round 1: {len(decisions)} rung decisions, {len(stops)} stop(s)")
     for d in stops:
         console.print(f"  rung {d['rung']}: stopped {d['experiment']}: {d['reason']}", highlight=False)
+    from pianoray.report.tables import margin_text, reference_text
+
     for track, sel in results["selection"].items():
         if sel.get("winner") or sel.get("explanation"):
             console.print(f"[bold]{track} winner:[/bold] {sel.get('winner') or '-'} — {sel.get('explanation', '')}",
                           highlight=False)
+            for line in (margin_text(results, track), reference_text(results, track)):
+                if line:
+                    console.print(f"  {line}", highlight=False, markup=False)
 
 
 def _write_report(results: dict) -> dict:

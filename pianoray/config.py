@@ -140,25 +140,46 @@ class ExperimentConfig(Strict):
 
 
 class Round1Config(Strict):
+    """Round 1 (screen). Rungs count supervised epochs; the elimination rule is in docs/elimination-rule.md."""
+
     epochs: int = Field(50, ge=1)
     fold: int = Field(0, ge=0)
     rungs: list[int] = Field(default_factory=lambda: [10, 25])
+    # The end of the round is a rung too (the seed eliminates after Round 1): each trial is judged on its last
+    # report, so one that falls more than `gap` behind after the last listed rung is not promoted.
+    final_rung: bool = True
     gap: float = Field(10.0, gt=0)  # percentage points of pairwise accuracy
     mode: Literal["sync", "async"] = "sync"
+    # The rule: false = the seed's point rule on the observed gap (the default: the seed's rule); true = the
+    # noise guard, which stops only when the whole 95% interval of the gap lies above `gap`. Every decision
+    # records that interval either way (`gap_ci`, with `rule`); experiments/*.yaml say which rule they use.
     noise_guard: bool = False
+    n_boot: int = Field(1000, ge=100)  # passage resamples of each decision's gap interval
     patience: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0)  # retries of a Round-1 trial that errors (Tune's FailureConfig)
     tiers: TierList = Field(default_factory=lambda: [Tier.T1, Tier.T2])
 
     _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
 
     @model_validator(mode="after")
     def _rungs_in_budget(self) -> "Round1Config":
-        bad = [r for r in self.rungs if r < 1 or r >= self.epochs]
+        bad = [r for r in self.rungs if r < 1 or r > self.epochs]
         if bad:
-            raise ValueError(f"rungs {bad} must lie in [1, epochs={self.epochs})")
+            raise ValueError(f"rungs {bad} must lie in [1, epochs={self.epochs}]")
         if sorted(set(self.rungs)) != list(self.rungs):
             raise ValueError("rungs must be strictly increasing")
         return self
+
+    @property
+    def intermediate_rungs(self) -> list[int]:
+        """The rungs before the end of the round (what the scheduler pauses at in sync mode)."""
+        return [r for r in self.rungs if r < self.epochs]
+
+    @property
+    def final_rung_epoch(self) -> int | None:
+        """The end-of-round rung, numbered by the budget (``epochs``); a trial reaches it with its last report
+        (its budget spent, or stopped by patience). None when neither ``final_rung`` nor ``rungs`` asks for it."""
+        return self.epochs if self.final_rung or self.epochs in self.rungs else None
 
 
 class Round2Config(Strict):
@@ -175,7 +196,12 @@ class Round2Config(Strict):
 
 class SelectionConfig(Strict):
     robustness_veto: float = Field(0.15, gt=0, lt=1)  # relative drop in pairwise accuracy
-    tie_tolerance: float = Field(0.0, ge=0)  # pairwise-accuracy difference treated as a tie (then R2)
+    # Percentage points of mean validation pairwise accuracy (like round1.gap): candidates this close to the
+    # track's leader are tied and R2 decides between them; candidates further behind never win on R2.
+    tie_tolerance: float = Field(0.5, ge=0, le=100)
+    # Paired bootstrap resamples (over passages, stratified by fold) for the winner's margin and its
+    # comparison with the track's references.
+    n_boot: int = Field(2000, ge=0)
 
 
 class ProtocolConfig(Strict):

@@ -292,7 +292,11 @@ def pair_counts(pred: Any, target: Any, group: Any, *, threshold: float = 0.05) 
     """Per-passage, per-dimension pair counts. pred, target [M, N] (or [M]); group [M] passage keys."""
     out = pair_outcomes(pred, target, group, threshold=threshold)
     s, c = out.group_sums()
-    keys = group_keys(_group_for(group, _matrix(pred, "pred").shape[0], "pair counts"))[0]
+    # group_sums' rows are the groups with a pair (two or more members), in sorted key order.
+    g = _group_for(group, _matrix(pred, "pred").shape[0], "pair counts")
+    rows, codes = _grouped_rows(g, g.shape[0], "pair counts")
+    keys = group_keys(g[rows])[0]
+    keys = keys[np.bincount(codes, minlength=len(keys)) >= 2]
     return PairCounts(tuple(str(k) for k in keys), s, c)
 
 

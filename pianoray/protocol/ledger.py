@@ -11,8 +11,12 @@ is a no-op, never a duplicate. Readers list each kind's folder in one call and m
 parquet files with the loose objects (de-duplicated by event id) and skip reading loose objects the parquet
 already holds, which keeps reading cheap on S3 where each object is a round trip.
 
-Event kinds written here: ``epoch``, ``decision``, ``round``, ``selection``, ``resources``, ``trial``
-(any lower-case word is accepted by :meth:`Ledger.append`).
+Event kinds written here: ``epoch``, ``decision``, ``rejudged``, ``round``, ``selection``, ``resources``,
+``trial`` (any lower-case word is accepted by :meth:`Ledger.append`).
+
+Decision events are immutable: a rung decision taken again later (a ``rejudged`` event, when the leader it
+was judged against errored for good) is a new event naming the decision it replaces. :meth:`Ledger.decisions`
+gives the decisions as they stand (re-judgements applied); ``as_decided=True`` gives them as first taken.
 """
 
 from __future__ import annotations
@@ -66,6 +70,17 @@ def sanitise_event_id(event_id: str) -> str:
     if len(name) > _MAX_NAME:
         name = f"{name[:_MAX_NAME - 17]}-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}"
     return name
+
+
+def _decision_dict(d: Any) -> dict[str, Any]:
+    """A decision as a plain dict: a dict, a dataclass, or an object with ``to_dict()``."""
+    if hasattr(d, "to_dict"):
+        return dict(d.to_dict())
+    if dataclasses.is_dataclass(d) and not isinstance(d, type):
+        return dataclasses.asdict(d)
+    if isinstance(d, Mapping):
+        return dict(d)
+    raise TypeError(f"decision must be a dict, a dataclass or have to_dict(), got {type(d).__name__}")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -253,6 +268,24 @@ class Ledger:
             payload=data,
         )
 
+    def rejudged(self, previous: Any, new: Any, errored: str, *, round: str | None = None) -> Event:
+        """A rung decision taken again without ``errored`` (a leader that errored for good): ``new`` replaces
+        ``previous`` (both decisions, as :meth:`decision` takes them; same rung and experiment). The payload
+        holds ``decision`` (the new one, what :meth:`decisions` now returns), ``previous``, ``errored``,
+        ``reason`` and ``decision_event`` (the ledger id of the decision it replaces). One event per
+        (decision, errored leader): a second leader erroring later re-judges again under another id."""
+        new_d, prev_d = _decision_dict(new), _decision_dict(previous)
+        own_id = new_d.get("event_id") or f"rung{new_d['rung']}:{new_d['experiment']}"
+        decision_event = f"decision/{round}/{own_id}" if round is not None else f"decision/{own_id}"
+        return self._new(
+            "rejudged",
+            f"rejudged/{round or 'none'}/{own_id}/without-{errored}",
+            round=round,
+            experiment=new_d.get("experiment"),
+            payload={"decision": new_d, "previous": prev_d, "errored": errored, "reason": new_d.get("reason"),
+                     "decision_event": decision_event},
+        )
+
     def round_started(self, round: str, experiments: Mapping[str, Mapping[str, Any]] | None = None) -> Event:
         """Round start; ``experiments`` maps name -> {"track", "role", ...} for :class:`RunState`."""
         payload = {"experiments": {k: dict(v) for k, v in (experiments or {}).items()}}
@@ -344,9 +377,43 @@ class Ledger:
                 return dict(e.payload)
         return None
 
-    def decisions(self, round: str | None = None) -> list[Event]:
-        """Decision events (of ``round``); ``e.payload`` is the decision's ``to_dict()``."""
-        return [e for e in self.events("decision") if round is None or e.round == round]
+    def decisions(self, round: str | None = None, *, as_decided: bool = False) -> list[Event]:
+        """Decision events (of ``round``); ``e.payload`` is the decision's ``to_dict()``.
+
+        A decision re-judged later (a ``rejudged`` event) comes back with the latest re-judgement's decision
+        as its payload (same event id and time), unless ``as_decided``."""
+        decided = [e for e in self.events("decision") if round is None or e.round == round]
+        if as_decided:
+            return decided
+        latest = {r.payload.get("decision_event"): r for r in self.rejudgements(round)}
+        return [e.model_copy(update={"payload": dict(latest[e.event_id].payload["decision"])})
+                if e.event_id in latest else e for e in decided]
+
+    def rejudgements(self, round: str | None = None) -> list[Event]:
+        """``rejudged`` events (of ``round``), oldest first; see :meth:`rejudged`."""
+        return [e for e in self.events("rejudged") if round is None or e.round == round]
+
+    def rung_reports(
+        self, round: str, *, fold: int | None = None, key: str = "epoch"
+    ) -> dict[str, dict[int, dict[str, Any]]]:
+        """Per experiment, what it reported at each value of ``key``: the epoch event's metrics plus
+        ``trial_id`` (the reporting trial) and ``epoch`` (the ledger's own epoch).
+
+        ``key`` is "epoch" (the ledger's epoch count) or a metrics key counting epochs, such as
+        "rung_epoch" (the supervised epochs rungs count; an epoch of a self-supervised stage repeats the
+        previous value: the first report of each value is kept, the one the scheduler judged). A rung is
+        judged on the value reported at the rung epoch: this is where a resumed run reads it back."""
+        out: dict[str, dict[int, dict[str, Any]]] = {}
+        events = sorted(self.epochs(round=round, fold=fold), key=lambda e: int(e.payload.get("epoch", 0)))
+        for e in events:
+            metrics = e.payload.get("metrics", {})
+            value = e.payload.get("epoch") if key == "epoch" else metrics.get(key)
+            if e.experiment is None or not isinstance(value, (int, float)):
+                continue
+            by_value = out.setdefault(e.experiment, {})
+            by_value.setdefault(int(value), {**metrics, "epoch": e.payload.get("epoch"),
+                                             "trial_id": e.payload.get("trial")})
+        return out
 
     def epochs(
         self, experiment: str | None = None, *, round: str | None = None, fold: int | None = None
@@ -473,6 +540,16 @@ class RunState:
                         x.status = "eliminated"
                     elif action in PROMOTING_ACTIONS:
                         x.status = "promoted"
+            elif e.kind == "rejudged":
+                new = dict(e.payload.get("decision", {}))
+                # the row of the decision it replaces (rows carry the decision's own event id, rung<r>:<name>)
+                row = {"event_id": new.get("event_id"), "time": e.time, **new,
+                       "rejudged": {k: e.payload.get(k) for k in ("errored", "reason", "previous")}}
+                state.decisions = [row if d.get("event_id") == new.get("event_id") else d for d in state.decisions]
+                if e.experiment and str(new.get("decision", "")).lower() not in ELIMINATING_ACTIONS:
+                    x = exp(e.experiment)
+                    if x.status == "eliminated":
+                        x.status = "running"
             elif e.kind == "selection":
                 state.winners = dict(e.payload.get("winners", {}))
 

@@ -356,7 +356,9 @@ def plan(
         hours({x: t.epoch_hours * r1.epochs for x, t in p1.items()}),
         hours({x: t.epoch_hours * (first_rung + keep * (r1.epochs - first_rung)) for x, t in p1.items()}),
         [f"one Tune trial per enabled neural experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
-         f"rungs {r1.rungs} ({r1.mode}), gap {r1.gap:g} points; expected: {stopped} of {n} stop at epoch {first_rung}"],
+         f"rungs {r1.intermediate_rungs}{' + the final epoch' if r1.final_rung_epoch else ''} ({r1.mode}, "
+         f"{'noise guard' if r1.noise_guard else 'point rule'}), gap {r1.gap:g} points; "
+         f"expected: {stopped} of {n} stop at epoch {first_rung}"],
         SEED_GPU_HOURS["round1"],
     )
     fitted_cpu_h = sum(cfg.resources_for(x).cpu for x in fitted) * r2.folds * FITTED_SECONDS_PER_FOLD / 3600

@@ -83,6 +83,7 @@ class RunHooks:
     on_final: Callable[[str, str, int, dict[str, Any]], None]
     refresh: Callable[[], None]
     on_decision: Callable[[Any], None] | None = None
+    on_rejudge: Callable[[Any, Any, str], None] | None = None  # (previous, new decision, errored leader)
 
 
 HOOKS: dict[str, RunHooks] = {}

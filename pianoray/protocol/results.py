@@ -28,6 +28,12 @@ def _f(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _interval(x: Any) -> list[float | None] | None:
+    if not isinstance(x, (list, tuple)) or len(x) != 2:
+        return None
+    return [_f(x[0]), _f(x[1])]
+
+
 def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = None) -> dict[str, Any]:
     storage = storage or ledger.storage
     run_meta = storage.read_json("run.json") if storage.exists("run.json") else {}
@@ -48,6 +54,10 @@ def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = 
         row = {"round": e.round or ROUND1, "rung": d.get("rung"), "experiment": d.get("experiment"),
                "track": d.get("track"), "metric": _f(d.get("metric")), "leader": d.get("leader"),
                "leader_metric": _f(d.get("leader_metric")), "gap_points": _f(d.get("gap_points")),
+               # the gap's 95% interval in points (None: no pair counts) and the rule that decided
+               "gap_ci": _interval(d.get("gap_ci")), "rule": d.get("rule", "point"),
+               "leader_bias": _f(d.get("leader_bias")),
+               "final": bool(d.get("final", False)), "epoch": d.get("epoch"),
                "decision": d.get("decision"), "reason": d.get("reason"), "time": _iso(e.time)}
         decisions.append(row)
         if d.get("decision") == "stop":
@@ -57,7 +67,11 @@ def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = 
     for e in ledger.epochs():
         m = e.payload.get("metrics", {})
         pw = _f(m.get("val/pairwise_accuracy"))
+        # rung_epoch: the supervised epochs the scheduler counts (rungs are on this axis); None in old ledgers
+        rung_epoch = m.get("rung_epoch")
         curves.append({"round": e.round, "experiment": e.experiment, "fold": e.fold, "epoch": e.payload["epoch"],
+                       "rung_epoch": int(rung_epoch) if isinstance(rung_epoch, (int, float)) else None,
+                       "selectable": m.get("selectable", True) is not False,
                        "val_pairwise": pw, "train_loss": _f(m.get("train/total")), "time": _iso(e.time)})
         if e.round == ROUND1:
             r1_epochs[e.experiment] = max(r1_epochs.get(e.experiment, 0), int(e.payload["epoch"]))
@@ -119,7 +133,13 @@ def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = 
         "experiments": experiments,
         "decisions": decisions,
         "winners": {"audio": winners.get("audio"), "symbolic": winners.get("symbolic")},
-        "selection": {t: {"winner": winners.get(t), "explanation": selected.get("explanations", {}).get(t, "")}
+        # margin: the winner over the runner-up on the inner validation splits (selection.winner_margin);
+        # versus_reference: the winner against the track's best reference on the test parts
+        # (selection.versus_references); gaps and CIs in points; None when not recorded.
+        "selection": {t: {"winner": winners.get(t), "explanation": selected.get("explanations", {}).get(t, ""),
+                          "margin": (selected.get("margins") or {}).get(t),
+                          "versus_reference": (selected.get("versus_reference") or {}).get(t),
+                          "tie_tolerance_points": selected.get("tie_tolerance_points")}
                       for t in ("audio", "symbolic")},
         "curves": curves,
         "rounds": rounds,

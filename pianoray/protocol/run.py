@@ -25,8 +25,9 @@ from pianoray.protocol.accounting import resource_hours, scale_resources
 from pianoray.protocol.decisions import Decision
 from pianoray.protocol.ledger import Event, Ledger
 from pianoray.protocol.monitoring import monitoring_callbacks
+from pianoray.protocol.pair_counts import counts_source
 from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, Row, RunHooks
-from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
+from pianoray.protocol.selection import PAIR_COUNTS, FoldOutcome, fold_pair_counts, select_winners, summarise
 from pianoray.protocol.storage import RunStorage
 
 ROUND1, ROUND2 = "round1", "round2"
@@ -35,6 +36,11 @@ DRIVER_CPU = 0.1  # a Round-2 fold trainable only launches its TorchTrainer (0 i
 
 class ProtocolError(RuntimeError):
     """The run cannot go on (e.g. every trial of a round errored); the message says why."""
+
+
+class RunInterrupted(ProtocolError):
+    """A round ended before its work did (Tune returns normally after a Ctrl-C, having saved its state):
+    nothing is selected or reported as final, and rerunning the same command resumes."""
 
 
 @dataclass
@@ -94,8 +100,11 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
 
     def on_final(round_: str, experiment: str, fold: int, result: dict[str, Any]) -> None:
         test = {k.removeprefix("test/"): v for k, v in result.items() if k.startswith("test/")}
+        payload: dict[str, Any] = {"test": test}
+        if isinstance(result.get(PAIR_COUNTS), str):  # per-passage counts, JSON text (see trials.final_report)
+            payload[PAIR_COUNTS] = json.loads(result[PAIR_COUNTS])
         ctx.ledger.append(Event(kind="fold", event_id=f"fold/{experiment}/fold{fold}", time=time.time(),
-                                round=round_, experiment=experiment, fold=fold, payload={"test": test}))
+                                round=round_, experiment=experiment, fold=fold, payload=payload))
 
     return RunHooks(board, on_epoch, on_trial_end, on_final, refresh)
 
@@ -105,6 +114,66 @@ def _dispatch_decision(run_key: str, decision: Decision) -> None:
     hooks = HOOKS.get(run_key)
     if hooks is not None and hooks.on_decision is not None:
         hooks.on_decision(decision)
+
+
+def _dispatch_rejudge(run_key: str, previous: Decision, new: Decision, errored: str) -> None:
+    """Module-level (picklable) bridge for a re-judged decision (a leader that errored for good)."""
+    hooks = HOOKS.get(run_key)
+    if hooks is not None and hooks.on_rejudge is not None:
+        hooks.on_rejudge(previous, new, errored)
+
+
+@dataclass
+class Round1History:
+    """What earlier sessions of a run's Round 1 left in its ledger, for the scheduler and the trainable.
+
+    ``decisions``: the rung decisions as they stand (re-judgements applied); ``reports``: per experiment, what
+    it reported at each rung epoch (``Ledger.rung_reports``); ``errored``: leaders that errored for good
+    (their rungs were re-judged); ``revived``: experiments restarted by a re-judgement, and from which rung;
+    ``ended``: experiments whose Round-1 trial ended (its trial and resource rows are in the ledger)."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    reports: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    errored: set[str] = field(default_factory=set)
+    revived: dict[str, int] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)
+
+    @property
+    def eliminated(self) -> dict[str, int]:
+        """Experiments stopped at a rung, with that rung (what ``screen_trainable`` ends at once)."""
+        out: dict[str, int] = {}
+        for d in self.decisions:
+            if d.stopped:
+                out[d.experiment] = min(out.get(d.experiment, d.rung), d.rung)
+        return out
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        return {"prior_decisions": self.decisions, "prior_reports": self.reports, "errored": self.errored,
+                "revived": self.revived}
+
+
+def round1_history(ledger: Ledger, *, fold: int, epoch_key: str = "rung_epoch", round_: str = ROUND1) -> Round1History:
+    """Read a Round 1's history back from its ledger (empty for a new run)."""
+    rejudged = ledger.rejudgements(round_)
+    revived_at: dict[str, float] = {}
+    revived: dict[str, int] = {}
+    for e in rejudged:
+        new = e.payload.get("decision", {})
+        if e.experiment and new.get("decision") != "stop":
+            revived[e.experiment] = max(revived.get(e.experiment, 0), int(new.get("rung", 0)))
+            revived_at[e.experiment] = max(revived_at.get(e.experiment, e.time), e.time)
+    ended_at: dict[str, float] = {}
+    for e in ledger.events("trial"):
+        if e.round == round_ and e.experiment is not None and e.payload.get("state") in ("done", "eliminated"):
+            ended_at[e.experiment] = max(ended_at.get(e.experiment, e.time), e.time)
+    return Round1History(
+        decisions=[Decision.from_dict(e.payload) for e in ledger.decisions(round_)],
+        reports=ledger.rung_reports(round_, fold=fold, key=epoch_key),
+        errored={str(e.payload["errored"]) for e in rejudged if e.payload.get("errored")},
+        revived=revived,
+        # a trial restarted by a re-judgement after its first trial ended has not ended yet
+        ended={x for x, t in ended_at.items() if t > revived_at.get(x, float("-inf"))},
+    )
 
 
 def is_fitted(cfg: ProtocolConfig, name: str) -> bool:
@@ -170,15 +239,13 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
     names = [n for n in cfg.enabled_experiments() if n not in exempt]
     if not names:
         return {"promoted": exempt, "eliminated": [], "errored": [], "exempt": exempt}
-    prior = [Decision.from_dict(e.payload) for e in ctx.ledger.decisions(ROUND1)]
+    history = round1_history(ctx.ledger, fold=cfg.round1.fold, epoch_key="rung_epoch")
     # Stopped in an earlier session: the trainable ends such a trial at once if Tune restores it.
-    eliminated = tuple(sorted({d.experiment for d in prior if d.stopped}))
+    eliminated = history.eliminated
     for name in eliminated:
         ctx.ended_before.add((ROUND1, name, cfg.round1.fold))
         board.row(ROUND1, name, cfg.round1.fold).status = "ELIMINATED"
-    ctx.ended_before |= {(ROUND1, e.experiment, cfg.round1.fold) for e in ctx.ledger.events("trial")
-                         if e.round == ROUND1 and e.experiment is not None
-                         and e.payload.get("state") in ("done", "eliminated")}
+    ctx.ended_before |= {(ROUND1, name, cfg.round1.fold) for name in history.ended}
 
     def on_decision(d: Decision) -> None:
         ctx.ledger.decision(d, round=ROUND1)
@@ -186,16 +253,30 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
             board.row(ROUND1, d.experiment, cfg.round1.fold).status = "ELIMINATED"
         live_refresh()
 
+    def on_rejudge(previous: Decision, new: Decision, errored: str) -> None:
+        ctx.ledger.rejudged(previous, new, errored, round=ROUND1)
+        # It restarts as a new trial: a new row, whose end (trial and resource rows) is recorded again.
+        row = board.row(ROUND1, new.experiment, cfg.round1.fold)
+        row.status, row.started, row.ended = "PENDING", time.time(), None
+        ctx.ended_before.discard((ROUND1, new.experiment, cfg.round1.fold))
+        live_refresh()
+
     HOOKS[ctx.key].on_decision = on_decision
+    HOOKS[ctx.key].on_rejudge = on_rejudge
     scheduler = TrackGapScheduler(
-        rungs=cfg.round1.rungs,
+        rungs=cfg.round1.intermediate_rungs,
+        final_rung=cfg.round1.final_rung_epoch,  # every trial's last report: the decision at the end of the round
         gap=cfg.round1.gap,
         sync=cfg.round1.mode == "sync",
         noise_guard=cfg.round1.noise_guard,
         on_decision=functools.partial(_dispatch_decision, ctx.key),
-        prior_decisions=prior,
+        on_rejudge=functools.partial(_dispatch_rejudge, ctx.key),
+        **history.scheduler_kwargs(),
         seed=cfg.seed,
+        n_boot=cfg.round1.n_boot,
         epoch_key="rung_epoch",  # supervised epochs: A2's self-supervised stage is not judged
+        # the trials' validation pair counts, which the trainable writes to the ledger before each report
+        pair_counts=counts_source(ctx.storage, ROUND1, cfg.round1.fold),
     )
     tracks = ctx.tracks
     param_space = {
@@ -203,6 +284,9 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
         "track": tune.sample_from(lambda config: tracks[config["experiment"]][0]),
         "role": tune.sample_from(lambda config: tracks[config["experiment"]][1]),
         "protocol": config_dict(cfg),
+        # where the trainable records its pair counts (trials.round1_counts_recorder)
+        "run_storage": ctx.storage.storage_uri,
+        "run_name": ctx.storage.name,
     }
     trainable = tune.with_resources(tune.with_parameters(screen_trainable, eliminated=eliminated),
                                     _resources_fn(config_dict(cfg)))
@@ -212,27 +296,60 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
         storage_path=ctx.storage.uri,
         callbacks=callbacks,
         verbose=0,
-        failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures),
+        failure_config=tune.FailureConfig(max_failures=cfg.round1.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     tune_config = tune.TuneConfig(scheduler=scheduler, reuse_actors=True, num_samples=1)
-    grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
+    try:
+        grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
+    except Exception as e:
+        if scheduler.failure is not None:  # the noise guard could not judge: never a silent point rule
+            raise ProtocolError(f"round 1 stopped: {scheduler.failure}") from e
+        raise
 
-    stopped = {d.experiment for d in scheduler.decisions if d.stopped}
-    errored, survivors = [], []
-    for result in grid:
-        name = result.config["experiment"]
-        if result.error is not None:
-            errored.append(name)
-        elif name not in stopped:
-            survivors.append(name)
-    for name in names:  # a trial eliminated before this session keeps its earlier verdict
-        if name in stopped and name in survivors:
-            survivors.remove(name)
+    survivors, stopped, errored = round1_outcome(grid, scheduler.decisions)
+    if unfinished := round1_unfinished(grid, survivors):
+        raise RunInterrupted(f"round 1 interrupted before {', '.join(unfinished)} finished its budget; nothing "
+                             "was promoted. Rerun the same command to resume.")
     if not survivors:
         raise ProtocolError(f"round 1 ended with no survivor (errored: {errored or 'none'}); see the ledger")
-    return {"promoted": sorted(survivors + exempt), "eliminated": sorted(stopped), "errored": sorted(errored),
-            "exempt": exempt}
+    return {"promoted": sorted(survivors + exempt), "eliminated": stopped, "errored": errored, "exempt": exempt}
+
+
+def round1_unfinished(results: Any, survivors: list[str]) -> list[str]:
+    """Survivors whose newest trial's last report is not its last epoch (budget spent or early stopped):
+    Tune ended without them finishing, as it does after a Ctrl-C."""
+    from pianoray.protocol.scheduler import REVIVED_KEY
+
+    last: dict[str, Any] = {}
+    for result in results:
+        name = result.config["experiment"]
+        if name not in last or int((result.config or {}).get(REVIVED_KEY) or 0) >= \
+                int((last[name].config or {}).get(REVIVED_KEY) or 0):
+            last[name] = result
+    return sorted(n for n in survivors if n in last and not (last[n].metrics or {}).get("stop"))
+
+
+def round1_outcome(results: Any, decisions: list[Decision]) -> tuple[list[str], list[str], list[str]]:
+    """(survivors, eliminated, errored) of Round 1, sorted, from Tune's results and the decisions as they stand.
+
+    An experiment restarted after a re-judgement has several trials: its newest (``revived_at``, the rung
+    it restarted from) stands for it. Eliminated: a stop decision (in this session or an earlier one);
+    errored: its trial errored for good; survivors: every other."""
+    from pianoray.protocol.scheduler import REVIVED_KEY
+
+    def revived_at(result: Any) -> int:
+        return int((result.config or {}).get(REVIVED_KEY) or 0)
+
+    stopped = {d.experiment for d in decisions if d.stopped}
+    latest: dict[str, Any] = {}
+    for result in results:
+        name = result.config["experiment"]
+        if name not in latest or revived_at(result) >= revived_at(latest[name]):
+            latest[name] = result
+    errored = sorted(n for n, r in latest.items() if r.error is not None)
+    survivors = sorted(n for n, r in latest.items() if r.error is None and n not in stopped)
+    return survivors, sorted(stopped), errored
 
 
 def run_round2(ctx: RunContext, survivors: list[str]) -> None:
@@ -271,12 +388,29 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
     failed = [f"{r.config['experiment']} fold {r.config['fold']}: {r.error}" for r in grid if r.error is not None]
     if failed:
         raise ProtocolError("round 2 fold jobs failed:\n" + "\n".join(failed))
+    if missing := round2_missing(ctx.ledger, survivors, folds):
+        total = len(survivors) * len(folds)
+        raise RunInterrupted(f"round 2 interrupted: {total - len(missing)} of {total} folds scored (missing e.g. "
+                             f"{missing[0][0]} fold {missing[0][1]}); nothing was selected. Rerun the same command "
+                             "to resume.")
+
+
+def round2_missing(ledger: Ledger, survivors: list[str], folds: list[int]) -> list[tuple[str, int]]:
+    """(experiment, fold) pairs of Round 2 with no scored fold event in the ledger."""
+    done = {(e.experiment, int(e.fold)) for e in ledger.events("fold")}
+    return [(n, k) for n in survivors for k in folds if (n, k) not in done]
 
 
 def round2_summaries(ledger: Ledger, survivors: list[str]) -> dict[str, dict[str, Any]]:
     """Per experiment, the folds' best validation epochs (from the epoch events) and test scores."""
-    tests = {(e.experiment, e.fold): e.payload.get("test", {}) for e in ledger.events("fold")}
-    out: dict[str, dict[str, Any]] = {}
+    return {name: summarise(folds) for name, folds in round2_outcomes(ledger, survivors).items()}
+
+
+def round2_outcomes(ledger: Ledger, survivors: list[str]) -> dict[str, list[FoldOutcome]]:
+    """Per experiment with at least one fold: its folds' best validation epochs (from the epoch events), test
+    scores and per-passage pair counts (from the fold events)."""
+    fold_events = {(e.experiment, e.fold): e.payload for e in ledger.events("fold")}
+    out: dict[str, list[FoldOutcome]] = {}
     for name in survivors:
         folds = []
         by_fold: dict[int, list[Event]] = {}
@@ -286,11 +420,14 @@ def round2_summaries(ledger: Ledger, survivors: list[str]) -> dict[str, dict[str
             selectable = [e for e in evs if e.payload["metrics"].get("selectable", True)] or evs
             best = max(selectable, key=lambda e: _num(e.payload["metrics"].get("val/pairwise_accuracy")))
             m = best.payload["metrics"]
+            payload = fold_events.get((name, k)) or {}
+            val_counts, test_counts = fold_pair_counts(payload)
             folds.append(FoldOutcome(k, _num(m.get("val/pairwise_accuracy")), _num(m.get("val/r2")),
                                      int(best.payload["epoch"]), max(int(e.payload["epoch"]) for e in evs),
-                                     m.get("val/pairwise_accuracy_per_dim"), tests.get((name, k), {})))
+                                     m.get("val/pairwise_accuracy_per_dim"), payload.get("test", {}),
+                                     val_counts, test_counts))
         if folds:
-            out[name] = summarise(folds)
+            out[name] = folds
     return out
 
 
@@ -419,8 +556,10 @@ def run_protocol(
             HOOKS.pop(ctx.key, None)
 
     if ledger.selected() is None:
-        summaries = round2_summaries(ledger, survivors)
+        outcomes = round2_outcomes(ledger, survivors)
+        summaries = {n: summarise(f) for n, f in outcomes.items()}
         sel = select_winners(summaries, {n: tracks[n] for n in summaries},
-                             veto=cfg.selection.robustness_veto, tie_tolerance=cfg.selection.tie_tolerance)
+                             veto=cfg.selection.robustness_veto, tie_tolerance=cfg.selection.tie_tolerance,
+                             folds=outcomes, n_boot=cfg.selection.n_boot, seed=cfg.seed)
         ledger.selection({**sel, "summaries": summaries})
     return build_results(ledger, cfg, run_storage)

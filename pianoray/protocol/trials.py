@@ -17,11 +17,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pianoray.config import ProtocolConfig
 from pianoray.models import registry
-from pianoray.training.checkpoint import METRICS_FILE, STATE_FILE, read_state
+from pianoray.objectives.metrics import PairCounts
+from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import SELECTION_METRIC, Budget, fit
 
@@ -49,13 +50,17 @@ class ReportSink:
     """A CheckpointSink that hands each epoch's directory to Ray's report call (Tune or Train).
 
     Ray copies the directory into the run's storage and, for Train, its ``CheckpointConfig`` keeps the
-    top-k: one checkpoint policy, Ray's.
+    top-k: one checkpoint policy, Ray's. ``on_counts(epoch, metrics, counts)``, when given, receives the
+    epoch's validation pair counts (the checkpoint's ``pair_counts.json``) BEFORE the report, so that
+    whoever processes the report (the scheduler, in the driver) finds them already recorded.
     """
 
-    def __init__(self, report: Callable[..., None], checkpoint_cls: Any, extra: dict[str, Any]) -> None:
+    def __init__(self, report: Callable[..., None], checkpoint_cls: Any, extra: dict[str, Any],
+                 on_counts: Callable[[int, dict[str, Any], PairCounts], None] | None = None) -> None:
         self._report = report
         self._checkpoint_cls = checkpoint_cls
         self._extra = extra
+        self._on_counts = on_counts
         self._staging = Path(tempfile.mkdtemp(prefix="pianoray-ckpt-"))
 
     def staging_dir(self) -> Path:
@@ -65,6 +70,9 @@ class ReportSink:
         return d
 
     def commit(self, directory: Path, metrics: dict[str, Any]) -> None:
+        counts_file = directory / PAIR_COUNTS_FILE
+        if self._on_counts is not None and counts_file.is_file():
+            self._on_counts(int(metrics["epoch"]), metrics, PairCounts.from_json(json.loads(counts_file.read_text())))
         self._report(reportable({**metrics, **self._extra}), checkpoint=self._checkpoint_cls.from_directory(str(directory)))
         return None
 
@@ -125,26 +133,47 @@ def newest_trial_checkpoint(given: Any) -> tuple[Path | None, bool]:
     return _resume_dir(given), False
 
 
-def screen_trainable(config: dict[str, Any], eliminated: tuple[str, ...] = ()) -> None:
+def round1_counts_recorder(config: dict[str, Any]) -> Callable[[int, dict[str, Any], PairCounts], None] | None:
+    """Where a Round-1 trial's pair counts go: the run's ledger (``config["run_storage"]``/``["run_name"]``,
+    set by the driver), one event per epoch, written before the epoch is reported (the scheduler reads them
+    when it judges a rung: ``pianoray.protocol.pair_counts``). None without a run (a bare test trainable)."""
+    if not config.get("run_storage") or not config.get("run_name"):
+        return None
+    from pianoray.protocol.pair_counts import record_pair_counts, run_ledger
+
+    ledger = run_ledger(config["run_storage"], config["run_name"])
+    fold = ProtocolConfig.model_validate(config["protocol"]).round1.fold
+
+    def record(epoch: int, metrics: dict[str, Any], counts: PairCounts) -> None:
+        record_pair_counts(ledger, "round1", config["experiment"], fold, epoch, counts,
+                           rung_epoch=metrics.get("rung_epoch"))
+
+    return record
+
+
+def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tuple[str, ...] = ()) -> None:
     """Round 1: one experiment on fold ``round1.fold`` with the Round-1 budget, under the scheduler.
 
-    ``eliminated``: experiments stopped at a rung in an earlier session of this run (from the ledger).
-    Tune does not know a trial was stopped when the driver died before saving its snapshot, and restores
-    it as unfinished; such a trial (or one whose newest checkpoint is its last epoch) ends at once,
-    without training or reporting, so it never runs again.
+    ``eliminated``: experiments stopped at a rung in an earlier session of this run (from the ledger), with
+    that rung. Tune does not know a trial was stopped when the driver died before saving its snapshot, and
+    restores it as unfinished; such a trial (or one whose newest checkpoint is its last epoch) ends at once,
+    without training or reporting, so it never runs again. A trial restarted after a re-judgement
+    (``config["revived_at"]``, the rung it restarts from) runs unless it was stopped again at a later rung.
     """
     from ray import tune
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name = config["experiment"]
     if name in eliminated:
-        return
+        stop_rung = eliminated[name] if isinstance(eliminated, Mapping) else float("inf")
+        if int(config.get("revived_at") or 0) < stop_rung:
+            return
     resume_from, stopped = newest_trial_checkpoint(tune.get_checkpoint())
     if stopped:
         return
     data = experiment_data(cfg)
     extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": "round1"}
-    sink = ReportSink(tune.report, tune.Checkpoint, extra)
+    sink = ReportSink(tune.report, tune.Checkpoint, extra, on_counts=round1_counts_recorder(config))
     budget = Budget(cfg.round1.epochs, cfg.round1.patience)
     for _ in fit(cfg, name, data, cfg.round1.fold, budget, tiers=cfg.round1.tiers, sink=sink,
                  resume_from=resume_from):
@@ -180,7 +209,35 @@ def fitted_fold(cfg: ProtocolConfig, name: str, fold: int, report: Callable[[dic
     report(reportable({**val, **extra, "epoch": 1, "rung_epoch": 1, "stage": "fit", "best_epoch": 1,
                        "best_metric": pw, "stop": True, "early_stopped": False, "selectable": True,
                        "epoch_seconds": val.get("fit_seconds")}))
-    report(reportable({**{f"test/{k}": v for k, v in test.items()}, **extra, "final": True}))
+    report(final_report(name, fold, test))
+
+
+def final_report(name: str, fold: int, test: dict[str, Any]) -> dict[str, Any]:
+    """A fold's last report: its test metrics as ``test/<key>``, and the per-passage pair counts of its inner
+    validation and test parts (``pair_counts``, popped from ``test``) as one JSON string: selection's
+    paired bootstraps need them, Ray results keep only scalars and short lists, and a string passes whole.
+    The driver's ``on_final`` writes them into the fold's ledger event (their one durable place)."""
+    from pianoray.training.scoring import PAIR_COUNTS
+
+    test = dict(test)
+    counts = test.pop(PAIR_COUNTS, None)
+    out = reportable({**{f"test/{k}": v for k, v in test.items()}, "experiment": name, "fold": fold,
+                      "round": "round2", "final": True})
+    if counts is not None:
+        out[PAIR_COUNTS] = json.dumps(counts, separators=(",", ":"))
+    return out
+
+
+def best_checkpoint(result: Any) -> Any:
+    """The fold's best checkpoint by validation pairwise accuracy among the epochs that select models (the
+    rule the ledger's Round-2 summaries apply: a self-supervised stage's epoch never stands for the fold);
+    any kept checkpoint when none is marked selectable; the last one when Ray kept no scored checkpoint."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or [])
+            if isinstance(m.get(SELECTION_METRIC), (int, float)) and m[SELECTION_METRIC] == m[SELECTION_METRIC]]
+    pool = [(c, m) for c, m in kept if m.get("selectable", True)] or kept
+    if not pool:
+        return result.checkpoint
+    return max(pool, key=lambda cm: (cm[1][SELECTION_METRIC], -int(cm[1].get("epoch", 0))))[0]
 
 
 def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> None:
@@ -226,11 +283,10 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
         ),
     )
     result = trainer.fit()
-    best = result.get_best_checkpoint(SELECTION_METRIC, "max") if result.best_checkpoints else result.checkpoint
+    best = best_checkpoint(result)
     if best is None:
         raise RuntimeError(f"round2 {name} fold {fold}: the Train run produced no checkpoint")
     with best.as_directory() as d:
         # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
         test = score_checkpoint(cfg, name, experiment_data(cfg), fold, Path(d), n_boot=200)
-    tune.report(reportable({**{f"test/{k}": v for k, v in test.items()}, "experiment": name, "fold": fold,
-                            "round": "round2", "final": True}))
+    tune.report(final_report(name, fold, test))

@@ -25,7 +25,11 @@ from pianoray.report.tables import (
     comparison_data,
     decisions_data,
     fold_data,
+    margin_data,
+    margin_text,
     md_text,
+    reference_data,
+    reference_text,
     resource_data,
     to_markdown,
     track_names,
@@ -111,10 +115,18 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
         head = f"{track.capitalize()} winner: {winner}" if winner else f"{track.capitalize()}: no winner selected"
         why = sel.get("explanation")
         summary.append(head + (f". {why}" if why else "."))
+        summary += [line for line in (margin_text(results, track), reference_text(results, track)) if line]
     blocks.append(Bullets(summary))
+    tol = next((sel.get("tie_tolerance_points") for sel in selection.values()
+                if isinstance(sel, Mapping) and sel.get("tie_tolerance_points") is not None), None)
     blocks.append(Paragraph(
-        "Winners are chosen per track by mean validation pairwise accuracy over the Round-2 folds; R2 breaks "
-        "ties; an experiment whose pairwise accuracy drops more than 15% under augmentation is vetoed."))
+        "Winners are chosen per track by mean validation pairwise accuracy over the Round-2 folds; R2 decides only "
+        "between candidates within " + (f"{tol:.1f} points" if tol is not None else "the tie tolerance") + " of the "
+        "leader; an experiment whose pairwise accuracy drops more than 15% under augmentation is vetoed. The "
+        "margin's CI and the comparison with the references come from paired bootstraps over passages, stratified "
+        "by fold; the test parts are reported, never used to choose."))
+    blocks += [Heading("Selection: margins and references"), TableBlock(margin_data(results)),
+               TableBlock(reference_data(results))]
 
     blocks += pretraining_blocks(results)
 
@@ -129,9 +141,10 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
     blocks.append(_image(images, "per_dimension", "Per-dimension pairwise accuracy per experiment"))
 
     blocks.append(Heading("Learning curves"))
-    blocks.append(Paragraph("Validation pairwise accuracy per epoch. Round 1: fold 0, with a dotted line at "
-                            "each rung and an X where a trial was stopped (its gap to the leader in points). "
-                            "Round 2: each fold faint, the mean over folds bold."))
+    blocks.append(Paragraph("Validation pairwise accuracy per supervised epoch (the epochs the scheduler counts, so "
+                            "a self-supervised stage, dashed, sits at epoch 0 and before). Round 1: fold 0, with a "
+                            "dotted line at each rung and an X where a trial was stopped (its gap to the leader in "
+                            "points). Round 2: each fold faint, the mean over folds bold."))
     for key in sorted(k for k in images if k.startswith("learning_curves_")):
         blocks.append(_image(images, key, key.replace("learning_curves_", "Learning curves, ")))
 
@@ -197,7 +210,8 @@ tr.stop td { background: #fbeeee; }
 p.note { color: #555; font-size: 0.88em; margin-top: 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 """
-_TEXT_COLUMNS = {"Reason", "Status", "Decision", "Source", "Model", "Experiment", "Track", "Leader"}
+_TEXT_COLUMNS = {"Reason", "Status", "Decision", "Source", "Model", "Experiment", "Track", "Leader", "Winner",
+                 "Runner-up", "Reference", "Verdict", "Decided by"}
 
 
 def _html_table(data: TableData) -> str:

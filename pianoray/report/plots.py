@@ -89,17 +89,36 @@ def _track_of(results: Mapping[str, Any]) -> dict[str, str]:
 # --------------------------------------------------------------------------------------- learning curves
 
 
-def plot_learning_curves(results: Mapping[str, Any], out_dir: Path, round_name: str) -> Path:
-    """Validation pairwise accuracy vs epoch, one panel per track, one line per trial of ``round_name``.
+def judged_epochs(points: list[tuple[float, float | None, bool, float]]) -> list[tuple[float, float, bool]]:
+    """One trial's curve on the axis the scheduler counts: (x, value, selectable) per epoch, in epoch order.
 
-    Round-2 folds of an experiment are faint lines in its colour, with their mean in bold. Round-1 rung decisions
-    of the round are drawn: a dotted vertical line at each rung epoch, and an X at (rung, metric) for every
-    stopped trial, annotated with its gap to the leader in points. Writes ``learning_curves_<round>.png``.
+    points: (epoch, rung_epoch or None, selectable, value). A model-selecting epoch sits at its ``rung_epoch``
+    (supervised epochs so far: where the rungs are); an epoch of a stage that selects nothing (A2's
+    self-supervised stage) sits just before the next selecting epoch, so a leading self-supervised stage lands
+    on x <= 0. Without rung epochs (a ledger from before they were recorded) x is the epoch.
     """
-    path = Path(out_dir) / f"learning_curves_{_safe_name(round_name)}.png"
-    title = f"Learning curves — {round_name}"
+    pts = sorted(points, key=lambda p: p[0])
+    if any(r is None for _, r, _, _ in pts):
+        return [(e, v, s) for e, _, s, v in pts]
+    out = []
+    for i, (epoch, rung, selectable, value) in enumerate(pts):
+        if selectable:
+            out.append((float(rung), value, True))
+            continue
+        nxt = next((p for p in pts[i + 1:] if p[2]), None)
+        # (next selecting epoch's rung) - (epochs until it); at the tail, count back from the last epoch
+        x = (nxt[1] - (nxt[0] - epoch)) if nxt is not None else (rung - (pts[-1][0] - epoch))
+        out.append((float(x), value, False))
+    return out
+
+
+def learning_curve_series(results: Mapping[str, Any], round_name: str
+                          ) -> dict[str, dict[tuple[str, int], list[tuple[float, float, bool]]]]:
+    """What the learning-curve figure draws: track -> (experiment, fold) -> [(x, value, selectable)], with x
+    from :func:`judged_epochs` (the scheduler's supervised epochs)."""
     track_of = _track_of(results)
-    series: dict[str, dict[tuple[str, int], list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    raw: dict[str, dict[tuple[str, int], list[tuple[float, float | None, bool, float]]]] = defaultdict(
+        lambda: defaultdict(list))
     for c in results.get("curves") or []:
         if c.get("round") != round_name:
             continue
@@ -108,7 +127,24 @@ def plot_learning_curves(results: Mapping[str, Any], out_dir: Path, round_name: 
             continue
         exp = str(c.get("experiment"))
         fold = int(finite(c.get("fold")) or 0)
-        series[track_of.get(exp, "other")][(exp, fold)].append((epoch, val))
+        raw[track_of.get(exp, "other")][(exp, fold)].append(
+            (epoch, finite(c.get("rung_epoch")), c.get("selectable", True) is not False, val))
+    return {t: {key: judged_epochs(points) for key, points in by_trial.items()} for t, by_trial in raw.items()}
+
+
+def plot_learning_curves(results: Mapping[str, Any], out_dir: Path, round_name: str) -> Path:
+    """Validation pairwise accuracy vs the epochs the scheduler counts, one panel per track, one line per trial of
+    ``round_name``.
+
+    x is the supervised epoch (``rung_epoch``: what rungs count, :func:`judged_epochs`), so a trial with a
+    self-supervised stage (A2) is drawn where it was judged; that stage's epochs are dashed, at x <= 0.
+    Round-2 folds of an experiment are faint lines in its colour, with their mean in bold. Round-1 rung decisions
+    of the round are drawn: a dotted vertical line at each rung, and an X at (rung, metric) for every
+    stopped trial, annotated with its gap to the leader in points. Writes ``learning_curves_<round>.png``.
+    """
+    path = Path(out_dir) / f"learning_curves_{_safe_name(round_name)}.png"
+    title = f"Learning curves — {round_name}"
+    series = learning_curve_series(results, round_name)
     decisions = [d for d in results.get("decisions") or [] if d.get("round") == round_name]
     if not series:
         return _empty(path, title, f"No validation curves recorded for {round_name}.")
@@ -118,26 +154,24 @@ def plot_learning_curves(results: Mapping[str, Any], out_dir: Path, round_name: 
     fig = Figure(figsize=(6.2 * len(panels), 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, track in zip(axes, panels):
-        by_exp: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(dict)
+        by_exp: dict[str, dict[int, list[tuple[float, float, bool]]]] = defaultdict(dict)
         for (exp, fold), points in series[track].items():
-            by_exp[exp][fold] = sorted(points)
+            by_exp[exp][fold] = points
         any_folds = False
         for exp, folds in sorted(by_exp.items()):
             colour = colours.get(exp)
             if len(folds) == 1:
                 (points,) = folds.values()
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, "-", color=colour, lw=1.8, marker="." if len(xs) < 30 else None, label=exp)
+                _draw_trial(ax, points, colour, lw=1.8, alpha=1.0, label=exp)
                 continue
             # Several folds: each fold faint, their mean bold over the epochs every fold reached (a mean
             # over fewer folds at the tail would jump for no reason but early stopping).
             any_folds = True
             for points in folds.values():
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, "-", color=colour, lw=0.8, alpha=0.35)
-            common = sorted(set.intersection(*(set(x for x, _ in pts) for pts in folds.values())))
+                _draw_trial(ax, points, colour, lw=0.8, alpha=0.35, label=None)
+            common = sorted(set.intersection(*(set(x for x, _, sel in pts if sel) for pts in folds.values())))
             if common:
-                per_fold = [dict(pts) for pts in folds.values()]
+                per_fold = [{x: y for x, y, sel in pts if sel} for pts in folds.values()]
                 ax.plot(common, [sum(f[x] for f in per_fold) / len(per_fold) for x in common], "-", color=colour,
                         lw=2.0, label=f"{exp} (mean of {len(folds)} folds)")
         track_decisions = [d for d in decisions if d.get("track") == track]
@@ -158,7 +192,7 @@ def plot_learning_curves(results: Mapping[str, Any], out_dir: Path, round_name: 
                         color="#d62728", va="top")
         ax.axhline(CHANCE, color="#bbbbbb", lw=0.8, ls="--")
         ax.set_title(f"{track} track")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("supervised epoch (what rungs count)")
         ax.set_ylabel("validation pairwise accuracy")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.grid(alpha=0.25)
@@ -169,9 +203,33 @@ def plot_learning_curves(results: Mapping[str, Any], out_dir: Path, round_name: 
         if any_folds:
             handles.append(ax.plot([], [], "-", color="#888888", lw=0.8, alpha=0.5)[0])
             labels.append("single fold")
+        if any(not sel for pts in series[track].values() for _, _, sel in pts):
+            handles.append(ax.plot([], [], "--", color="#888888", lw=1.0)[0])
+            labels.append("self-supervised stage (not judged)")
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle(title + " (dashed grey: chance 50%)")
     return _save(fig, path)
+
+
+def _draw_trial(ax: Any, points: list[tuple[float, float, bool]], colour: Any, *, lw: float, alpha: float,
+                label: str | None) -> None:
+    """One trial's curve: model-selecting epochs solid; epochs of a stage that selects nothing dashed, joined
+    to the first selecting epoch after them."""
+    judged = [(x, y) for x, y, sel in points if sel]
+    if judged:
+        xs, ys = zip(*judged)
+        ax.plot(xs, ys, "-", color=colour, lw=lw, alpha=alpha, marker="." if len(xs) < 30 and alpha == 1.0 else None,
+                label=label)
+        label = None
+    for i, (x, y, sel) in enumerate(points):
+        if sel:
+            continue
+        nxt = points[i + 1] if i + 1 < len(points) else None
+        seg = [(x, y)] + ([(nxt[0], nxt[1])] if nxt is not None else [])
+        xs, ys = zip(*seg)
+        ax.plot(xs, ys, "--", color=colour, lw=max(0.8, lw * 0.6), alpha=alpha * 0.8,
+                marker="." if alpha == 1.0 else None, label=label)
+        label = None
 
 
 # ----------------------------------------------------------------------------------------- per dimension

@@ -305,6 +305,133 @@ def decisions_markdown(results: Mapping[str, Any]) -> str:
     return to_markdown(decisions_data(results))
 
 
+# ------------------------------------------------------------------------------------------- selection
+
+
+def fmt_points(x: Any, *, signed: bool = True) -> str:
+    """Percentage points: 0.43 -> "+0.4"."""
+    v = finite(x)
+    return MISSING if v is None else (f"{v:+.1f}" if signed else f"{v:.1f}")
+
+
+def fmt_ci_points(ci: Sequence[Any] | None) -> str:
+    """A CI in points: "-2.1 to +2.9" (an em dash when there is none)."""
+    if not ci or len(ci) != 2 or finite(ci[0]) is None or finite(ci[1]) is None:
+        return MISSING
+    return f"{fmt_points(ci[0])} to {fmt_points(ci[1])}"
+
+
+def _selection(results: Mapping[str, Any], track: str) -> Mapping[str, Any]:
+    return (results.get("selection") or {}).get(track) or {}
+
+
+def _support(d: Mapping[str, Any]) -> str:
+    n, p = finite(d.get("folds")), finite(d.get("passages"))
+    text = f"{int(n)} fold{'s' if n != 1 else ''}, {int(p)} passages" if n and p else ""
+    left = finite(d.get("passages_left_out"))
+    if left:
+        text += f", {int(left)} left out (not scored alike)"
+    return text
+
+
+def margin_text(results: Mapping[str, Any], track: str) -> str | None:
+    """One sentence on the winner's margin over the runner-up (inner validation), or None without a winner."""
+    m = _selection(results, track).get("margin")
+    if not m or not m.get("winner"):
+        return None
+    if not m.get("runner_up"):
+        return f"{m['winner']} had no runner-up: it was the only candidate of the {track} track in Round 2."
+    how = " (chosen on R2 among candidates within the tie tolerance)" if m.get("decided_by") == "r2" else ""
+    head = (f"Margin of {m['winner']}{how} over the runner-up {m['runner_up']} on the inner validation splits: "
+            f"{fmt_points(m.get('gap_points'))} points")
+    ci = m.get("ci_points")
+    if finite((ci or [None])[0]) is None:
+        return head + " (no per-passage statistics recorded, so no CI)."
+    tie = m.get("statistical_tie")
+    verdict = ("a statistical tie: the CI covers 0, so this data does not separate the two" if tie
+               else "the lead holds: the CI excludes 0")
+    return f"{head} (95% CI {fmt_ci_points(ci)}; {_support(m)}): {verdict}."
+
+
+def _verdict_text(verdict: Any) -> str:
+    return {"beats": "beats it", "below": "falls below it",
+            "no clear difference": "no clear difference (the CI covers 0)"}.get(verdict, "not decided (no CI)")
+
+
+def reference_text(results: Mapping[str, Any], track: str) -> str | None:
+    """One sentence on whether the winner beats the track's best reference on the test parts, or None without
+    a winner."""
+    sel = _selection(results, track)
+    v = sel.get("versus_reference")
+    if not sel.get("winner"):
+        return None
+    if not v:
+        return f"{sel['winner']} has no reference to beat: no reference of the {track} track reached Round 2."
+    text = (f"{v['winner']} against the best reference, {v['reference']}, on the test parts (reported, never used "
+            f"to choose): {fmt_points(v.get('gap_points'))} points")
+    if finite((v.get("ci_points") or [None])[0]) is not None:
+        text += f" (95% CI {fmt_ci_points(v.get('ci_points'))}; {_support(v)})"
+    text += f": {_verdict_text(v.get('verdict'))}."
+    others = [r for r in v.get("references") or [] if r.get("reference") != v.get("reference")]
+    if others:
+        text += " Other references: " + "; ".join(
+            f"{r['reference']} {fmt_points(r.get('gap_points'))} ({fmt_ci_points(r.get('ci_points'))}): "
+            f"{_verdict_text(r.get('verdict'))}" for r in others) + "."
+    return text
+
+
+def margin_data(results: Mapping[str, Any]) -> TableData:
+    """Per track: the winner, the runner-up, the margin on inner validation with its paired CI, and whether it
+    is a statistical tie."""
+    cells, tie_flags = [], []
+    for track in sorted(set(track_names(results)) | set((results.get("selection") or {}))):
+        m = _selection(results, track).get("margin")
+        if not m or not m.get("winner"):
+            continue
+        tie = m.get("statistical_tie")
+        cells.append([track, str(m["winner"]), str(m.get("runner_up") or MISSING), fmt_percent(m.get("winner_mean")),
+                      fmt_percent(m.get("runner_up_mean")), fmt_points(m.get("gap_points")),
+                      fmt_ci_points(m.get("ci_points")),
+                      MISSING if tie is None else ("statistical tie" if tie else "lead holds"),
+                      "R2 (within tolerance)" if m.get("decided_by") == "r2" else "pairwise"])
+        tie_flags.append(bool(tie))
+    tol = next((finite(_selection(results, t).get("tie_tolerance_points")) for t in (results.get("selection") or {})
+                if finite(_selection(results, t).get("tie_tolerance_points")) is not None), None)
+    note = ("Mean validation pairwise accuracy over the Round-2 folds; margin = winner - runner-up in points, 95% CI "
+            "from a paired bootstrap over inner-validation passages, stratified by fold. A CI that covers 0 is a "
+            "statistical tie.")
+    if tol is not None:
+        note += f" R2 decides only between candidates within {tol:.1f} points of the leader."
+    return TableData(
+        title="Winner margins (inner validation)",
+        columns=["Track", "Winner", "Runner-up", "Winner pairwise", "Runner-up pairwise", "Margin (pts)", "95% CI",
+                 "Verdict", "Decided by"],
+        rows=cells, highlight=tie_flags, styles=["yellow" if t else None for t in tie_flags], note=note)
+
+
+def reference_data(results: Mapping[str, Any]) -> TableData:
+    """Per track and reference: the winner's test pairwise accuracy minus the reference's, with the paired CI
+    over test passages; the best reference (highest test pairwise) first and highlighted."""
+    cells, best = [], []
+    for track in sorted(set(track_names(results)) | set((results.get("selection") or {}))):
+        v = _selection(results, track).get("versus_reference")
+        if not v:
+            continue
+        for i, r in enumerate(v.get("references") or [v]):
+            cells.append([track, str(v.get("winner")), str(r.get("reference")), fmt_percent(v.get("winner_mean")),
+                          fmt_percent(r.get("reference_mean")), fmt_points(r.get("gap_points")),
+                          fmt_ci_points(r.get("ci_points")), str(r.get("verdict") or MISSING)])
+            best.append(i == 0)
+    return TableData(
+        title="Winners against references (test parts)",
+        columns=["Track", "Winner", "Reference", "Winner test pairwise", "Reference test pairwise", "Gap (pts)",
+                 "95% CI", "Verdict"],
+        rows=cells, highlight=best,
+        note=("Test parts are reported, never used to choose. Gap = winner - reference in points, 95% CI from a "
+              "paired bootstrap over test passages, stratified by fold; 'beats' only when the whole CI is above 0. "
+              "The first row of a track is its best reference."))
+
+
 # ----------------------------------------------------------------------------------- folds and hours
 
 
@@ -424,6 +551,10 @@ __all__: Sequence[str] = [
     "decisions_markdown",
     "fold_data",
     "resource_data",
+    "margin_data",
+    "reference_data",
+    "margin_text",
+    "reference_text",
     "hours_unit",
     "to_markdown",
     "md_text",

@@ -23,6 +23,7 @@ import torch
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.json"
+PAIR_COUNTS_FILE = "pair_counts.json"  # the epoch's validation pair counts (PairCounts.to_json())
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,10 +41,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_state(directory: Path, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+def write_state(directory: Path, state: dict[str, Any], metrics: dict[str, Any],
+                pair_counts: dict[str, Any] | None = None) -> None:
+    """state.pt, metrics.json and, when given, pair_counts.json (the epoch's ``PairCounts.to_json()``)."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=1, default=float))
+    if pair_counts is not None:
+        (directory / PAIR_COUNTS_FILE).write_text(json.dumps(pair_counts, separators=(",", ":")))
 
 
 def read_state(directory: str | Path) -> dict[str, Any]:

@@ -147,12 +147,23 @@ def validation_metrics(
 ) -> dict[str, Any]:
     """Selection metrics: pairwise accuracy (ranking heads; ties 0.5; |gap| >= threshold, same passage),
     its 95% CI, R2 (regression head), each mean and per dimension. Keys are ``{prefix}/...``."""
+    return validation_scores(pred, threshold=threshold, n_boot=n_boot, seed=seed, prefix=prefix)[0]
+
+
+def validation_scores(
+    pred: Predictions, *, threshold: float, n_boot: int = 200, seed: int = 0, prefix: str = "val"
+) -> tuple[dict[str, Any], metrics.PairCounts]:
+    """:func:`validation_metrics` and, beside them, the pair counts of the same labelled segments and pairs
+    (per passage and dimension: correct pairs, ties 0.5, and totals). ``counts.accuracy()`` is exactly
+    ``{prefix}/pairwise_accuracy``; the counts are what a rung decision's bootstrap resamples. They stay out
+    of the metrics dict, which goes into Ray results and ``metrics.json`` (scalars and short lists)."""
     keep = pred.has_labels.astype(bool)
     p = pred.subset([s for s, k in zip(pred.segment_ids, keep) if k])
+    counts = metrics.pair_counts(p.scores, p.labels, p.groups, threshold=threshold)
     pw = metrics.pairwise_accuracy(p.scores, p.labels, p.groups, threshold=threshold, n_boot=n_boot, seed=seed)
     pw0 = metrics.pairwise_accuracy(p.scores, p.labels, p.groups, threshold=0.0, n_boot=0, seed=seed)
     r2 = metrics.r2(p.regression, p.labels, p.groups, n_boot=n_boot, seed=seed)
-    return {
+    summaries = {
         f"{prefix}/pairwise_accuracy": pw.mean,
         f"{prefix}/pairwise_accuracy_ci": list(pw.ci),
         f"{prefix}/pairwise_accuracy_per_dim": _list(pw.per_dim),
@@ -162,6 +173,7 @@ def validation_metrics(
         f"{prefix}/r2_per_dim": _list(r2.per_dim),
         f"{prefix}/n": int(len(p.segment_ids)),
     }
+    return summaries, counts
 
 
 def _list(a: np.ndarray | None) -> list[float] | None:

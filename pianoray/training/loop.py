@@ -27,9 +27,10 @@ from pianoray.data.tiers import Tier
 from pianoray.models import registry
 from pianoray.models.contract import PerformanceModel, Stage
 from pianoray.objectives.losses import multitask_loss
+from pianoray.objectives.metrics import PairCounts
 from pianoray.training.checkpoint import CheckpointSink, read_state, rng_state, set_rng_state, write_state
 from pianoray.training.data import ExperimentData
-from pianoray.training.evaluate import predict, validation_metrics
+from pianoray.training.evaluate import predict, validation_scores
 
 SELECTION_METRIC = "val/pairwise_accuracy"
 
@@ -57,6 +58,9 @@ class EpochResult:
     seconds: float
     samples: int
     checkpoint: Path | None = None
+    # The validation split's pair counts (per passage and dimension): what a rung decision's bootstrap needs.
+    # Not in ``flat()``: they go into the checkpoint (pair_counts.json) and, in Round 1, the run's ledger.
+    pair_counts: PairCounts | None = None
 
     def flat(self) -> dict[str, Any]:
         """The metrics plus the loop's own fields, as one flat dict (what gets reported)."""
@@ -226,9 +230,9 @@ def fit(
             samples += b.size
         metrics: dict[str, Any] = {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}
         metrics["lr"] = float(scheduler.get_last_lr()[0])
-        metrics.update(
-            validation_metrics(predict(model, val_batches, dev), threshold=loss_cfg.rank_threshold, seed=cfg.seed)
-        )
+        scores, counts = validation_scores(predict(model, val_batches, dev), threshold=loss_cfg.rank_threshold,
+                                           seed=cfg.seed)
+        metrics.update(scores)
 
         score = metrics[SELECTION_METRIC]
         if stage.select and score == score and (best_metric is None or score > best_metric):
@@ -241,7 +245,7 @@ def fit(
 
         result = EpochResult(
             epoch, stage.name, metrics, best_epoch, best_metric, stop, last_selecting,
-            _selecting_epochs(stages, epoch), time.perf_counter() - t0, samples,
+            _selecting_epochs(stages, epoch), time.perf_counter() - t0, samples, pair_counts=counts,
         )
         if sink is not None:
             directory = sink.staging_dir()
@@ -260,7 +264,7 @@ def fit(
                 "encoder": cfg.encoder_name(experiment),
                 "label_names": list(data.label_names),
             }
-            write_state(directory, state, result.flat())
+            write_state(directory, state, result.flat(), pair_counts=counts.to_json())
             result.checkpoint = sink.commit(directory, result.flat())
         for cb in callbacks:
             cb(result)

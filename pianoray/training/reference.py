@@ -26,6 +26,7 @@ from pianoray.data.tiers import Tier
 from pianoray.models import registry
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions, validation_metrics
+from pianoray.training.scoring import PAIR_COUNTS, passage_counts
 
 FEATURES_FOLDER = "performance-features"
 _MEMORY: dict[tuple[str, str], np.ndarray] = {}  # (features_id, sha) -> [F]
@@ -124,9 +125,11 @@ def fit_and_score(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fo
 
     Returns (val, test): ``val`` has the keys of ``validation_metrics(prefix="val")`` (``val/pairwise_accuracy``,
     ``val/r2``, their CIs and per-dimension values, ...); ``test`` has the same metrics without prefix, like
-    ``scoring.score_checkpoint``, plus ``epoch`` (1: one fit), ``fit_seconds``, ``n_train``, ``n_features``;
-    the metrics a fitted reference does not have (robustness, competition rho, difficulty rho, STOP AUC: no
-    audio twins, no representation z) are None.
+    ``scoring.score_checkpoint``, plus ``epoch`` (1: one fit), ``fit_seconds``, ``n_train``, ``n_features``,
+    and, like ``score_checkpoint``, ``pair_counts`` = {"val", "test"}: per-passage pair counts
+    (``PairCounts.to_json()``, passages keyed by name) for selection's paired bootstraps; the metrics a
+    fitted reference does not have (robustness, competition rho, difficulty rho, STOP AUC: no audio twins, no
+    representation z) are None.
     """
     spec = fitted_spec(cfg, experiment)
     if not 0 <= fold < len(data.folds.folds):
@@ -144,17 +147,18 @@ def fit_and_score(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fo
     model = spec.fit(model_config(cfg, experiment), x["train"][0], y["train"], x["train"][1], cfg.seed)
     fit_seconds = time.perf_counter() - t1
     threshold = cfg.loss_for(experiment).rank_threshold
-    scored = {}
+    scored, counts = {}, {"val": None, "test": None}
     for part in ("val", "test"):
         if x[part] is None:
             continue
-        pred = model.predict(x[part][0], x[part][1])
-        scored[part] = validation_metrics(_predictions(ids[part], pred, y[part], x[part][1]), threshold=threshold,
-                                          n_boot=n_boot, seed=cfg.seed, prefix=part)
+        pred = _predictions(ids[part], model.predict(x[part][0], x[part][1]), y[part], x[part][1])
+        scored[part] = validation_metrics(pred, threshold=threshold, n_boot=n_boot, seed=cfg.seed, prefix=part)
+        counts[part] = passage_counts(pred, threshold).to_json()
     info = {"fit_seconds": fit_seconds, "features_seconds": t1 - t0, "n_train": len(ids["train"]),
             "n_features": int(x["train"][0].shape[1])}
     val = {**scored.get("val", {}), **info}
     test = {k.removeprefix("test/"): v for k, v in scored["test"].items()}
     test.update(epoch=1, robustness_drop=None, robustness_pearson=None, competition_rho=None,
                 competition_rounds=len(parts.get("held_rounds", [])), difficulty_rho=None, stop_auc=None, **info)
+    test[PAIR_COUNTS] = counts
     return val, test

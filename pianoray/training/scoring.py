@@ -7,7 +7,11 @@
 - competition Spearman: per T2 round, the model's overall score (mean ranking-head score) against placement;
 - difficulty rho and STOP AUC as linear probes on z: the encoder has no difficulty or STOP head (those come
   with fusion), so a ridge / logistic probe is fitted on z with cross-validation over pieces and scored out of
-  fold. These say how much the representation carries, not what a trained head would reach.
+  fold. These say how much the representation carries, not what a trained head would reach;
+- ``pair_counts``: per-passage pair counts (:class:`pianoray.objectives.metrics.PairCounts`) of the checkpoint on
+  the fold's inner validation split and on its test part, what selection's paired bootstraps need (the winner's
+  margin over the runner-up, the winner against the references). Passage keys are the bare passage name
+  (:func:`passage_counts`), so a neural model and a fitted reference pair up on the same passages.
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ from pianoray.training.checkpoint import read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions, predict, validation_metrics
 from pianoray.training.loop import build_model, pick_device
+
+PAIR_COUNTS = "pair_counts"  # the key of the per-passage counts in score_checkpoint's (and fit_and_score's) test dict
+_T1_GROUP = "T1:"  # a loader's rank-group key of a labelled segment: "T1:<passage>"
+
+
+def passage_counts(pred: Predictions, threshold: float) -> metrics.PairCounts:
+    """Pair counts of the labelled segments of ``pred``, one row per passage with at least two of them (a
+    passage with one forms no pair), keyed by the passage name (the loaders' ``T1:`` prefix removed), with the
+    same pairs and threshold as pairwise accuracy."""
+    labelled = pred.has_labels.astype(bool)
+    groups = np.array([g[len(_T1_GROUP):] if isinstance(g, str) and g.startswith(_T1_GROUP) else str(g)
+                       for g in pred.groups], dtype=object)
+    names, sizes = np.unique(groups[labelled].astype(str), return_counts=True)
+    paired = set(names[sizes >= 2].tolist())
+    # metrics.pair_counts lists every passage key but has count rows only for passages with a pair: keep
+    # those alone, so that its groups and rows agree
+    keep = labelled & np.array([g in paired for g in groups], dtype=bool)
+    p = pred.subset([s for s, k in zip(pred.segment_ids, keep) if k])
+    return metrics.pair_counts(p.scores, p.labels, groups[keep], threshold=threshold)
 
 
 def load_trained(cfg: ProtocolConfig, experiment: str, data: ExperimentData, checkpoint: Path,
@@ -44,7 +67,8 @@ def score_checkpoint(
     device: str | torch.device | None = None,
     n_boot: int = 1000,
 ) -> dict[str, Any]:
-    """Test-part metrics of ``experiment`` on ``fold`` from ``checkpoint``; a flat JSON-able dict."""
+    """Test-part metrics of ``experiment`` on ``fold`` from ``checkpoint``: a JSON-able dict, flat but for
+    ``pair_counts`` = {"val": PairCounts.to_json(), "test": ...} (the caller takes it out before reporting)."""
     dev = pick_device(device)
     model = load_trained(cfg, experiment, data, Path(checkpoint), dev)
     views = model.encoder.views
@@ -63,6 +87,8 @@ def score_checkpoint(
     out.update(_competition(data, others[Tier.T2], data.fold(fold)["held_rounds"]))
     t1 = [test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")]
     out.update(_probes(data, _concat(t1), _concat(t1 + [p for p in others.values() if p is not None])))
+    out[PAIR_COUNTS] = {"val": passage_counts(t1[2], threshold).to_json(),
+                        "test": passage_counts(test, threshold).to_json()}
     return out
 
 

@@ -221,6 +221,9 @@ def test_pair_counts_known_values_and_accuracy():
     np.testing.assert_array_equal(c.total, [[3.0, 2.0], [0.0, 1.0]])
     assert c.accuracy() == pytest.approx((3 / 3 + 1 / 3) / 2)
     assert c.accuracy() == pytest.approx(metrics.pairwise_accuracy(pred, target, groups, n_boot=0).mean)
+    # a passage with one performance has no pair: it gets no row, and the others keep their names
+    solo = pair_counts(np.array([0.1, 0.9, 0.5]), np.array([0.0, 1.0, 0.2]), np.array(["q", "q", "a"]))
+    assert solo.groups == ("q",) and solo.correct.shape == (1, 1) and solo.correct[0, 0] == 1.0
 
 
 def test_paired_accuracy_gap_point_equals_accuracy_difference_and_ci_covers_it():

@@ -8,7 +8,18 @@ import math
 import numpy as np
 import pytest
 
-from pianoray.protocol.decisions import Decision, Leader, RungEntry, find_leader, judge_rung, judge_trial
+from pianoray.objectives.metrics import PairCounts, paired_accuracy_gap
+from pianoray.protocol.decisions import (
+    Decision,
+    Leader,
+    MissingStatistics,
+    RungEntry,
+    find_leader,
+    gap_interval,
+    judge_rung,
+    judge_trial,
+)
+from tests.protocol.synthetic_counts import synthetic_counts
 
 
 def entry(exp: str, metric: float, track: str = "audio", role: str = "candidate", **kw) -> RungEntry:
@@ -72,44 +83,86 @@ def test_min_mode_flips_the_direction():
     assert verdicts(ds) == {"A1": "continue", "A2": "stop"} and ds[1].gap_points == pytest.approx(15.0)
 
 
-def _noisy_pairs(acc_a: float, acc_b: float, n_groups: int, per_group: int, seed: int):
-    rng = np.random.default_rng(seed)
-    n = n_groups * per_group
-    groups = np.repeat(np.arange(n_groups), per_group)
-    a = (rng.random(n) < acc_a).astype(float)
-    b = (rng.random(n) < acc_b).astype(float)
-    return a, b, groups
+def counted(exp: str, counts: PairCounts, role: str = "candidate", track: str = "audio") -> RungEntry:
+    """An entry whose metric is its counts' pairwise accuracy (as the real validation reports it)."""
+    return RungEntry(f"t-{exp}", exp, track, role, counts.accuracy(), counts=counts, epoch=5)
 
 
 def test_noise_guard_keeps_a_trial_whose_gap_interval_crosses_the_threshold():
-    # 12 points behind on 60 pairs over 6 passages: the CI is wide, its lower end below 10.
-    a, b, g = _noisy_pairs(0.80, 0.68, 6, 10, seed=1)
-    lead = entry("A1", a.mean(), pair_correct=a, pair_group=g)
-    trail = entry("A2", lead.metric - 0.12, pair_correct=b, pair_group=g)
+    # ~12 points behind on 8 passages x 6 pairs: the interval is wide, its lower end below 10.
+    lead = counted("A1", synthetic_counts(0.80, seed=1, groups=8, dims=1))
+    trail = counted("A2", synthetic_counts(0.68, seed=2, groups=8, dims=1))
     point, _ = judge_rung([lead, trail], rung=5, gap=10.0)
     guarded, _ = judge_rung([lead, trail], rung=5, gap=10.0, noise_guard=True)
-    assert point[1].decision == "stop"
-    assert guarded[1].decision == "continue"
+    assert point[1].gap_points > 10.0 and point[1].decision == "stop" and point[1].rule == "point"
+    assert guarded[1].decision == "continue" and guarded[1].rule == "guard"
     lo, hi = guarded[1].gap_ci
     assert lo <= 10.0 < hi and "noise guard" in guarded[1].reason
+    # The same interval is recorded whatever the rule.
+    assert point[1].gap_ci == guarded[1].gap_ci and point[1].leader_bias == guarded[1].leader_bias
 
 
-def test_noise_guard_stops_a_clear_loser_and_falls_back_without_vectors():
-    a, b, g = _noisy_pairs(0.95, 0.50, 100, 20, seed=2)
-    lead = entry("A1", a.mean(), pair_correct=a, pair_group=g)
-    trail = entry("A2", b.mean(), pair_correct=b, pair_group=g)
+def test_noise_guard_stops_a_clear_loser_and_fails_without_statistics():
+    lead = counted("A1", synthetic_counts(0.95, seed=3, groups=100, pairs=10))
+    trail = counted("A2", synthetic_counts(0.50, seed=4, groups=100, pairs=10))
     ds, _ = judge_rung([lead, trail], rung=5, gap=10.0, noise_guard=True)
-    assert ds[1].decision == "stop" and ds[1].gap_ci[0] > 10.0
-    bare, _ = judge_rung([entry("A1", 0.9), entry("A2", 0.7)], rung=5, gap=10.0, noise_guard=True)
-    assert bare[1].decision == "stop" and "point rule" in bare[1].reason and bare[1].gap_ci is None
+    assert ds[1].decision == "stop" and ds[1].gap_ci[0] > 10.0 and ds[1].epoch == 5
+    # Guard on, statistics missing: an error that says so, never the point rule in disguise.
+    with pytest.raises(MissingStatistics, match="A2 has no pair counts"):
+        judge_rung([lead, entry("A2", 0.5)], rung=5, gap=10.0, noise_guard=True)
+    # The point rule decides without them; the decision then has no interval.
+    bare, _ = judge_rung([entry("A1", 0.9), entry("A2", 0.7)], rung=5, gap=10.0)
+    assert bare[1].decision == "stop" and bare[1].gap_ci is None and bare[1].rule == "point"
 
 
-def test_noise_guard_refuses_to_pair_vectors_of_different_pairs():
-    a, b, g = _noisy_pairs(0.9, 0.6, 10, 10, seed=3)
-    lead = entry("A1", 0.9, pair_correct=a, pair_group=g)
-    trail = entry("A2", 0.6, pair_correct=b[:50], pair_group=g[:50])
-    d = judge_trial(trail, Leader.of(lead), rung=5, gap=10.0, mode="sync", noise_guard=True)
-    assert d.decision == "stop" and "differ in length" in d.reason
+def test_statistics_that_do_not_describe_the_report_are_refused():
+    a, b = synthetic_counts(0.9, seed=5), synthetic_counts(0.6, seed=6)
+    other_pairs = PairCounts(b.groups, b.correct, b.total + 1)
+    lead = counted("A1", a)
+    with pytest.raises(MissingStatistics, match="other validation pairs"):
+        judge_trial(counted("A2", other_pairs), Leader.of(lead), rung=5, gap=10.0, mode="sync", noise_guard=True)
+    wrong_metric = RungEntry("t", "A2", "audio", "candidate", 0.7, counts=b)
+    with pytest.raises(MissingStatistics, match="do not describe"):
+        judge_trial(wrong_metric, Leader.of(lead), rung=5, gap=10.0, mode="sync", noise_guard=True)
+    d = judge_trial(wrong_metric, Leader.of(lead), rung=5, gap=10.0, mode="sync")
+    assert d.gap_ci is None and d.decision == "stop"
+
+
+def test_interval_is_on_the_per_dimension_mean_like_the_point_gap():
+    # Dimension 0 has 10x the pairs of dimension 1, and the two models differ only on dimension 1: pooled
+    # over (pair, dimension) entries the gap would be ~1/11 of the per-dimension mean's.
+    groups = tuple(f"g{i:02d}" for i in range(40))
+    total = np.tile([[20.0, 2.0]], (40, 1))
+    a = PairCounts(groups, np.c_[np.full(40, 14.0), np.full(40, 2.0)], total)
+    b = PairCounts(groups, np.c_[np.full(40, 14.0), np.r_[np.zeros(20), np.ones(20)]], total)
+    ref, lead = counted("ref", b, role="reference"), counted("A1", a)
+    interval, why = gap_interval(ref, [lead], n_boot=500, seed=7)
+    assert why == "" and interval.gap == pytest.approx((a.accuracy() - b.accuracy()) * 100) == pytest.approx(37.5)
+    # One rival and a reference: no leader to choose, so the resamples are paired_accuracy_gap's, and the
+    # interval is their basic (reflected) interval around the observed gap.
+    gap, (lo, hi) = paired_accuracy_gap([(a, b)], n_boot=500, seed=7)
+    assert interval.lo == pytest.approx(2 * gap * 100 - hi * 100) and interval.hi == pytest.approx(2 * gap * 100 - lo * 100)
+    assert interval.bias == pytest.approx(0.0, abs=0.5)
+
+
+def test_leader_bias_is_removed_when_several_candidates_tie_at_the_top():
+    # Three candidates of equal true accuracy 0.80 and B truly 10 points behind: B must not be stopped.
+    # The observed leader is the best of three noisy scores, so the observed gap overstates 10 points: the
+    # point rule stops B ~70% of the time, a paired CI against the observed leader alone ~7% (measured on
+    # 600 draws), the guard's interval, simultaneous over the candidates, ~3% (the nominal one-sided 2.5%).
+    stopped = {"point": 0, "guard": 0}
+    biases = []
+    sims = 120
+    for k in range(sims):
+        entries = [counted(f"A{j}", synthetic_counts(0.80, seed=1000 * k + j, groups=30, shared_sd=0.0))
+                   for j in range(3)]
+        entries.append(counted("B", synthetic_counts(0.70, seed=1000 * k + 9, groups=30, shared_sd=0.0)))
+        for rule, guard in (("point", False), ("guard", True)):
+            d = judge_rung(entries, rung=5, gap=10.0, noise_guard=guard, n_boot=300, seed=k)[0][3]
+            stopped[rule] += d.stopped
+        biases.append(d.leader_bias)
+    assert np.mean(biases) > 0.5  # points: the max of three noisy scores is biased upwards
+    assert stopped["point"] > 0.5 * sims and stopped["guard"] <= 0.05 * sims, stopped
 
 
 def test_find_leader_ignores_references_and_nan():
@@ -124,3 +177,6 @@ def test_decision_round_trips_through_json():
         assert (math.isnan(back.metric) and math.isnan(d.metric)) or back == d
     with pytest.raises(ValueError, match="unknown field"):
         Decision.from_dict({**ds[0].to_dict(), "bogus": 1})
+    # A decision written before rule / interval / epoch / final existed still reads.
+    old = {k: v for k, v in ds[0].to_dict().items() if k not in ("rule", "gap_ci", "leader_bias", "epoch", "final")}
+    assert Decision.from_dict(old).rule == "point" and Decision.from_dict(old).final is False

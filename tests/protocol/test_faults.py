@@ -48,6 +48,14 @@ def assert_no_repeated_report(rows: list[dict[str, Any]], what: str) -> list[int
     return epochs
 
 
+def assert_no_checkpoint_errors(run: FaultRun) -> None:
+    """Tune registered every checkpoint cleanly: its checkpoint manager logs ``Error handling checkpoint ...
+    Path not found`` when a resumed trial's list names checkpoints already deleted (a lagging snapshot)."""
+    text = run.log.read_text(errors="replace")
+    bad = [line for line in text.splitlines() if "Error handling checkpoint" in line or "Path not found" in line]
+    assert not bad, "Tune's checkpoint manager failed:\n" + "\n".join(bad[:10])
+
+
 def written_after(run: FaultRun, kind: str, t: float) -> list[str]:
     return [e["event_id"] for e in run.events(kind) if e["time"] > t]
 
@@ -75,14 +83,15 @@ def ray_processes(sid: int, prefix: str) -> list[Any]:
 
 
 def test_kill_driver_mid_round1_resumes_without_rerunning(fault_run_factory):
-    # Two candidates in one track, gap 1 point: at rung 2 the lower one is stopped (A3 on this corpus),
-    # the leader pauses/continues. We kill the driver once the rung is decided and the loser has ended.
-    run = fault_run_factory("r1kill", ["A1", "A3"], round1={"epochs": 4, "rungs": [2], "gap": 1.0},
+    # Two candidates in one track, gap 0.01 point: at rung 2 the lower one is stopped (which one depends on the
+    # corpus), the leader pauses/continues. We kill the driver once the rung is decided and the loser has ended.
+    # The point rule: the demo's guard would stop nobody at such a gap on its 4 validation passages.
+    run = fault_run_factory("r1kill", ["A1", "A3"], round1={"epochs": 4, "rungs": [2], "gap": 0.01, "noise_guard": False},
                             round2={"epochs": 1, "patience": 1, "folds": 1})
     cli = run.start()
 
     def rung_decided_and_loser_ended():
-        decisions = {e["payload"]["experiment"]: e for e in run.events("decision")}
+        decisions = {e["payload"]["experiment"]: e for e in run.events("decision") if e["payload"]["rung"] == 2}
         if set(decisions) != {"A1", "A3"}:
             return None
         ended = {e["experiment"] for e in run.events("trial") if e["round"] == ROUND1}
@@ -94,19 +103,23 @@ def test_kill_driver_mid_round1_resumes_without_rerunning(fault_run_factory):
     assert not run.events("round") or all(e["event_id"] != "round/round1/finished" for e in run.events("round")), \
         "round 1 finished before the kill: the test did not interrupt it"
     stopped = sorted(n for n, e in before.items() if e["payload"]["decision"] == "stop")
-    assert stopped, f"expected one trial stopped at rung 2 (gap 1 point), got {before}"
+    assert stopped, f"expected one trial stopped at rung 2 (gap 0.01 point), got {before}"
     epochs_before = {k: len(v) for k, v in run.epochs(ROUND1).items()}
     results_before = {n: len(run.tune_results(ROUND1, n)) for n in ("A1", "A3")}
 
     rerun = run.start()
     assert rerun.wait(RUN_TIMEOUT) == 0, rerun.tail()
 
-    # The decisions are exactly the pre-kill ones: none re-made, none contradicted, none added.
+    # The pre-kill decisions stand: none re-made, none contradicted; the only one added is the leader's at the
+    # end of the round (the final rung, its last epoch).
     after = {e["event_id"]: e for e in run.events("decision")}
-    assert sorted(after) == sorted(e["event_id"] for e in before.values())
     for e in before.values():
         assert after[e["event_id"]]["payload"]["decision"] == e["payload"]["decision"]
         assert after[e["event_id"]]["time"] == e["time"]
+    added = {i: e["payload"] for i, e in after.items() if i not in {b["event_id"] for b in before.values()}}
+    assert [(d["experiment"], d["rung"], d["decision"]) for d in added.values()] == \
+        [(n, 4, "continue") for n in sorted({"A1", "A3"} - {e["payload"]["experiment"] for e in before.values()
+                                                            if e["payload"]["decision"] == "stop"})]
     # A trial that had ended before the kill did not run again: no epoch, trial or resource event, and
     # no Tune report, after the restart; it keeps the epochs it had (its rung).
     for name in stopped:
@@ -123,6 +136,7 @@ def test_kill_driver_mid_round1_resumes_without_rerunning(fault_run_factory):
     assert summary["promoted"] == [leader] and summary["eliminated"] == stopped
     assert_epochs_contiguous(run, ROUND2, {(leader, 0): 1})
     assert run.events("selection"), "the resumed run made no selection"
+    assert_no_checkpoint_errors(run)
 
 
 def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_factory):

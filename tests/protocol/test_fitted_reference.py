@@ -22,6 +22,7 @@ from pianoray.protocol.run import (
     _hooks,
     config_dict,
     is_fitted,
+    round2_outcomes,
     round2_summaries,
 )
 from pianoray.protocol.selection import select_winners
@@ -72,6 +73,16 @@ def test_round2_reports_reach_the_ledger_summaries_and_results(cfg, tmp_path) ->
     finally:
         HOOKS.pop(ctx.key, None)
 
+    # the per-passage pair counts travel as one JSON string in the final report, into the fold event only
+    for fold in range(cfg.round2.folds):
+        (event,) = [e for e in ledger.events("fold") if e.fold == fold]
+        assert set(event.payload["pair_counts"]) == {"val", "test"} and "pair_counts" not in event.payload["test"]
+    outcomes = round2_outcomes(ledger, ["symbolic-gbm"])["symbolic-gbm"]
+    for f in outcomes:
+        # the counts give back the reported accuracies: the epoch's validation figure and the fold's test one
+        assert f.val_counts.accuracy() == pytest.approx(f.val_pairwise)
+        assert f.test_counts.accuracy() == pytest.approx(f.test["pairwise_accuracy"])
+        assert f.test_counts.groups and not any(g.startswith("T1:") for g in f.test_counts.groups)
     summaries = round2_summaries(ledger, ["symbolic-gbm"])
     folds = summaries["symbolic-gbm"]["folds"]
     assert [f["fold"] for f in folds] == [0, 1]
@@ -81,7 +92,11 @@ def test_round2_reports_reach_the_ledger_summaries_and_results(cfg, tmp_path) ->
     sel = select_winners(summaries, tracks)
     assert sel["winners"] == {"symbolic": None}
     ledger.selection({**sel, "summaries": summaries})
-    (exp,) = build_results(ledger, cfg, storage)["experiments"]
+    results = build_results(ledger, cfg, storage)
+    (exp,) = results["experiments"]
+    assert results["selection"]["symbolic"]["margin"] is None  # no candidate, so no winner to compare
+    assert results["selection"]["symbolic"]["versus_reference"] is None
+    assert all(c["rung_epoch"] == 1 and c["selectable"] for c in results["curves"])
     assert (exp["name"], exp["role"], exp["furthest_round"]) == ("symbolic-gbm", "reference", ROUND2)
     assert exp["test"]["r2"]["mean"] is not None and len(exp["folds"]) == 2
     assert exp["resource_hours"]["cpu_hours"] > 0

@@ -30,6 +30,11 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     assert decisions and all(d["payload"]["reason"] for d in decisions)
     keys = [(d["payload"]["rung"], d["payload"]["experiment"]) for d in decisions]
     assert len(keys) == len(set(keys))
+    # the e2e config's rule (demo.yaml: the noise guard) judged every decision on the trainables' recorded pair
+    # counts, each with the gap's interval; the last Round-1 epoch (4) is a rung for every neural trial
+    assert all(d["payload"]["rule"] == "guard" and d["payload"]["gap_ci"] is not None for d in decisions)
+    assert {(d["payload"]["rung"], d["payload"]["final"]) for d in decisions} >= {(2, False), (4, True)}
+    assert run.events("paircounts")
     ids = [p.name for p in (run.dir / "ledger" / "events").rglob("*.json")]
     assert len(ids) == len(set(ids))
 
@@ -58,6 +63,21 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     assert (gbm["role"], gbm["furthest_round"], gbm["status"]) == ("reference", "round2", "promoted")
     assert all(d["experiment"] != "symbolic-gbm" for d in r["decisions"]) and gbm["round1"]["epochs"] is None
     assert len(gbm["folds"]) == 2 and all(f["test_r2"] is not None and f["epochs"] == 1 for f in gbm["folds"])
+    # every fold job's per-passage pair counts reached its fold event, and selection used them: each winner's
+    # comparison with its track's best reference (the symbolic track always has symbolic-gbm) has a paired CI
+    folds = run.events("fold")
+    assert folds and all(set(f["payload"]["pair_counts"]) == {"val", "test"} for f in folds)
+    sym = r["selection"]["symbolic"]
+    if sym["winner"] is not None:
+        versus = sym["versus_reference"]
+        assert versus["winner"] == sym["winner"] and versus["reference"] in {"symbolic-gbm", "symbolic-features"}
+        assert None not in versus["ci_points"] and versus["verdict"] in {"beats", "below", "no clear difference"}
+        assert {x["reference"] for x in versus["references"]} >= {"symbolic-gbm"}
+    md = (run.dir / "report" / "report.md").read_text()
+    for track, name in r["winners"].items():
+        if name is not None:
+            assert r["selection"][track]["margin"]["winner"] == name
+            assert f"{name} against the best reference" in md or f"{name} has no reference to beat" in md
     for f in ("report.md", "report.html", "results.json"):
         assert (run.dir / "report" / f).is_file(), f
     html = (run.dir / "report" / "report.html").read_text()

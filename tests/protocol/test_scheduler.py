@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-from pianoray.protocol.decisions import Decision
+from pianoray.objectives.metrics import PairCounts
+from pianoray.protocol.decisions import Decision, MissingStatistics
 from pianoray.protocol.scheduler import TrackGapScheduler
+from tests.protocol.synthetic_counts import synthetic_counts
 
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
 METRIC = "val/pairwise_accuracy"
@@ -276,16 +277,110 @@ def test_prior_decisions_judge_late_arrivals_with_the_recorded_leader():
     assert tc.report(tc.trials[0], 5, 0.69) == STOP and log[0].leader_metric == 0.8
 
 
+class CountsSource:
+    """The scheduler's ``pair_counts(experiment, epoch)`` over a dict (a run reads the ledger instead)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], PairCounts] = {}
+        self.reads: list[tuple[str, int]] = []
+
+    def put(self, experiment: str, epoch: int, counts: PairCounts) -> float:
+        self.counts[(experiment, epoch)] = counts
+        return counts.accuracy()
+
+    def __call__(self, experiment: str, epoch: int) -> PairCounts | None:
+        self.reads.append((experiment, epoch))
+        return self.counts.get((experiment, epoch))
+
+
 def test_noise_guard_keeps_trial_whose_gap_interval_crosses_threshold():
-    rng = np.random.default_rng(1)
-    groups = np.repeat(np.arange(6), 10)
-    a = (rng.random(60) < 0.8).astype(float)
-    b = (rng.random(60) < 0.68).astype(float)
-    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), noise_guard=True)
-    tc.report(t["A1"], 5, a.mean(), **{"val/pair_correct": a.tolist(), "val/pair_group": groups.tolist()})
-    action = tc.report(t["A2"], 5, a.mean() - 0.12, **{"val/pair_correct": b.tolist(), "val/pair_group": groups.tolist()})
+    src = CountsSource()
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), noise_guard=True, pair_counts=src)
+    tc.report(t["A1"], 5, src.put("A1", 5, synthetic_counts(0.80, seed=1, groups=8, dims=1)))
+    action = tc.report(t["A2"], 5, src.put("A2", 5, synthetic_counts(0.68, seed=2, groups=8, dims=1)))
     d = by_exp(log)["A2"]
     assert action == CONTINUE and d.decision == "continue" and d.gap_points > 10.0 and d.gap_ci[0] <= 10.0
+    assert d.rule == "guard" and d.epoch == 5 and by_exp(log)["A1"].gap_ci is not None
+
+
+def test_point_rule_records_the_interval_too():
+    src = CountsSource()
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), pair_counts=src)
+    tc.report(t["A1"], 5, src.put("A1", 5, synthetic_counts(0.80, seed=1, groups=8, dims=1)))
+    assert tc.report(t["A2"], 5, src.put("A2", 5, synthetic_counts(0.68, seed=2, groups=8, dims=1))) == STOP
+    assert all(d.rule == "point" and d.gap_ci is not None for d in log)
+
+
+def test_noise_guard_without_statistics_fails_at_once():
+    with pytest.raises(ValueError, match="noise_guard needs pair_counts"):
+        TrackGapScheduler(rungs=[5], noise_guard=True)
+    src = CountsSource()
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), noise_guard=True, pair_counts=src)
+    tc.report(t["A1"], 5, src.put("A1", 5, synthetic_counts(0.80, seed=1)))
+    with pytest.raises(MissingStatistics, match="A2 has no pair counts for epoch 5"):
+        tc.report(t["A2"], 5, 0.6)  # reported, but its counts were never recorded
+    assert isinstance(sched.failure, MissingStatistics) and log == []
+
+
+def test_late_arrival_after_resume_is_judged_with_the_rivals_counts():
+    src = CountsSource()
+    first, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), pair_counts=src, rungs=[5])
+    tc.report(t["A1"], 5, src.put("A1", 5, synthetic_counts(0.80, seed=1)))
+    tc.report(t["A2"], 5, src.put("A2", 5, synthetic_counts(0.78, seed=2)))
+    # A new session: the decisions come from the ledger, the counts from the source, by the epoch recorded.
+    sched = TrackGapScheduler(metric=METRIC, rungs=[5], noise_guard=True, pair_counts=src, prior_decisions=log)
+    tc2 = FakeController(sched, [FakeTrial("A4", "audio")])
+    assert tc2.report(tc2.trials[0], 5, src.put("A4", 5, synthetic_counts(0.50, seed=4))) == STOP
+    d = sched.decisions[-1]
+    assert d.experiment == "A4" and d.leader == "A1" and d.gap_ci[0] > 10.0
+    assert {("A1", 5), ("A2", 5)} <= set(src.reads)
+
+
+def test_final_rung_stops_a_trial_that_fell_behind_after_the_last_rung():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), rungs=[5], final_rung=10)
+    tc.report(t["A1"], 5, 0.80)
+    assert tc.report(t["A2"], 5, 0.78) == CONTINUE
+    tc.resumable()
+    # A1 ends first (its last report): nothing pauses at the final rung, A1's verdict waits for A2.
+    assert tc.report(t["A1"], 10, 0.85, stop=True) == CONTINUE
+    tc.stop_trial(t["A1"])  # the trial finishes
+    assert [d.rung for d in log] == [5, 5]
+    assert tc.report(t["A2"], 10, 0.70, stop=True) == STOP  # 15 points behind at the end
+    final = {d.experiment: d for d in log if d.rung == 10}
+    assert final["A2"].decision == "stop" and final["A2"].final and final["A2"].event_id == "rung10:A2"
+    assert final["A1"].decision == "continue" and "final rung" in final["A1"].reason  # ended, still recorded
+
+
+def test_final_rung_is_reached_by_an_early_stop_and_by_the_budget():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), rungs=[5], final_rung=10)
+    tc.report(t["A1"], 5, 0.80)
+    tc.report(t["A2"], 5, 0.79)
+    tc.resumable()
+    assert tc.report(t["A2"], 7, 0.60, stop=True) == CONTINUE  # patience: its last report, at epoch 7
+    assert tc.report(t["A1"], 10, 0.81) == CONTINUE  # no stop flag, but the budget is the final rung
+    final = {d.experiment: d for d in log if d.final}
+    assert set(final) == {"A1", "A2"} and final["A2"].decision == "stop" and final["A1"].decision == "continue"
+
+
+def test_last_report_paused_at_a_rung_still_counts_at_the_final_rung():
+    # A1's budget ends exactly at the last listed rung: its last report pauses there.
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), rungs=[5], final_rung=10)
+    assert tc.report(t["A1"], 5, 0.60, stop=True) == PAUSE
+    assert tc.report(t["A2"], 5, 0.62) == CONTINUE
+    assert tc.resumable() == {"A1"}
+    tc.stop_trial(t["A1"])  # resumed, nothing left to train: it ends without another report
+    tc.report(t["A2"], 10, 0.75, stop=True)
+    final = {d.experiment: d for d in log if d.final}
+    assert final["A1"].decision == "stop" and final["A1"].metric == 0.60 and final["A1"].gap_points == pytest.approx(15)
+
+
+def test_final_rung_in_async_mode_judges_on_arrival():
+    sched, tc, t, log = setup(("A1", "audio"), ("A2", "audio"), rungs=[5], final_rung=10, sync=False)
+    assert tc.report(t["A2"], 5, 0.78) == CONTINUE  # alone at rung 5 so far: it leads there
+    assert tc.report(t["A1"], 10, 0.85, stop=True) == CONTINUE  # passes rung 5, then leads the final rung
+    assert tc.report(t["A2"], 10, 0.70, stop=True) == STOP
+    final = [(d.experiment, d.decision, d.mode) for d in log if d.final]
+    assert final == [("A1", "continue", "async"), ("A2", "stop", "async")]
 
 
 def test_invalid_arguments_and_configs_are_named():

@@ -1,5 +1,7 @@
 """A realistic fake "run results" dict: 2 tracks, 5 experiments (one eliminated at a Round-1 rung with a
-stop decision, one vetoed for robustness, one reference), 4 folds in Round 2, timed curves."""
+stop decision, one vetoed for robustness, one reference), 4 folds in Round 2, timed curves (A2's with a
+self-supervised stage, so its epochs and the scheduler's supervised epochs differ), and selection's margins
+and reference comparison."""
 
 from __future__ import annotations
 
@@ -46,9 +48,12 @@ def _experiment(name, track, role, status, furthest, pw, r2, *, per_dim=None, ro
     }
 
 
-def _curve(rnd: str, exp: str, fold: int, epochs: int, start: float, top: float, step_min: float) -> list[dict]:
+def _curve(rnd: str, exp: str, fold: int, epochs: int, start: float, top: float, step_min: float,
+           self_supervised: int = 0) -> list[dict]:
+    """``self_supervised`` leading epochs select nothing (A2's stage): rung_epoch counts only the others."""
     return [
-        {"round": rnd, "experiment": exp, "fold": fold, "epoch": e,
+        {"round": rnd, "experiment": exp, "fold": fold, "epoch": e, "rung_epoch": max(0, e - self_supervised),
+         "selectable": e > self_supervised,
          "val_pairwise": 0.5 + (top - 0.5) * (1 - 0.85 ** e) + 0.004 * ((e * 7 + fold) % 3 - 1),
          "train_loss": 1.0 / e, "time": _iso(start + step_min * e)}
         for e in range(1, epochs + 1)
@@ -83,13 +88,14 @@ def make_results() -> dict[str, Any]:
                 "reason": stop_reason if stop else f"within 10 points of {leader}", "time": _iso(rung * 1.0 + 0.5),
             })
     curves = []
-    for exp, top, epochs in (("A1", 0.79, 30), ("A2", 0.61, 10), ("S1", 0.71, 30), ("S2", 0.78, 30), ("S2H", 0.75, 30)):
+    for exp, top, epochs in (("A1", 0.79, 30), ("S1", 0.71, 30), ("S2", 0.78, 30), ("S2H", 0.75, 30)):
         curves += _curve("round1", exp, 0, epochs, 0.0, top, 1.0)
+    curves += _curve("round1", "A2", 0, 13, 0.0, 0.61, 1.0, self_supervised=3)  # stopped at rung 10 = epoch 13
     for i, exp in enumerate(("A1", "S1", "S2", "S2H")):
         top = next(e["pairwise_accuracy"]["mean"] for e in experiments if e["name"] == exp)
         for fold in range(4):
             curves += _curve("round2", exp, fold, 40 + 3 * fold, 35.0 + 5 * i, top + 0.01, 0.8)
-    return {
+    results = {
         "run": {"name": "demo-<run>", "storage": "/tmp/pianoray/demo", "config": "experiments/protocol.yaml",
                 "status": "finished", "started": _iso(0), "finished": _iso(120), "dashboard": "http://127.0.0.1:8265"},
         "dimensions": list(DIMS),
@@ -105,6 +111,21 @@ def make_results() -> dict[str, Any]:
         "rounds": [{"round": "round1", "started": _iso(0), "finished": _iso(31)},
                    {"round": "round2", "started": _iso(34), "finished": _iso(120)}],
     }
+    results["selection"]["audio"].update(
+        tie_tolerance_points=0.5, versus_reference=None,
+        margin={"winner": "A1", "runner_up": None, "basis": "validation", "decided_by": "pairwise",
+                "winner_mean": 0.801, "runner_up_mean": None, "gap_points": None, "ci_points": [None, None],
+                "folds": 0, "passages": 0, "passages_left_out": 0, "statistical_tie": None})
+    reference = {"reference": "S1", "reference_mean": 0.692, "gap_points": 5.0, "ci_points": [1.2, 8.8], "folds": 4,
+                 "passages": 48, "passages_left_out": 0, "verdict": "beats", "beats": True}
+    results["selection"]["symbolic"].update(
+        tie_tolerance_points=0.5,
+        margin={"winner": "S2H", "runner_up": None, "basis": "validation", "decided_by": "pairwise",
+                "winner_mean": 0.752, "runner_up_mean": None, "gap_points": None, "ci_points": [None, None],
+                "folds": 0, "passages": 0, "passages_left_out": 0, "statistical_tie": None},
+        versus_reference={"winner": "S2H", "basis": "test", "winner_mean": 0.742, **reference,
+                          "references": [dict(reference)]})
+    return results
 
 
 def strip_optional(results: dict[str, Any]) -> dict[str, Any]:

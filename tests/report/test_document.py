@@ -50,7 +50,7 @@ def test_markdown_references_every_image_and_has_the_sections(written):
     _, _, paths = written
     md = paths["markdown"].read_text()
     assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)) == EXPECTED_IMAGES
-    for heading in ("## Summary", "## Comparison per track", "### Audio track", "### Symbolic track",
+    for heading in ("## Summary", "## Selection: margins and references", "## Comparison per track", "### Audio track", "### Symbolic track",
                     "## Per-dimension pairwise accuracy", "## Learning curves", "## Elimination timeline",
                     "## Round-1 decisions", "## Per-fold results", "## Resource hours", "## Published anchors"):
         assert heading in md, heading
@@ -69,7 +69,8 @@ def test_html_is_escaped_and_self_contained(written):
     parser.feed(doc)
     assert "script" not in parser.tags and "link" not in parser.tags  # no external CSS or scripts
     assert set(parser.img_src) == EXPECTED_IMAGES and all((out / s).is_file() for s in parser.img_src)
-    assert parser.tags.count("table") == 6  # 2 comparisons, decisions, folds, resources, anchors
+    # 2 comparisons, margins, references, decisions, folds, resources, anchors
+    assert parser.tags.count("table") == 8
     assert "S1<script>alert(1)</script> (ref)" in "".join(parser.text)  # the text survives, as text
 
 
@@ -108,3 +109,24 @@ def test_empty_results_dict(tmp_path):
     paths = write_report({}, tmp_path)
     md = paths["markdown"].read_text()
     assert "No experiments recorded yet." in md and "Audio: no winner selected." in md
+
+
+def test_summary_states_each_winners_margin_and_whether_it_beats_its_reference(run_results, tmp_path):
+    md = write_report(run_results, tmp_path)["markdown"].read_text()
+    assert "A1 had no runner-up: it was the only candidate of the audio track in Round 2." in md
+    assert "A1 has no reference to beat" in md
+    assert ("S2H against the best reference, S1, on the test parts (reported, never used to choose): +5.0 points "
+            "(95% CI +1.2 to +8.8; 4 folds, 48 passages): beats it.") in md
+    assert "R2 decides only between candidates within 0.5 points of the leader" in md
+
+    # a close race: the margin's CI covers 0, and the report calls it a statistical tie
+    run_results["selection"]["audio"]["margin"].update(runner_up="A3", runner_up_mean=0.797, gap_points=0.4,
+                                                       ci_points=[-2.1, 2.9], folds=4, passages=48,
+                                                       statistical_tie=True)
+    run_results["selection"]["symbolic"]["versus_reference"].update(gap_points=-0.5, ci_points=[-3.0, 2.0],
+                                                                    verdict="no clear difference", beats=False)
+    md = write_report(run_results, tmp_path)["markdown"].read_text()
+    assert ("Margin of A1 over the runner-up A3 on the inner validation splits: +0.4 points (95% CI -2.1 to +2.9; "
+            "4 folds, 48 passages): a statistical tie") in md
+    assert "on the test parts (reported, never used to choose): -0.5 points" in md
+    assert "no clear difference (the CI covers 0)" in md

@@ -62,3 +62,31 @@ def test_partial_data_still_draws(run_results, tmp_path):
                                   "val_pairwise": 0.6, "train_loss": None, "time": None})
     for p in plot_all(run_results, tmp_path).values():
         assert _png_size(p)
+
+
+def test_curves_and_rungs_are_on_the_epochs_the_scheduler_counts(run_results):
+    """A2 trains 3 self-supervised epochs first: its rung-10 value was reported at epoch 13. The figure puts
+    that value at x = 10, under the rung line and the stop mark, and the self-supervised epochs at x <= 0."""
+    from pianoray.report.plots import learning_curve_series
+
+    a2 = learning_curve_series(run_results, "round1")["audio"][("A2", 0)]
+    by_epoch = {c["epoch"]: c for c in run_results["curves"] if c["experiment"] == "A2"}
+    assert [x for x, _, sel in a2 if not sel] == [-2.0, -1.0, 0.0]
+    assert [x for x, _, sel in a2 if sel] == list(range(1, 11))
+    assert (10.0, by_epoch[13]["val_pairwise"], True) in a2  # epoch 13 is supervised epoch 10
+    stop = next(d for d in run_results["decisions"] if d["experiment"] == "A2" and d["decision"] == "stop")
+    assert stop["rung"] == 10 and max(x for x, _, _ in a2) == stop["rung"]
+    # a curve without rung epochs (a ledger from before they were recorded) keeps its epochs
+    for c in run_results["curves"]:
+        c.pop("rung_epoch")
+    assert max(x for x, _, _ in learning_curve_series(run_results, "round1")["audio"][("A2", 0)]) == 13.0
+
+
+def test_judged_epochs_with_an_unjudged_stage_at_the_start_and_at_the_tail():
+    from pianoray.report.plots import judged_epochs
+
+    # (epoch, rung_epoch, selectable, value): 2 self-supervised epochs, 2 supervised, then a run still in a
+    # self-supervised stage (epochs 5-6)
+    pts = [(1, 0, False, 0.5), (2, 0, False, 0.5), (3, 1, True, 0.6), (4, 2, True, 0.7), (5, 2, False, 0.6),
+           (6, 2, False, 0.6)]
+    assert [x for x, _, _ in judged_epochs(pts)] == [-1.0, 0.0, 1.0, 2.0, 1.0, 2.0]

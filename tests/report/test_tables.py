@@ -123,3 +123,22 @@ def test_nan_metrics_count_as_missing(run_results):
     r["experiments"][0]["pairwise_accuracy"] = {"mean": float("nan"), "ci": [float("nan"), 1.0], "per_dim": []}
     row = comparison_rows(r, "audio")[0]
     assert row["name"] == "A1" and row["pairwise"] is None and row["pairwise_ci"] is None
+
+
+def test_margin_and_reference_tables(run_results):
+    from pianoray.report.tables import margin_data, reference_data
+
+    margins = margin_data(run_results)
+    assert [r[:3] for r in margins.rows] == [["audio", "A1", "—"], ["symbolic", "S2H", "—"]]
+    assert "within 0.5 points" in margins.note
+    run_results["selection"]["audio"]["margin"].update(runner_up="A3", runner_up_mean=0.797, gap_points=0.4,
+                                                       ci_points=[-2.1, 2.9], statistical_tie=True)
+    row = margin_data(run_results).rows[0]
+    assert row[2:] == ["A3", "80.1%", "79.7%", "+0.4", "-2.1 to +2.9", "statistical tie", "pairwise"]
+    assert margin_data(run_results).highlight == [True, False]  # a tie stands out
+
+    refs = reference_data(run_results)
+    assert refs.rows == [["symbolic", "S2H", "S1", "74.2%", "69.2%", "+5.0", "+1.2 to +8.8", "beats"]]
+    assert "never used to choose" in refs.note
+    bare = strip_optional(run_results)
+    assert margin_data(bare).rows == [] and reference_data(bare).rows == []

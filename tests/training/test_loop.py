@@ -73,3 +73,22 @@ def test_rung_epochs_count_only_selecting_stages() -> None:
     stages = [Stage("self_supervised", 3, select=False), Stage("supervised", 7)]
     assert [_selecting_epochs(stages, e) for e in (1, 3, 4, 10)] == [0, 0, 1, 7]
     assert _selecting_epochs([Stage("supervised", 5)], 4) == 4
+
+
+def test_each_epoch_carries_its_pair_counts_beside_the_metrics(tmp_path: Path) -> None:
+    import json
+
+    from pianoray.objectives.metrics import PairCounts
+    from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE
+
+    torch.set_num_threads(1)
+    sink = TopKSink(tmp_path / "ckpt", k=5)
+    results = list(fit(_cfg(), "audio-frozen", SyntheticData(), 0, Budget(epochs=2), sink=sink))
+    for r in results:
+        # The counts describe the reported metric exactly (same pairs, same per-dimension mean) ...
+        assert r.pair_counts.accuracy() == r.metrics["val/pairwise_accuracy"]
+        assert "val/pair_counts" not in r.flat()  # ... and stay out of what goes to Ray and metrics.json
+        folder = sink.root / f"epoch-{r.epoch:04d}"
+        stored = PairCounts.from_json(json.loads((folder / PAIR_COUNTS_FILE).read_text()))
+        assert stored.groups == r.pair_counts.groups and (stored.correct == r.pair_counts.correct).all()
+        assert json.loads((folder / METRICS_FILE).read_text())["epoch"] == r.epoch

@@ -11,6 +11,7 @@ import pytest
 
 from pianoray.config import load_config
 from pianoray.data.demo import generate_demo
+from pianoray.objectives.metrics import PairCounts
 from pianoray.settings import PROJECT_ROOT
 from pianoray.training import reference
 from pianoray.training.data import ExperimentData
@@ -48,6 +49,10 @@ def test_fit_and_score_on_every_demo_fold(demo_cfg) -> None:
             assert math.isfinite(val[f"val/{m}"]) and math.isfinite(test[m]), (k, m)
         assert 0.0 <= test["pairwise_accuracy"] <= 1.0 and test["n"] == len(data.fold(k)["test"])
         assert len(test["r2_per_dim"]) == len(data.label_names) and test["epoch"] == 1
+        # per-passage counts of both parts, for selection's paired bootstraps: they give back the accuracies
+        counts = {k: PairCounts.from_json(v) for k, v in test["pair_counts"].items()}
+        assert counts["val"].accuracy() == pytest.approx(val["val/pairwise_accuracy"], nan_ok=True)
+        assert counts["test"].accuracy() == pytest.approx(test["pairwise_accuracy"])
     with pytest.raises(ValueError, match="not a fitted reference"):
         fit_and_score(demo_cfg, "symbolic-features", data, 0)
 

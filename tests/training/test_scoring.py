@@ -1,0 +1,41 @@
+"""score_checkpoint's per-passage pair counts: what selection's paired bootstraps read for a neural fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pianoray.config import load_config
+from pianoray.data.demo import generate_demo
+from pianoray.objectives.metrics import PairCounts
+from pianoray.settings import PROJECT_ROOT
+from pianoray.training.checkpoint import TopKSink
+from pianoray.training.data import ExperimentData
+from pianoray.training.evaluate import Predictions
+from pianoray.training.loop import Budget, fit
+from pianoray.training.scoring import PAIR_COUNTS, passage_counts, score_checkpoint
+
+DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
+
+
+def test_passage_counts_key_passages_by_name_and_skip_unlabelled() -> None:
+    pred = Predictions(["a", "b", "c", "d"], np.array([[0.1], [0.9], [0.5], [0.4]]), np.zeros((4, 1)),
+                       np.array([[0.0], [1.0], [0.2], [0.9]]), np.array([True, True, True, False]),
+                       np.array(["T1:p", "T1:p", "T1:q", "T1:q"], dtype=object), np.zeros((4, 0)))
+    c = passage_counts(pred, threshold=0.05)
+    assert c.groups == ("p",) and c.total.tolist() == [[1.0]] and c.accuracy() == 1.0  # q: one labelled segment
+    assert PairCounts.from_json(c.to_json()).groups == ("p",)
+
+
+def test_score_checkpoint_counts_give_back_the_reported_accuracies(tmp_path) -> None:
+    root = generate_demo(tmp_path / "demo", seed=5, scale=0.3)
+    cfg = load_config(DEMO_YAML, {"data": {"root": str(root), "symbolic_cache": str(root / "symbolic")}})
+    data = ExperimentData.from_config(cfg)
+    sink = TopKSink(tmp_path / "ckpt", k=1)
+    (epoch,) = list(fit(cfg, "audio-frozen", data, 1, Budget(1), sink=sink))
+    out = score_checkpoint(cfg, "audio-frozen", data, 1, sink.best(), n_boot=0)
+    val, test = (PairCounts.from_json(out[PAIR_COUNTS][k]) for k in ("val", "test"))
+    # the best checkpoint's validation counts are the validation the loop selected it on
+    assert val.accuracy() == pytest.approx(epoch.metrics["val/pairwise_accuracy"])
+    assert test.accuracy() == pytest.approx(out["pairwise_accuracy"])
+    assert set(test.groups).isdisjoint(val.groups) and not any(g.startswith("T1:") for g in test.groups)
