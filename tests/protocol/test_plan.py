@@ -127,7 +127,8 @@ def test_calibration_on_the_demo_corpus_feeds_the_plan(tmp_path):
     exps = {n: {"enabled": n in ("audio-frozen", "symbolic-features")}
             for n in load_config(PROJECT_ROOT / "experiments" / "demo.yaml", check_models=False).experiments}
     cfg = load_config(PROJECT_ROOT / "experiments" / "demo.yaml",
-                      {"data": {"root": str(root), "max_frames": 32, "max_notes": 96}, "experiments": exps})
+                      {"data": {"root": str(root), "max_frames": 32, "max_notes": 96, "val_fraction": 0.2},
+                       "experiments": exps})
     prepare_data(cfg, Console(quiet=True))  # the symbolic feature cache, as `pianoray run` builds it
     measured = calibrate_throughput(cfg, steps=3, warmup=1, device="cpu")
     assert sorted(measured) == ["audio-frozen", "symbolic-features"]
@@ -139,7 +140,7 @@ def test_calibration_on_the_demo_corpus_feeds_the_plan(tmp_path):
     p = plan(cfg, SCRIPTED, eliminated=0.0, sizes=SIZES, calibrated=measured)
     trials = {t.experiment: t for t in p.trials}
     assert {t.throughput_source.split(":")[0] for t in p.trials} == {f"calibrated on {measured['audio-frozen'].device}"}
-    # By hand for audio-frozen (a CPU trial): demo.yaml has k=4 and val_fraction 0.2, Round-1 tiers T1+T2,
+    # By hand for audio-frozen (a CPU trial): demo.yaml has k=4 (val_fraction pinned to 0.2 above), Round-1 tiers T1+T2,
     # so per epoch 100 x 3/4 x 0.8 + 40 x 3/4 = 90 training and 100 x 3/4 x 0.2 = 15 validation samples,
     # validation at eval_speedup 3x; hours = epochs x (samples / measured samples/s) x CPUs per trial.
     a, sps = trials["audio-frozen"], measured["audio-frozen"].samples_per_s
