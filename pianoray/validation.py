@@ -21,12 +21,13 @@ def prepare_data(cfg: ProtocolConfig, console: Console | None = None) -> None:
 
     root = Path(cfg.data.root)
     remote = is_remote_uri(cfg.data.root)  # a remote cache is never generated, only mirrored when opened
-    if not remote and cfg.data.source == "cache" and cfg.data.demo is not None and not (root / "corpus.json").is_file():
-        from pianoray.data.demo import generate_demo
+    if not remote and cfg.data.source == "cache" and cfg.data.demo is not None:
+        from pianoray.data.demo import ensure_demo
 
-        if console is not None:
-            console.print(f"demo corpus absent: generating it into {root} (seed {cfg.data.demo.seed})")
-        generate_demo(root, seed=cfg.data.demo.seed, scale=cfg.data.demo.scale)
+        # Absent, or written by an older demo generator: (re)generate it, so the demo follows the code.
+        done = ensure_demo(root, seed=cfg.data.demo.seed, scale=cfg.data.demo.scale)
+        if done is not None and console is not None:
+            console.print(f"demo corpus {root}: {done}")
     views = needed_views(cfg)
     if not views:
         return

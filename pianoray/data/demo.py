@@ -6,7 +6,9 @@ a fixed random nonlinear projection, plus per-recording nuisance), so the audio 
 the same signal. 19 labels (PercePiano order) are a known noisy function of each performance's measured
 properties (``LABEL_WEIGHTS``). Some signal is planted so encoders differ (docs/data-format.md, "Demo"):
 
-- microtiming (onset jitter of 4-34 ms, below a REMI grid step) drives Timing and Balance;
+- timing (onset jitter of sd 8-53 ms, mostly above the 20.8 ms REMI grid), pedal blur (the pedal held into the
+  next harmony), note lengths and velocity spread drive timing, pedal, articulation and dynamics labels, and
+  every symbolic view can measure them within a passage;
 - timbre (performer tone and brightness) exists only in the frames, never in the MIDI;
 - the dynamic arc (crescendo vs. diminuendo against the passage's intended shape) is temporal order:
   a mean pool of frames cannot see it.
@@ -14,6 +16,7 @@ properties (``LABEL_WEIGHTS``). Some signal is planted so encoders differ (docs/
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from pianoray.data.cache import CORPUS_FILE, FRAME_RATE, CacheError, CacheWriter
 from pianoray.data.midi import NoteTable
 
 DEMO_TOOL = "pianoray.demo"
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: symbolic-visible timing, pedal blur and articulation; denser passages; less label noise
 WIDTH = 128
 WINDOW_FRAMES = 16
 MAX_FRAMES = 64
@@ -59,7 +62,7 @@ LABEL_WEIGHTS: tuple[dict[str, float], ...] = (
 )
 PASSAGE_EFFECT_SD = 0.35  # raters' per-passage offset (in z units): with the passage-driven properties,
 # passage identity explains ~40% of label variance, as in PercePiano.
-LABEL_NOISE_SD = 0.45
+LABEL_NOISE_SD = 0.35
 MAJOR = np.array([0, 2, 4, 5, 7, 9, 11])
 
 
@@ -75,7 +78,7 @@ class Piece:
     @property
     def grade(self) -> int:
         """Difficulty 0-10: a fixed function of speed, density, polyphony and register spread."""
-        x = 1.1 * (self.tempo * self.density - 4.0) / 2.5 + 0.8 * (self.polyphony - 2) + 0.2 * abs(self.register - 62) / 6
+        x = 1.1 * (self.tempo * self.density - 4.7) / 2.5 + 0.8 * (self.polyphony - 2) + 0.2 * abs(self.register - 62) / 6
         return int(np.clip(round(5 + 2.2 * x), 0, 10))
 
 
@@ -124,7 +127,7 @@ def _make_piece(name: str, rng: np.random.Generator) -> Piece:
     return Piece(
         name=name,
         tempo=float(rng.uniform(1.2, 2.4)),
-        density=int(rng.choice([1, 2, 2, 3, 4])),
+        density=int(rng.choice([2, 2, 3, 3, 4])),
         polyphony=int(rng.integers(1, 4)),
         register=float(rng.uniform(50, 74)),
         key=int(rng.integers(0, 12)),
@@ -177,7 +180,7 @@ def _perform(passage: Passage, perf: Performer, rng: np.random.Generator, max_fr
     # Rubato: musical players shape the phrase (ritardando at its end); unsteady ones wobble.
     shaping = (0.03 + 0.10 * perf.musicality) * u**3
     wobble = (1 - perf.timing) * 0.08 * np.sin(2 * np.pi * (1.0 + rng.random()) * u + rng.uniform(0, 6.28))
-    jitter_sd = 0.004 + 0.030 * (1 - perf.timing)  # 4-34 ms: microtiming, below a REMI grid step
+    jitter_sd = 0.008 + 0.045 * (1 - perf.timing)  # 8-53 ms: unsteady players sit above the REMI grid (20.8 ms)
     jitter = rng.normal(0, jitter_sd, n)
     onset = s.onset / tempo_ratio + shaping + wobble + jitter
     onset = onset - min(0.0, onset.min()) + 0.05
@@ -189,7 +192,7 @@ def _perform(passage: Passage, perf: Performer, rng: np.random.Generator, max_fr
     vel = np.clip(np.round(vel), 1, 127)
     # Articulation: the score's marking, the player's habit, and (lack of) control.
     ioi_nom = np.maximum(s.offset - s.onset, 0.05) / (1.0 if passage.legato else 0.6)
-    ratio = (0.95 if passage.legato else 0.55) + 0.3 * (perf.legato_style - 0.5) \
+    ratio = (0.95 if passage.legato else 0.55) + 0.5 * (perf.legato_style - 0.5) \
         + rng.normal(0, 0.04 + 0.2 * (1 - perf.articulation), n)
     dur = np.maximum(ioi_nom / tempo_ratio * np.clip(ratio, 0.15, 1.6), 0.03)
     # Pedal: used when marked or by habit; late releases (low pedalling skill) blur harmony changes.
@@ -200,11 +203,15 @@ def _perform(passage: Passage, perf: Performer, rng: np.random.Generator, max_fr
     if uses_pedal and len(changes):
         ends = np.append(changes[1:], onset.max() + 0.3)
         late = rng.random(len(changes)) < (1 - perf.pedalling) * 0.9
+        late[-1] = False  # no harmony change after the last press to blur
         downs = changes + 0.03 + 0.05 * rng.random(len(changes))
-        ups = np.where(late, ends + 0.15 + 0.3 * rng.random(len(changes)), ends - 0.02)
-        keep = np.r_[True, ~late[:-1]]  # a late release swallows the next press
-        intervals = np.stack([downs[keep], np.maximum.accumulate(ups)[keep]], 1)
-        intervals[:-1, 1] = np.minimum(intervals[:-1, 1], intervals[1:, 0] - 0.01)
+        # Clean: lift just before the next change. Late: hold 0.1-0.4 s into the next harmony, so its
+        # first notes sound under the old pedal (they are pedalled at onset), then press again.
+        ups = np.where(late, ends + 0.1 + 0.3 * rng.random(len(changes)), ends - 0.02)
+        for i in range(1, len(downs)):
+            downs[i] = max(downs[i], ups[i - 1] + 0.03)
+        ok = ups > downs + 0.02
+        intervals = np.stack([downs[ok], ups[ok]], 1)
         blur = float(late.mean())
     end = onset.max() + dur.max() + 0.3
     n_frames = int(min(max_frames, max(WINDOW_FRAMES, math.ceil(end * FRAME_RATE / WINDOW_FRAMES) * WINDOW_FRAMES)))
@@ -309,6 +316,29 @@ def _augment(frames: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndar
 AUGMENTATIONS = ("noise", "gain", "smooth", "noise+gain")
 
 
+def ensure_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> str | None:
+    """Make ``out_dir`` hold a current demo corpus; returns what was done, or None when nothing was.
+
+    - no corpus.json: generate the demo for (seed, scale);
+    - a demo written by another ``DEMO_VERSION``: regenerate it, with the seed and scale it records
+      (so a cached demo follows the generator, and a demo someone made at another size stays that size);
+    - a current demo (whatever its seed and scale), or a cache another tool wrote: leave it as it is.
+    """
+    path = Path(out_dir) / CORPUS_FILE
+    if not path.is_file():
+        generate_demo(out_dir, seed=seed, scale=scale)
+        return f"generated (seed {seed}, scale {scale:g})"
+    try:
+        made = json.loads(path.read_text()).get("created_by") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # not ours to judge: opening the corpus reports what is wrong with it
+    if made.get("tool") != DEMO_TOOL or made.get("version") == DEMO_VERSION:
+        return None
+    seed, scale = int(made.get("seed", seed)), float(made.get("scale", scale))
+    generate_demo(out_dir, seed=seed, scale=scale)
+    return f"regenerated: demo version {made.get('version')} is stale, now {DEMO_VERSION} (seed {seed}, scale {scale:g})"
+
+
 def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_frames: int = MAX_FRAMES,
                   width: int = WIDTH) -> Path:
     """Write the demo corpus into ``out_dir`` (the cache format) and return it. Same seed -> same bytes.
@@ -324,8 +354,6 @@ def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_fr
         raise ValueError(f"max_frames={max_frames} must be a multiple of window_frames={WINDOW_FRAMES}")
     existing = out / CORPUS_FILE
     if existing.exists():
-        import json
-
         tool = json.loads(existing.read_text()).get("created_by", {}).get("tool")
         if tool != DEMO_TOOL:
             raise CacheError(f"{existing}: not a demo corpus (created by {tool!r}); refusing to overwrite it")

@@ -64,6 +64,25 @@ def test_regenerating_over_a_demo_is_allowed_but_not_over_other_caches(tmp_path)
         generate_demo(tmp_path / "other")
 
 
+def test_ensure_demo_regenerates_only_an_absent_or_outdated_demo(tmp_path):
+    from pianoray.data.demo import DEMO_VERSION, ensure_demo
+
+    d = tmp_path / "d"
+    assert ensure_demo(d, seed=2, scale=0.05).startswith("generated")
+    assert ensure_demo(d, seed=2, scale=0.05) is None
+    assert ensure_demo(d, seed=3, scale=0.1) is None  # a current demo of another size (e.g. --data) is kept
+    meta = json.loads((d / "corpus.json").read_text())
+    meta["created_by"]["version"] = DEMO_VERSION - 1
+    (d / "corpus.json").write_text(json.dumps(meta))
+    assert "stale" in ensure_demo(d, seed=0, scale=1.0)  # regenerated with the seed and scale it recorded
+    made = json.loads((d / "corpus.json").read_text())["created_by"]
+    assert (made["version"], made["seed"], made["scale"]) == (DEMO_VERSION, 2, 0.05)
+    other = tmp_path / "other"
+    CacheWriter(other, width=8, window_frames=4, created_by={"tool": "pianoray extract", "version": 0}).close()
+    before = (other / "corpus.json").read_bytes()
+    assert ensure_demo(other) is None and (other / "corpus.json").read_bytes() == before
+
+
 def test_scale_one_world_is_coherent(tmp_path):
     """Default size and the planted structure: passage identity explains ~40% of label variance; timbre
     dimensions are predictable from the frames but not from the MIDI."""
@@ -99,3 +118,54 @@ def test_scale_one_world_is_coherent(tmp_path):
         return 1 - ((y[:, d] - p) ** 2).sum() / ((y[:, d] - y[:, d].mean()) ** 2).sum()
 
     assert r2(np.array(frames), 6) > r2(np.array(notes), 6) + 0.2
+
+
+def _within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """x minus its passage mean: what a within-passage ranking sees."""
+    x = np.asarray(x, dtype=float).copy()
+    for g in set(groups):
+        x[groups == g] -= x[groups == g].mean()
+    return x
+
+
+def _onset_residual(notes) -> float:
+    """Seconds of onset scatter around a smooth tempo curve, from the performance MIDI alone: the median
+    inter-onset interval above 80 ms is the grid step, each onset gets its step index, and a quadratic fit
+    of onset on index (tempo and a ritardando) leaves the timing noise."""
+    on = notes.onset
+    ioi = np.diff(on)
+    if (ioi > 0.08).sum() < 2:
+        return 0.0
+    k = np.round((on - on[0]) / np.median(ioi[ioi > 0.08]))
+    a = np.c_[np.ones_like(k), k, k**2]
+    coef, *_ = np.linalg.lstsq(a, on, rcond=None)
+    return float(np.std(on - a @ coef))
+
+
+def test_planted_symbolic_signal_is_measurable_in_the_performance_midi(tmp_path):
+    """What drives the labels a symbolic encoder must rank is in the performance MIDI: within a passage,
+    a statistic of the notes alone tracks the label it drives (docs/data-format.md, "Demo")."""
+    from scipy.stats import spearmanr
+
+    from pianoray.data.loaders import NOTE_TABLES
+    from pianoray.data.percepiano import PERCEPIANO_DIMS
+
+    root = generate_demo(tmp_path / "d", seed=0, scale=0.3)
+    c = open_corpus(DataConfig(root=root))
+    t1 = c.manifest("T1")
+    y = np.stack([c.labels19[s] for s in t1["segment_id"]])
+    g = t1["passage"].to_numpy()
+    notes = [NOTE_TABLES.get(c.path(r["perf_midi"]), r["perf_midi_sha"]) for r in t1.to_dict("records")]
+    measures = {  # label it drives: (statistic of the performance notes, sign)
+        "Dynamic_Little_dynamic_range_Large_dynamic_range": ([np.std(n.velocity) for n in notes], 1),
+        "Articulation_Short_Long": ([np.mean(np.log(n.offset - n.onset)) for n in notes], 1),
+        # late pedal releases: the first notes of the next harmony start under the old pedal
+        "Pedal_Clean_Blurred": ([n.pedal.mean() for n in notes], 1),
+        "Timing_Stable_Unstable": ([_onset_residual(n) for n in notes], 1),
+    }
+    dims = list(PERCEPIANO_DIMS)
+    rho = {d: sign * spearmanr(_within(x, g), _within(y[:, dims.index(d)], g))[0] for d, (x, sign) in measures.items()}
+    assert all(r > 0.45 for r in rho.values()), rho
+    # The unsteady players' timing noise is above the REMI grid (20.8 ms), so REMI keeps it too.
+    resid = np.array([_onset_residual(n) for n in notes])
+    assert np.percentile(resid, 75) > 0.0208, np.percentile(resid, [25, 50, 75])
