@@ -113,19 +113,11 @@ def main() -> None:
                     help="config override, e.g. experiments.S3.optim.lr=1e-3 (YAML value)")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 160)  # a piped table keeps one line per row
-    import yaml
 
-    from pianoray.config import load_config
+    from pianoray.config import dotted_overrides, load_config
     from pianoray.training.data import ExperimentData
 
-    overrides: dict = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        node = overrides
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+    overrides = dotted_overrides(args.set)
     args.results.mkdir(parents=True, exist_ok=True)
     rows = []
     for labels in args.labels:

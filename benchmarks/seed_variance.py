@@ -263,22 +263,14 @@ def main() -> None:
     import shutil
 
     import torch
-    import yaml
 
-    from pianoray.config import load_config
+    from pianoray.config import dotted_overrides, load_config
     from pianoray.models import registry
     from pianoray.training.data import ExperimentData
     from pianoray.validation import prepare_data
 
     torch.set_num_threads(args.threads)
-    overrides: dict = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        node = overrides
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+    overrides = dotted_overrides(args.set)
     if args.fresh and args.results.exists():
         shutil.rmtree(args.results)
     args.results.mkdir(parents=True, exist_ok=True)

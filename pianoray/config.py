@@ -334,6 +334,24 @@ def model_config(cfg: ProtocolConfig, name: str) -> Any:
     return registry.get(cfg.encoder_name(name)).config_cls.model_validate(cfg.experiments[name].model)
 
 
+def dotted_overrides(items: list[str]) -> dict[str, Any]:
+    """``["experiments.S3.optim.lr=1e-3", ...]`` -> the nested override dict ``load_config`` takes (values
+    parsed as YAML, so numbers, booleans and lists keep their types)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,

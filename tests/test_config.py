@@ -88,3 +88,11 @@ def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_dotted_overrides_nest_and_parse_values():
+    from pianoray.config import ConfigError, dotted_overrides
+
+    assert dotted_overrides(["a.b.c=3", "a.d=true", "e=[1, 2]"]) == {"a": {"b": {"c": 3}, "d": True}, "e": [1, 2]}
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        dotted_overrides(["no-equals-sign"])
