@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 RUN_LENGTH = 16
 THRESHOLD = 0.5
@@ -257,8 +260,8 @@ def _write_cache(cache_dir: Path | None, key: str, groups: MusicGroups) -> None:
         tmp = folder / f".{key}.tmp.{os.getpid()}"
         tmp.write_text(json.dumps(groups.to_json()))
         os.replace(tmp, folder / f"{key}.json")
-    except OSError:
-        pass  # a read-only cache folder only costs a recomputation next time
+    except OSError as e:  # a read-only cache folder only costs a recomputation next time: say so, go on
+        logger.warning("music groups not cached in %s (%s); they will be recomputed next time", folder, e)
 
 
 def corpus_music_groups(corpus: Any, cache_dir: Path | None = MUSIC_GROUPS_CACHE) -> MusicGroups:
