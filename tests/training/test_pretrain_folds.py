@@ -103,7 +103,7 @@ def test_a_shared_pretraining_says_it_saw_the_evaluation_folds_midi(demo: Path, 
 
 def test_the_report_states_whether_pretraining_saw_the_evaluation_midi(tmp_path: Path) -> None:
     from pianoray.protocol.ledger import Event, Ledger
-    from pianoray.protocol.results import build_results
+    from pianoray.protocol.view import build_results
     from pianoray.protocol.storage import RunStorage
     from pianoray.report.document import build_blocks, render_html, render_markdown
 
