@@ -343,6 +343,9 @@ def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,
     if spec.pretrain is None or epochs == 0:
         return None
     mcfg = model_config(cfg, experiment)
+    # Seeded before the encoder is built: its initial weights (and so the cached result) must not depend on
+    # whatever drew from torch's global RNG earlier in this process (a fresh process starts from a random seed).
+    torch.manual_seed(cfg.seed)
     encoder = spec.build(mcfg, data.data_spec())
     task = spec.pretrain(mcfg)
     files, left_out, read = without(pretraining_files(cfg, data.corpus), set(exclude))
