@@ -69,6 +69,11 @@ def sanitise_event_id(event_id: str) -> str:
     return name
 
 
+def event_relpath(kind: str, event_id: str) -> str:
+    """Where an event of ``kind`` with ``event_id`` is stored in the run folder (its own immutable object)."""
+    return f"{EVENTS_DIR}/{kind}/{sanitise_event_id(event_id)}.json"
+
+
 def _decision_dict(d: Any) -> dict[str, Any]:
     """A decision as a plain dict: a dict, a dataclass, or an object with ``to_dict()``."""
     if hasattr(d, "to_dict"):
@@ -135,7 +140,7 @@ class Event(BaseModel):
         return self
 
     def relpath(self) -> str:
-        return f"{EVENTS_DIR}/{self.kind}/{sanitise_event_id(self.event_id)}.json"
+        return event_relpath(self.kind, self.event_id)
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(), sort_keys=True).encode()
