@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -178,9 +178,9 @@ class RejudgedPayload(_Payload):
 
 class RoundPayload(_Payload):
     """``round``: started (``experiments``: name -> {track, role}) or finished (``promoted``, ``eliminated``,
-    ``errored``, ``exempt``: names)."""
+    ``errored``, ``exempt``: names; Round 2's lists its ``experiments``)."""
 
-    experiments: dict[str, dict[str, Any]] = {}
+    experiments: Union[dict[str, dict[str, Any]], list[str]] = {}
     promoted: list[str] = []
     eliminated: list[str] = []
     errored: list[str] = []
