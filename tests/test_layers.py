@@ -111,11 +111,12 @@ def test_rich_only_at_the_edge() -> None:
                                     "pianoray.protocol.view"])
 def test_reading_a_run_loads_neither_torch_nor_ray(module: str) -> None:
     """``pianoray status`` and ``report`` read a run from any shell: the record and read-model modules must
-    import without torch or ray (checked in a fresh interpreter)."""
+    import without torch or ray, nor the numeric stack only selection needs (checked in a fresh interpreter)."""
     import subprocess
     import sys
 
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+            "bad = [m for m in ('torch', 'ray', 'scipy', 'sklearn') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

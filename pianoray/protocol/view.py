@@ -3,7 +3,8 @@
 Everything that reads a run goes through it: ``pianoray status`` and ``report`` (:meth:`RunView.results`,
 the public JSON of ``docs/results-schema.md``), selection after Round 2 (:meth:`RunView.fold_outcomes`) and
 the tests. It reads only the ledger and ``run.json``, so it works from any shell against local or S3 storage,
-during a run (partial results) or after it, and imports neither torch nor ray.
+during a run (partial results) or after it, and stays light: it imports neither torch nor ray (nor scipy or
+sklearn, which only selection needs).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pianoray.protocol.accounting import ResourceRecord, hours_by_experiment
 from pianoray.protocol.ledger import ELIMINATING_ACTIONS, PROMOTING_ACTIONS, Event, Ledger
 from pianoray.protocol.schema import SCHEMA_VERSION
-from pianoray.protocol.selection import FoldOutcome, fold_pair_counts
 from pianoray.protocol.storage import RunStorage
 from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC
+
+if TYPE_CHECKING:  # selection loads scipy and sklearn: only fold_outcomes needs it, status never does
+    from pianoray.protocol.selection import FoldOutcome
 
 DEFAULT_TRACK_METRICS = ["difficulty_rho", "robustness.drop"]
 
@@ -254,6 +257,8 @@ class RunView:
         """Per experiment with at least one Round-2 fold: each fold's best validation epoch among the epochs
         that select models (from the epoch events), its test scores and per-passage pair counts (from the fold
         event). What selection reads."""
+        from pianoray.protocol.selection import FoldOutcome, fold_pair_counts
+
         out: dict[str, list[FoldOutcome]] = {}
         for name in experiments:
             folds = []
