@@ -50,7 +50,8 @@ def run_fold(cfg, experiment: str, data, fold: int, epochs: int, patience: int |
     from pianoray.training.checkpoint import TopKSink
     from pianoray.training.loop import Budget, fit
     from pianoray.training.reference import fit_and_score
-    from pianoray.training.scoring import PAIR_COUNTS, score_checkpoint
+    from pianoray.records import PAIR_COUNTS
+    from pianoray.training.scoring import score_checkpoint
 
     t0 = time.perf_counter()
     if registry.get(cfg.encoder_name(experiment)).kind == "fitted":

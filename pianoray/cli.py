@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pianoray.config import ConfigError, ProtocolConfig, load_config
+from pianoray.config import ProtocolConfig, load_config
+from pianoray.errors import PianorayError
 from pianoray.settings import shared_data_dir
 
 app = typer.Typer(
@@ -34,18 +35,18 @@ err = Console(stderr=True)
 EXIT_USAGE = 2
 
 
-class UserError(Exception):
+class UserError(PianorayError):
     """A problem the user can fix; printed as-is, exit 2."""
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the expected failure types into one-line messages and exit code 2."""
-    from pianoray.data.midi import MidiError
-
+    """Turn the project's error types (``pianoray.errors.PianorayError``: a problem the user can fix, raised
+    where it is found) into one-line messages and exit code 2. Any other exception is a bug: it propagates
+    with its traceback."""
     try:
         yield
-    except (UserError, ConfigError, MidiError, FileNotFoundError, KeyError, ValueError) as e:
+    except PianorayError as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         for line in str(msg).splitlines() or ["error"]:
             err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
@@ -355,10 +356,10 @@ def _print_results(results: dict) -> None:
     """The comparison tables, one line per elimination, and the winners (the full decisions table, with every
     rung's reasons, is in the report)."""
     from pianoray.report import comparison_table
+    from pianoray.report.tables import track_names
 
-    for track in ("audio", "symbolic"):
-        if any(e["track"] == track for e in results["experiments"]):
-            console.print(comparison_table(results, track))
+    for track in track_names(results):
+        console.print(comparison_table(results, track))
     decisions = results["decisions"]
     stops = [d for d in decisions if d["decision"] == "stop"]
     console.print(f"round 1: {len(decisions)} rung decisions, {len(stops)} stop(s)")
@@ -420,12 +421,14 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Show a run's progress from its ledger, from any shell (during or after the run)."""
-    from pianoray.protocol.results import build_results
+    from pianoray.protocol.view import build_results
 
     with user_errors():
         results = build_results(_open_ledger(storage, name))
     if as_json:
-        print(json.dumps({k: results[k] for k in ("run", "experiments", "decisions", "winners")}, default=str))
+        from pianoray.protocol.schema import status_view
+
+        print(json.dumps(status_view(results), default=str))
         return
     table = Table(title=f"{results['run']['name']} ({results['run']['status']})")
     for col in ("experiment", "track", "round", "status", "pairwise", "R1 epochs", "CPU-h", "GPU-h"):
@@ -448,7 +451,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
     """Print the comparison tables and write report.md / report.html with plots."""
-    from pianoray.protocol.results import build_results
+    from pianoray.protocol.view import build_results
 
     with user_errors():
         results = build_results(_open_ledger(storage, name))
@@ -493,7 +496,8 @@ def extract(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Audio -> cached MuQ frames: hidden_states[8] per fixed window (+ the final layer), fp16 shards."""
-    from pianoray.extraction import ExtractionError, extract as run_extract
+    from pianoray.extraction import ExtractionError
+    from pianoray.extraction import extract as run_extract
     from pianoray.models.audio.muq_tail import MuQCheckpointError
 
     with user_errors():

@@ -16,10 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pianoray.data.tiers import Tier, parse_tier
+from pianoray.errors import PianorayError
 from pianoray.settings import shared_data_dir
 
 
-class ConfigError(ValueError):
+class ConfigError(PianorayError, ValueError):
     """A config problem, already phrased as ``FILE: field.path: message`` lines."""
 
 

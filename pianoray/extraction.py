@@ -52,6 +52,7 @@ from pianoray.data.cache import FRAME_RATE, MUQ_LAYER, CacheWriter, write_json_a
 from pianoray.data.midi import file_sha256
 from pianoray.data.percepiano import PERCEPIANO_DIMS, PercePianoError, parse_segment_name, read_labels
 from pianoray.data.tiers import Tier, parse_tier
+from pianoray.errors import PianorayError
 from pianoray.models.audio.muq_encoder import (
     MUQ_SAMPLE_RATE,
     MuQEncoder,
@@ -75,7 +76,7 @@ NO_CHECKPOINT_MESSAGE = (
 MAX_AUGMENT_DRAWS = 64
 
 
-class ExtractionError(ValueError):
+class ExtractionError(PianorayError, ValueError):
     """Extraction cannot go on; the message names the file (or option) at fault."""
 
 

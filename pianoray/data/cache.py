@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pianoray.data.tiers import Tier, parse_tier
+from pianoray.errors import PianorayError
 
 FORMAT_VERSION = 1
 FRAME_RATE = 25  # MuQ frames per second
@@ -54,7 +55,7 @@ TIER_COLUMNS: dict[Tier, tuple[str, ...]] = {
 }
 
 
-class CacheError(ValueError):
+class CacheError(PianorayError, ValueError):
     """A cache that cannot be written or read as it is; the message names the file (and key)."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pianoray.errors import PianorayError
+
 SEGMENTS_FILE = "metadata.jsonl"
 SEGMENT_FIELDS = ("segment_id", "recording_id", "competition", "edition", "round", "placement", "performer",
                   "piece", "segment_start", "segment_end")
@@ -26,7 +28,7 @@ SEGMENT_COLUMNS = ["segment_id", "recording_id", "competition", "edition", "roun
                    "performer", "piece", "start", "end"]
 
 
-class CompetitionError(ValueError):
+class CompetitionError(PianorayError, ValueError):
     """Unusable competition metadata; the message names the file (and line)."""
 
 

@@ -29,6 +29,7 @@ from pianoray.data.cache import (
     FrameStore,
 )
 from pianoray.data.tiers import Tier, parse_tier
+from pianoray.errors import UnknownNameError
 
 # Frames scanned per read in check(): bounds memory whatever the shard size.
 CHECK_CHUNK_ROWS = 65_536
@@ -92,7 +93,7 @@ class Corpus:
     def manifest(self, tier: str | Tier) -> pd.DataFrame:
         tier = parse_tier(tier)
         if tier not in self._manifests:
-            raise KeyError(f"{self.root}: tier {tier.name} is not in this corpus (has {[t.name for t in self.tiers]})")
+            raise UnknownNameError(f"{self.root}: tier {tier.name} is not in this corpus (has {[t.name for t in self.tiers]})")
         return self._manifests[tier]
 
     def has_frames(self) -> bool:
@@ -127,7 +128,7 @@ class Corpus:
                 for i, sid in enumerate(self._manifests[tier]["segment_id"]):
                     self._index[sid] = (tier, i)
         if segment_id not in self._index:
-            raise KeyError(f"{self.root}: no segment {segment_id!r} in any tier")
+            raise UnknownNameError(f"{self.root}: no segment {segment_id!r} in any tier")
         tier, i = self._index[segment_id]
         return tier, self._manifests[tier].iloc[i].to_dict()
 

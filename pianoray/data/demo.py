@@ -25,6 +25,7 @@ import numpy as np
 
 from pianoray.data.cache import CORPUS_FILE, FRAME_RATE, CacheError, CacheWriter
 from pianoray.data.midi import NoteTable
+from pianoray.errors import InputError
 
 DEMO_TOOL = "pianoray.demo"
 DEMO_VERSION = 2  # 2: symbolic-visible timing, pedal blur and articulation; denser passages; less label noise
@@ -349,9 +350,9 @@ def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_fr
     """
     out = Path(out_dir)
     if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+        raise InputError(f"scale must be > 0, got {scale}")
     if max_frames % WINDOW_FRAMES:
-        raise ValueError(f"max_frames={max_frames} must be a multiple of window_frames={WINDOW_FRAMES}")
+        raise InputError(f"max_frames={max_frames} must be a multiple of window_frames={WINDOW_FRAMES}")
     existing = out / CORPUS_FILE
     if existing.exists():
         tool = json.loads(existing.read_text()).get("created_by", {}).get("tool")

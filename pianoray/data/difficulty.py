@@ -10,11 +10,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pianoray.errors import PianorayError
+
 GRADES_FILE = "psyllabus_grades_5fold.json"
 GRADE_RANGE = (0.0, 10.0)
 
 
-class DifficultyError(ValueError):
+class DifficultyError(PianorayError, ValueError):
     """Unusable difficulty data; the message names the file and the piece."""
 
 

@@ -41,13 +41,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from pianoray.errors import InputError, PianorayError, UnknownNameError
+
 FOLDS_VERSION = 1
 Unit = Literal["music", "passage", "performer"]
 UNITS: tuple[str, ...] = ("music", "passage", "performer")
 DEFAULT_UNIT: Unit = "music"
 
 
-class FoldError(ValueError):
+class FoldError(PianorayError, ValueError):
     """An unusable folds file; the message names the file and each problem."""
 
     def __init__(self, source: str | Path, problems: Sequence[str]) -> None:
@@ -324,26 +326,26 @@ def make_folds(
     keys = [str(x) for x in keys]
     groups = [str(x) for x in groups]
     if unit not in UNITS:
-        raise ValueError(f"unit={unit!r}: expected one of {UNITS}")
+        raise InputError(f"unit={unit!r}: expected one of {UNITS}")
     if len(keys) != len(groups):
-        raise ValueError(f"{len(keys)} keys but {len(groups)} groups")
+        raise InputError(f"{len(keys)} keys but {len(groups)} groups")
     if dupes := [x for x, n in Counter(keys).items() if n > 1]:
-        raise ValueError(f"duplicate key {dupes[0]!r}: keys must be unique")
+        raise InputError(f"duplicate key {dupes[0]!r}: keys must be unique")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction}: must lie in (0, 1)")
+        raise InputError(f"val_fraction={val_fraction}: must lie in (0, 1)")
     sizes = Counter(groups)
     if k < 2 or len(sizes) < k:
-        raise ValueError(f"k={k} folds need k >= 2 and at least k groups; there are {len(sizes)} {unit}s")
+        raise InputError(f"k={k} folds need k >= 2 and at least k groups; there are {len(sizes)} {unit}s")
     if len(sizes) - len(sizes) // k < 2:
-        raise ValueError(f"{len(sizes)} {unit}s are too few for k={k} with a validation split")
+        raise InputError(f"{len(sizes)} {unit}s are too few for k={k} with a validation split")
     stratum_of: dict[str, str] | None = None
     if strata is not None:
         if len(strata) != len(keys):
-            raise ValueError(f"{len(keys)} keys but {len(strata)} strata")
+            raise InputError(f"{len(keys)} keys but {len(strata)} strata")
         stratum_of = {}
         for g, s in zip(groups, strata):
             if stratum_of.setdefault(g, str(s)) != str(s):
-                raise ValueError(f"{unit} {g!r} spans strata {stratum_of[g]!r} and {s!r}: strata must be "
+                raise InputError(f"{unit} {g!r} spans strata {stratum_of[g]!r} and {s!r}: strata must be "
                                  "constant within a group")
     rng = np.random.default_rng(seed)
     fold_groups = _assign_groups(sizes, k, rng, stratum_of)
@@ -397,19 +399,19 @@ def groups_for(df: pd.DataFrame, unit: Unit, music: Mapping[str, str] | None = N
     each row's passage through ``music`` (passage -> music group).
     """
     if unit not in UNITS:
-        raise ValueError(f"unit={unit!r}: expected one of {UNITS}")
+        raise InputError(f"unit={unit!r}: expected one of {UNITS}")
     column = "performer" if unit == "performer" else ("passage" if "passage" in df.columns else "piece")
     if column not in df.columns:
-        raise KeyError(f"unit={unit!r} needs a {column!r} column; the table has {list(df.columns)}")
+        raise UnknownNameError(f"unit={unit!r} needs a {column!r} column; the table has {list(df.columns)}")
     if df[column].isna().any():
-        raise ValueError(f"column {column!r} has missing values; every row needs a {unit}")
+        raise InputError(f"column {column!r} has missing values; every row needs a {unit}")
     values = [str(x) for x in df[column]]
     if unit != "music":
         return values
     if music is None:
-        raise ValueError("unit='music' needs the music groups (passage -> group)")
+        raise InputError("unit='music' needs the music groups (passage -> group)")
     if missing := sorted({v for v in values if v not in music}):
-        raise ValueError(f"passage {missing[0]!r} has no music group ({len(missing)} passages lack one)")
+        raise InputError(f"passage {missing[0]!r} has no music group ({len(missing)} passages lack one)")
     return [music[v] for v in values]
 
 

@@ -17,12 +17,13 @@ import numpy as np
 
 from pianoray.data.percepiano import N_DIMS, PERCEPIANO_DIMS
 from pianoray.data.taxonomy import Taxonomy
+from pianoray.errors import PianorayError
 
 LabelKind = Literal["percepiano19", "composite"]
 LABEL_KINDS: tuple[str, ...] = ("percepiano19", "composite")
 
 
-class LabelError(ValueError):
+class LabelError(PianorayError, ValueError):
     """Unusable labels; the message names the file (or segment) and the problem."""
 
 

@@ -23,6 +23,7 @@ import torch
 from pianoray.data.batch import Batch
 from pianoray.data.tiers import Tier, parse_tier
 from pianoray.data.views import SegmentContext, View, consecutive_windows, get_view, register_view
+from pianoray.errors import InputError, UnknownNameError
 
 # ------------------------------------------------------------------------------------------ views
 
@@ -142,7 +143,7 @@ def _note_table(ctx: SegmentContext) -> Any:
     row = ctx.row
     path = ctx.corpus.path(row.get("perf_midi"))
     if path is None:
-        raise ValueError(f"segment {row['segment_id']!r}: the notes view needs perf_midi, but it is empty")
+        raise InputError(f"segment {row['segment_id']!r}: the notes view needs perf_midi, but it is empty")
     return NOTE_TABLES.get(path, row.get("perf_midi_sha"))
 
 
@@ -277,14 +278,14 @@ class SegmentDataset:
             pos = {sid: i for i, sid in enumerate(m["segment_id"])}
             missing = [s for s in ids if s not in pos]
             if missing:
-                raise KeyError(f"{corpus.root}: tier {self.tier.name} has no segments {missing[:5]}")
+                raise UnknownNameError(f"{corpus.root}: tier {self.tier.name} has no segments {missing[:5]}")
             m = m.iloc[[pos[s] for s in ids]]
         self.rows: list[dict[str, Any]] = [dict(r, tier=self.tier) for r in m.to_dict("records")]
         self._windows: dict[int, list[Window]] = {}
         if self.tier is Tier.T1 and self.labels is not None:
             unlabeled = [r["segment_id"] for r in self.rows if r["segment_id"] not in self.labels]
             if unlabeled:
-                raise KeyError(f"{corpus.root}: T1 segments without labels: {unlabeled[:5]}")
+                raise UnknownNameError(f"{corpus.root}: T1 segments without labels: {unlabeled[:5]}")
 
     def __len__(self) -> int:
         return len(self.rows)

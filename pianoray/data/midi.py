@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pianoray.errors import PianorayError
 
-class MidiError(ValueError):
+
+class MidiError(PianorayError, ValueError):
     """A MIDI file that cannot be used; the message names the file."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pianoray.data.midi import file_sha256
+from pianoray.errors import PianorayError
 
 # The 19 perceptual dimensions in label order (names from the upstream README's table). Each is a
 # bipolar scale: 0 = the first-named pole, 1 = the second (e.g. Timing_Stable_Unstable: 1 = unstable).
@@ -70,7 +71,7 @@ COLUMNS = [
 _NAME = re.compile(r"^(?P<piece>.+)_(?P<bars>\d+)bars_(?P<player>[^_]+)_(?P<segment>\d+)$")
 
 
-class PercePianoError(ValueError):
+class PercePianoError(PianorayError, ValueError):
     """A PercePiano folder that cannot be used as it is; the message names the file (and key)."""
 
 

@@ -29,12 +29,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pianoray.data.percepiano import N_DIMS, PERCEPIANO_DIMS
+from pianoray.errors import PianorayError
 
 TAXONOMY_VERSION = 1
 _DIM_INDEX = {name: i for i, name in enumerate(PERCEPIANO_DIMS)}
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(PianorayError, ValueError):
     """An unusable taxonomy; the message names the file and the field."""
 
 

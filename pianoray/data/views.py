@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pianoray.errors import UnknownNameError
+
 
 @dataclass
 class SegmentContext:
@@ -89,4 +91,4 @@ def get_view(name: str) -> View:
     try:
         return _VIEWS[name]
     except KeyError:
-        raise KeyError(f"unknown view {name!r}; known: {', '.join(sorted(_VIEWS))}") from None
+        raise UnknownNameError(f"unknown view {name!r}; known: {', '.join(sorted(_VIEWS))}") from None

@@ -1,6 +1,10 @@
-"""Registry of experiments: name -> spec (track, role, kind, config type, and how to build or fit it).
+"""Registry of tracks and experiments: name -> spec (track, role, kind, config type, how to build or fit it).
 
-The training loop and the Ray protocol look experiments up here and never branch on a name.
+The training loop and the Ray protocol look experiments and tracks up here and never branch on a name.
+A track (:class:`TrackSpec`) is a family of experiments compared with each other, one winner each; it says
+which metrics its comparison table shows and whether selection applies the robustness veto. A track's package
+registers it (``pianoray.models.audio``, ``pianoray.models.symbolic``); every experiment names a registered
+track.
 ``role="reference"`` marks baselines: trained and reported, but never a track's leader nor a winner.
 
 Two kinds of experiment (``spec.kind``):
@@ -22,11 +26,35 @@ from typing import Any, Callable, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from pianoray.errors import UnknownNameError
 from pianoray.models.contract import Encoder
+from pianoray.records import Role
 
-Track = Literal["audio", "symbolic", "fusion"]
-Role = Literal["candidate", "reference"]
+Track = str  # a registered TrackSpec's name
 Kind = Literal["neural", "fitted"]
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """One track.
+
+    order: its place in tables and reports (lowest first); robustness_veto: whether selection vetoes a
+    candidate whose pairwise accuracy drops more than ``selection.robustness_veto`` on augmented twins (the
+    audio augmentations are the ones the seed vetoes on); metrics: the per-experiment figures its comparison
+    table shows beside R2 and pairwise accuracy, as dotted paths into the results' ``experiments[]`` rows
+    (``"difficulty_rho"``, ``"robustness.drop"``, ``"test.<scorer key>"``; ``pianoray.report.tables``).
+    """
+
+    name: str
+    order: int
+    robustness_veto: bool = False
+    metrics: tuple[str, ...] = ("difficulty_rho", "robustness.drop")
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """What a run records of the track (run.json), so that status and report need no registry."""
+        return {"name": self.name, "order": self.order, "robustness_veto": self.robustness_veto,
+                "metrics": list(self.metrics), "description": self.description}
 
 
 class ModelConfig(BaseModel):
@@ -105,6 +133,7 @@ class FittedReferenceSpec:
 Spec = EncoderSpec | FittedReferenceSpec
 
 _REGISTRY: dict[str, Spec] = {}
+_TRACKS: dict[str, TrackSpec] = {}
 
 # Modules that register encoders on import. Later issues add theirs here.
 BUILTIN_MODULES = ("pianoray.models.baselines", "pianoray.models.boosting", "pianoray.models.audio",
@@ -118,9 +147,33 @@ def register(spec: Spec) -> Spec:
     return spec
 
 
+def register_track(spec: TrackSpec) -> TrackSpec:
+    if spec.name in _TRACKS and _TRACKS[spec.name] != spec:
+        raise ValueError(f"track {spec.name!r} is registered twice")
+    _TRACKS[spec.name] = spec
+    return spec
+
+
 def load_builtin() -> None:
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    unknown = sorted({s.track for s in _REGISTRY.values()} - set(_TRACKS))
+    if unknown:
+        raise ValueError(f"experiments name unregistered track(s) {unknown}; registered: {sorted(_TRACKS)}")
+
+
+def track(name: str) -> TrackSpec:
+    load_builtin()
+    try:
+        return _TRACKS[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown track {name!r}; registered: {', '.join(sorted(_TRACKS))}") from None
+
+
+def tracks() -> list[TrackSpec]:
+    """Every registered track, in display order."""
+    load_builtin()
+    return sorted(_TRACKS.values(), key=lambda t: (t.order, t.name))
 
 
 def get(name: str) -> Spec:
@@ -128,7 +181,7 @@ def get(name: str) -> Spec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown encoder {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+        raise UnknownNameError(f"unknown encoder {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def names(track: Track | None = None, kind: Kind | None = None) -> list[str]:

@@ -40,8 +40,8 @@ import numpy as np
 
 from pianoray.objectives.bootstrap import resample_weights
 from pianoray.objectives.metrics import PairCounts
+from pianoray.records import Role
 
-Role = Literal["candidate", "reference"]
 ROLES: tuple[str, ...] = ("candidate", "reference")
 Verdict = Literal["continue", "stop"]
 Mode = Literal["sync", "async"]

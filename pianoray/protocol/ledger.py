@@ -25,23 +25,20 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from pianoray.protocol.accounting import ResourceRecord, hours_by_experiment
+from pianoray.protocol.accounting import ResourceRecord
 from pianoray.protocol.storage import RunStorage
+from pianoray.records import validate_payload
 
 EVENTS_DIR = "ledger/events"
 COMPACTED_DIR = "ledger/compacted"
-# Mirrors pianoray.training.loop.SELECTION_METRIC (not imported: `pianoray status` must not load torch).
-DEFAULT_METRIC = "val/pairwise_accuracy"
 
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.=,+")
@@ -70,6 +67,11 @@ def sanitise_event_id(event_id: str) -> str:
     if len(name) > _MAX_NAME:
         name = f"{name[:_MAX_NAME - 17]}-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}"
     return name
+
+
+def event_relpath(kind: str, event_id: str) -> str:
+    """Where an event of ``kind`` with ``event_id`` is stored in the run folder (its own immutable object)."""
+    return f"{EVENTS_DIR}/{kind}/{sanitise_event_id(event_id)}.json"
 
 
 def _decision_dict(d: Any) -> dict[str, Any]:
@@ -132,8 +134,13 @@ class Event(BaseModel):
     def _payload_json(cls, v: Any) -> Any:
         return _jsonable(v)
 
+    @model_validator(mode="after")
+    def _payload_of_its_kind(self) -> "Event":
+        validate_payload(self.kind, self.payload)  # records.PAYLOADS: one type per kind
+        return self
+
     def relpath(self) -> str:
-        return f"{EVENTS_DIR}/{self.kind}/{sanitise_event_id(self.event_id)}.json"
+        return event_relpath(self.kind, self.event_id)
 
     def to_json(self) -> bytes:
         return json.dumps(self.model_dump(), sort_keys=True).encode()
@@ -240,7 +247,7 @@ class Ledger:
         gives the decision back when a resumed scheduler needs its ``prior_decisions``. The ledger id is
         ``decision/<round>/<id>`` (``decision/<id>`` without a round; ``round`` from the argument or the
         dict), so the same rung in two rounds never collides; ``<id>`` is the decision's event_id, else
-        ``rung<rung>:<experiment>``. :class:`RunState` reads experiment, track, role and the verdict
+        ``rung<rung>:<experiment>``. :class:`~pianoray.protocol.view.RunView` reads experiment, track, role and the verdict
         (``decision`` or ``action``: stop|eliminate|promote|continue|pause).
         """
         if hasattr(d, "to_dict"):
@@ -287,7 +294,7 @@ class Ledger:
         )
 
     def round_started(self, round: str, experiments: Mapping[str, Mapping[str, Any]] | None = None) -> Event:
-        """Round start; ``experiments`` maps name -> {"track", "role", ...} for :class:`RunState`."""
+        """Round start; ``experiments`` maps name -> {"track", "role", ...} for :class:`~pianoray.protocol.view.RunView`."""
         payload = {"experiments": {k: dict(v) for k, v in (experiments or {}).items()}}
         return self._new("round", f"round/{round}/started", round=round, payload=payload)
 
@@ -449,123 +456,3 @@ class Ledger:
             )
             for e in self.events("resources")
         ]
-
-    def state(self, metric: str = DEFAULT_METRIC) -> "RunState":
-        return RunState.from_events(self.events(), metric=metric)
-
-
-# -- the run's state, as `pianoray status` shows it ---------------------------------------------------
-@dataclass
-class ExperimentState:
-    name: str
-    track: str | None = None
-    role: str | None = None
-    round: str | None = None  # latest round it reported an epoch in (or was listed for)
-    last_epoch: int | None = None  # highest epoch in that round, over folds
-    best_metric: float | None = None  # best value of the metric in that round, over folds and epochs
-    status: str = "running"  # running | eliminated | promoted | winner
-    gpu_hours: float = 0.0
-    cpu_hours: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class RunState:
-    """A summary of the ledger: per experiment, rung decisions, rounds and winners."""
-
-    metric: str
-    experiments: dict[str, ExperimentState] = field(default_factory=dict)
-    rounds: dict[str, str] = field(default_factory=dict)  # round -> "running" | "finished", in start order
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    winners: dict[str, str] = field(default_factory=dict)  # track -> experiment
-
-    @classmethod
-    def from_events(cls, events: Iterable[Event], metric: str = DEFAULT_METRIC) -> "RunState":
-        events = sorted(events, key=lambda e: e.sort_key)
-        state = cls(metric=metric)
-        round_order: dict[str, int] = {}
-
-        def exp(name: str) -> ExperimentState:
-            return state.experiments.setdefault(name, ExperimentState(name))
-
-        def enter_round(x: ExperimentState, rnd: str | None) -> None:
-            if rnd is None:
-                return
-            round_order.setdefault(rnd, len(round_order))
-            if x.round is None or round_order[rnd] > round_order[x.round]:
-                x.round, x.last_epoch, x.best_metric = rnd, None, None
-
-        for e in events:
-            if e.round is not None:
-                round_order.setdefault(e.round, len(round_order))
-            if e.kind == "round" and e.round is not None:
-                if e.event_id.endswith("/started"):
-                    state.rounds.setdefault(e.round, "running")
-                    for name, info in e.payload.get("experiments", {}).items():
-                        x = exp(name)
-                        x.track = info.get("track", x.track)
-                        x.role = info.get("role", x.role)
-                        enter_round(x, e.round)
-                elif e.event_id.endswith("/finished"):
-                    state.rounds[e.round] = "finished"
-                    for name in e.payload.get("promoted", []):
-                        exp(name).status = "promoted"
-                    for name in e.payload.get("eliminated", []):
-                        exp(name).status = "eliminated"
-            elif e.kind == "trial" and e.experiment:
-                x = exp(e.experiment)
-                x.track = e.payload.get("track", x.track)
-                x.role = e.payload.get("role", x.role)
-                enter_round(x, e.round)
-            elif e.kind == "epoch" and e.experiment:
-                x = exp(e.experiment)
-                enter_round(x, e.round)
-                if e.round != x.round:
-                    continue  # a late event from an earlier round
-                ep = int(e.payload.get("epoch", 0))
-                x.last_epoch = ep if x.last_epoch is None else max(x.last_epoch, ep)
-                value = e.payload.get("metrics", {}).get(metric)
-                if isinstance(value, (int, float)) and not math.isnan(value):
-                    x.best_metric = value if x.best_metric is None else max(x.best_metric, value)
-            elif e.kind == "decision":
-                state.decisions.append({"event_id": e.event_id, "time": e.time, **e.payload})
-                if e.experiment:
-                    x = exp(e.experiment)
-                    x.track = e.payload.get("track", x.track)
-                    x.role = e.payload.get("role", x.role)
-                    action = str(e.payload.get("action", e.payload.get("decision", ""))).lower()
-                    if action in ELIMINATING_ACTIONS:
-                        x.status = "eliminated"
-                    elif action in PROMOTING_ACTIONS:
-                        x.status = "promoted"
-            elif e.kind == "rejudged":
-                new = dict(e.payload.get("decision", {}))
-                # the row of the decision it replaces (rows carry the decision's own event id, rung<r>:<name>)
-                row = {"event_id": new.get("event_id"), "time": e.time, **new,
-                       "rejudged": {k: e.payload.get(k) for k in ("errored", "reason", "previous")}}
-                state.decisions = [row if d.get("event_id") == new.get("event_id") else d for d in state.decisions]
-                if e.experiment and str(new.get("decision", "")).lower() not in ELIMINATING_ACTIONS:
-                    x = exp(e.experiment)
-                    if x.status == "eliminated":
-                        x.status = "running"
-            elif e.kind == "selection":
-                state.winners = dict(e.payload.get("winners", {}))
-
-        for name in state.winners.values():
-            exp(name).status = "winner"
-        records = [
-            ResourceRecord(e.experiment or "", e.payload["trial"], e.payload["resource"],
-                           e.payload["amount_hours"], e.payload["wall_seconds"], e.round, e.fold)
-            for e in events
-            if e.kind == "resources"
-        ]
-        for name, hours in hours_by_experiment(records).items():
-            x = exp(name)
-            x.gpu_hours, x.cpu_hours = hours.gpu_hours, hours.cpu_hours
-        return state
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per experiment, ordered by track then name (for the status table)."""
-        return [x.to_dict() for x in sorted(self.experiments.values(), key=lambda x: (x.track or "~", x.name))]

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from pianoray.objectives.metrics import PairCounts
-from pianoray.protocol.ledger import Event, Ledger
+from pianoray.protocol.ledger import Event, Ledger, event_relpath
 from pianoray.protocol.storage import RunStorage
 
 KIND = "paircounts"
@@ -46,7 +46,7 @@ def read_pair_counts(ledger: Ledger, round: str, experiment: str, fold: int, epo
 
     One read of the event's own object (cheap on S3); after compaction the ledger's merged events."""
     event_id = pair_counts_event_id(round, experiment, fold, epoch)
-    rel = Event(kind=KIND, event_id=event_id, time=0.0).relpath()
+    rel = event_relpath(KIND, event_id)
     try:
         payload = ledger.storage.read_json(rel)["payload"]
     except FileNotFoundError:

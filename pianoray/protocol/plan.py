@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
+from pianoray.errors import InputError, MissingInputError, UnknownNameError
 
 DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
 # The seed's GPU-hour estimates (model-improvement-v2.md), for comparison only.
@@ -60,24 +61,24 @@ class ThroughputTable(BaseModel):
     def load(cls, path: str | Path = DEFAULT_THROUGHPUT) -> "ThroughputTable":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: throughput table not found")
+            raise MissingInputError(f"{path}: throughput table not found")
         try:
             return cls.model_validate(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+            raise InputError(f"{path}: not valid JSON: {e}") from None
         except ValidationError as err:
             lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
-            raise ValueError("\n".join(lines)) from None
+            raise InputError("\n".join(lines)) from None
 
     def lookup(self, device: str, *names: str) -> ThroughputEntry:
         """The first of ``names`` (experiment, then encoder) in the device's table, else its "default"."""
         table = self.devices.get(device)
         if table is None:
-            raise KeyError(f"throughput table has no device {device!r} (has {sorted(self.devices)})")
+            raise UnknownNameError(f"throughput table has no device {device!r} (has {sorted(self.devices)})")
         for n in (*names, "default"):
             if n in table:
                 return table[n]
-        raise KeyError(f"throughput table: device {device!r} has none of {list(names)} and no 'default'")
+        raise UnknownNameError(f"throughput table: device {device!r} has none of {list(names)} and no 'default'")
 
 
 @dataclass(frozen=True)
@@ -179,19 +180,25 @@ def calibrate_throughput(
     """
     import torch
 
-    from pianoray.objectives.losses import multitask_loss
     from pianoray.training.data import ExperimentData
-    from pianoray.training.loop import _nullctx, _optimizer, build_model, pick_device, plan_stages, seed_everything
+    from pianoray.training.loop import (
+        build_model,
+        param_groups,
+        pick_device,
+        plan_stages,
+        seed_everything,
+        supervised_step,
+    )
 
     if steps < 1 or warmup < 0:
-        raise ValueError(f"calibrate: steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+        raise InputError(f"calibrate: steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     data = data if data is not None else ExperimentData.from_config(cfg)
     dev = pick_device(device)
     kind = "gpu" if dev.type == "cuda" else "cpu"
     name_of_device = _device_name(dev)
     tiers = [t for t in cfg.round1.tiers if t in data.corpus.tiers]
     if not tiers:
-        raise ValueError(f"calibrate: the corpus at {cfg.data.root} has none of round1.tiers "
+        raise InputError(f"calibrate: the corpus at {cfg.data.root} has none of round1.tiers "
                          f"{[t.name for t in cfg.round1.tiers]}")
 
     def sync() -> None:
@@ -218,9 +225,10 @@ def calibrate_throughput(
                 if len(batches) == warmup + steps:
                     break
             if len(batches) == before:
-                raise ValueError(f"calibrate: experiment {name!r} has no training batches on fold 0 "
+                raise InputError(f"calibrate: experiment {name!r} has no training batches on fold 0 "
                                  f"(tiers {[t.name for t in tiers]})")
-        optimizer = _optimizer(model, optim_cfg.lr, optim_cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, optim_cfg.lr), lr=optim_cfg.lr,
+                                      weight_decay=optim_cfg.weight_decay)
         model.encoder.on_epoch_start(0, cfg.round1.epochs)
         model.train()
         samples, t0 = 0, 0.0
@@ -228,14 +236,7 @@ def calibrate_throughput(
             if i == warmup:
                 sync()
                 t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _nullctx():
-                o = model(b)
-                total, _ = multitask_loss(o.regression, o.scores, o.z, b, loss_cfg, terms=terms)
-            optimizer.zero_grad(set_to_none=True)
-            if total.requires_grad:
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
-                optimizer.step()
+            supervised_step(model, b, loss_cfg, terms, optimizer, None, optim_cfg.grad_clip, dev)
             if i >= warmup:
                 samples += b.size
         sync()
@@ -304,7 +305,7 @@ def plan(
     the table's for the experiments it names.
     """
     if not 0 <= eliminated < 1:
-        raise ValueError(f"eliminated must lie in [0, 1), got {eliminated}")
+        raise InputError(f"eliminated must lie in [0, 1), got {eliminated}")
     throughput = throughput or ThroughputTable.load()
     if sizes is None:
         sizes, source = corpus_tier_sizes(cfg)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 from rich.table import Table
 
-METRIC = "val/pairwise_accuracy"
+from pianoray.records import SELECTION_METRIC, EpochRecord
 
 
 @dataclass
@@ -127,14 +127,12 @@ class ProtocolCallback(Callback):
         row = self._row(trial)
         if result.get("final"):
             self.hooks.on_final(self.round, row.experiment, row.fold, result)
-        elif "epoch" in result and METRIC in result:
+        elif EpochRecord.is_report(result):
             row.epoch = int(result["epoch"])
-            row.metric = float(result[METRIC])
+            row.metric = float(result[SELECTION_METRIC])
             if result.get("best_metric") is not None:
                 row.best = float(result["best_metric"])
-            metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/")) or k in (
-                "epoch", "rung_epoch", "stage", "best_epoch", "best_metric", "stop", "early_stopped", "epoch_seconds",
-                "samples", "lr", "selectable")}
+            metrics = EpochRecord.ledger_fields(result)
             self.hooks.on_epoch(self.round, row.experiment, row.fold, row.epoch, metrics,
                                 {"trial": trial.trial_id})
         self.refresh()

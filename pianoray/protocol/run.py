@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.live import Live
 
 from pianoray.config import ProtocolConfig
+from pianoray.errors import PianorayError
 from pianoray.models import registry
 from pianoray.protocol.accounting import resource_hours, scale_resources
 from pianoray.protocol.decisions import Decision
@@ -27,14 +29,14 @@ from pianoray.protocol.ledger import Event, Ledger
 from pianoray.protocol.monitoring import monitoring_callbacks
 from pianoray.protocol.pair_counts import counts_source
 from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, Row, RunHooks
-from pianoray.protocol.selection import PAIR_COUNTS, FoldOutcome, fold_pair_counts, select_winners, summarise
+from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
 from pianoray.protocol.storage import RunStorage
+from pianoray.records import ROUND1, ROUND2, FoldScore
 
-ROUND1, ROUND2 = "round1", "round2"
 DRIVER_CPU = 0.1  # a Round-2 fold trainable only launches its TorchTrainer (0 is refused by Tune)
 
 
-class ProtocolError(RuntimeError):
+class ProtocolError(PianorayError, RuntimeError):
     """The run cannot go on (e.g. every trial of a round errored); the message says why."""
 
 
@@ -99,12 +101,9 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
                          fold=row.fold, epoch=row.epoch)
 
     def on_final(round_: str, experiment: str, fold: int, result: dict[str, Any]) -> None:
-        test = {k.removeprefix("test/"): v for k, v in result.items() if k.startswith("test/")}
-        payload: dict[str, Any] = {"test": test}
-        if isinstance(result.get(PAIR_COUNTS), str):  # per-passage counts, JSON text (see trials.final_report)
-            payload[PAIR_COUNTS] = json.loads(result[PAIR_COUNTS])
+        score = FoldScore.from_report(result, experiment, fold, round_)
         ctx.ledger.append(Event(kind="fold", event_id=f"fold/{experiment}/fold{fold}", time=time.time(),
-                                round=round_, experiment=experiment, fold=fold, payload=payload))
+                                round=round_, experiment=experiment, fold=fold, payload=score.ledger_payload()))
 
     return RunHooks(board, on_epoch, on_trial_end, on_final, refresh)
 
@@ -407,36 +406,11 @@ def round2_summaries(ledger: Ledger, survivors: list[str]) -> dict[str, dict[str
 
 
 def round2_outcomes(ledger: Ledger, survivors: list[str]) -> dict[str, list[FoldOutcome]]:
-    """Per experiment with at least one fold: its folds' best validation epochs (from the epoch events), test
-    scores and per-passage pair counts (from the fold events)."""
-    fold_events = {(e.experiment, e.fold): e.payload for e in ledger.events("fold")}
-    out: dict[str, list[FoldOutcome]] = {}
-    for name in survivors:
-        folds = []
-        by_fold: dict[int, list[Event]] = {}
-        for e in ledger.epochs(name, round=ROUND2):
-            by_fold.setdefault(int(e.fold), []).append(e)
-        for k, evs in sorted(by_fold.items()):
-            selectable = [e for e in evs if e.payload["metrics"].get("selectable", True)] or evs
-            best = max(selectable, key=lambda e: _num(e.payload["metrics"].get("val/pairwise_accuracy")))
-            m = best.payload["metrics"]
-            payload = fold_events.get((name, k)) or {}
-            val_counts, test_counts = fold_pair_counts(payload)
-            folds.append(FoldOutcome(k, _num(m.get("val/pairwise_accuracy")), _num(m.get("val/r2")),
-                                     int(best.payload["epoch"]), max(int(e.payload["epoch"]) for e in evs),
-                                     m.get("val/pairwise_accuracy_per_dim"), payload.get("test", {}),
-                                     val_counts, test_counts))
-        if folds:
-            out[name] = folds
-    return out
+    """Per experiment with at least one fold: its folds' outcomes, as the run's read model gives them
+    (:meth:`pianoray.protocol.view.RunView.fold_outcomes`)."""
+    from pianoray.protocol.view import RunView
 
-
-def _num(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return float("-inf")
-    return v if v == v else float("-inf")
+    return RunView.read(ledger).fold_outcomes(survivors)
 
 
 def pretrain_encoders(cfg: ProtocolConfig, console: Console, ledger: Ledger | None = None) -> ProtocolConfig:
@@ -489,10 +463,9 @@ def run_protocol(
     address: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the protocol and return the run results (the report's input)."""
-    from pianoray.protocol.results import build_results
-    from pianoray.protocol.session import start_ray
-
+    """Run (or resume) the protocol and return the run results (the report's input). An exception that is
+    not the user's to fix (not a ``PianorayError``) is recorded in the ledger as a ``crash`` event, then
+    re-raised."""
     console = console or Console()
     run_storage = RunStorage(storage or cfg.storage, name or cfg.name)
     if fresh:
@@ -505,6 +478,24 @@ def run_protocol(
             shutil.rmtree(local)
     check_same_config(run_storage, cfg)
     ledger = Ledger(run_storage)
+    try:
+        return _run(cfg, run_storage, ledger, address, console)
+    except PianorayError:
+        raise  # the user's to fix (or an interruption); its one line says what
+    except Exception as e:
+        # A bug: the CLI shows its traceback; the ledger keeps it, so that the run's record says how it ended.
+        ledger.append(Event(kind="crash", event_id=f"crash/{time.strftime('%Y%m%dT%H%M%S')}", time=time.time(),
+                            payload={"type": type(e).__name__, "message": str(e)[:2000],
+                                     "traceback": traceback.format_exc()[-8000:]}))
+        raise
+
+
+def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: str | None,
+         console: Console) -> dict[str, Any]:
+    """The protocol from pretraining to selection (:func:`run_protocol` without its crash record)."""
+    from pianoray.protocol.session import start_ray
+    from pianoray.protocol.view import build_results
+
     cfg = pretrain_encoders(cfg, console, ledger)
     tracks = {}
     for n in cfg.enabled_experiments():
@@ -521,6 +512,7 @@ def run_protocol(
     if not run_storage.exists("run.json"):
         run_storage.write_json("run.json", {"name": run_storage.name, "config": cfg.name,
                                             "dimensions": label_names(cfg), "tracks": tracks,
+                                            "track_specs": [t.to_json() for t in registry.tracks()],
                                             "dashboard": session.dashboard_url, "folds": folds})
     board = ProgressBoard(tracks)
     with Live(board.render(), console=console, refresh_per_second=2, transient=False) as live:
@@ -559,7 +551,9 @@ def run_protocol(
         outcomes = round2_outcomes(ledger, survivors)
         summaries = {n: summarise(f) for n, f in outcomes.items()}
         sel = select_winners(summaries, {n: tracks[n] for n in summaries},
-                             veto=cfg.selection.robustness_veto, tie_tolerance=cfg.selection.tie_tolerance,
+                             veto=cfg.selection.robustness_veto,
+                             veto_tracks=[t.name for t in registry.tracks() if t.robustness_veto],
+                             tie_tolerance=cfg.selection.tie_tolerance,
                              folds=outcomes, n_boot=cfg.selection.n_boot, seed=cfg.seed)
         ledger.selection({**sel, "summaries": summaries})
     return build_results(ledger, cfg, run_storage)

@@ -73,6 +73,7 @@ from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from pianoray.objectives.metrics import PairCounts
 from pianoray.protocol.checkpoints import reconcile_trial_checkpoints, rung_checkpoint
+from pianoray.records import SELECTION_METRIC
 from pianoray.protocol.decisions import (
     ROLES,
     Decision,
@@ -90,7 +91,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRIC = "val/pairwise_accuracy"
 
 RungKey = tuple[str, int]  # (track, rung epoch)
 REVIVED_KEY = "revived_at"  # config key of a trial restarted after a re-judgement: the rung it restarts from
@@ -162,7 +162,7 @@ class TrackGapScheduler(TrialScheduler):
 
     def __init__(
         self,
-        metric: str | None = DEFAULT_METRIC,
+        metric: str | None = SELECTION_METRIC,
         mode: str | None = "max",
         rungs: Sequence[int] = (10, 25),
         gap: float = 10.0,
@@ -286,7 +286,7 @@ class TrackGapScheduler(TrialScheduler):
         if mode:
             self._mode = mode
         if self._metric is None:
-            self._metric = DEFAULT_METRIC
+            self._metric = SELECTION_METRIC
         return True
 
     def on_trial_add(self, tune_controller: "TuneController", trial: Trial) -> None:

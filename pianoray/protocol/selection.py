@@ -30,10 +30,10 @@ import numpy as np
 from scipy import stats
 
 from pianoray.objectives.metrics import PairCounts, paired_accuracy_gap
+from pianoray.records import PAIR_COUNTS
 
 # Where a fold job puts its pair counts: the fold event payload's "pair_counts" = {"val": ..., "test": ...},
 # each PairCounts.to_json() (or None); written by the fold's final report (protocol.trials / run.on_final).
-PAIR_COUNTS = "pair_counts"
 
 
 @dataclass
@@ -79,9 +79,15 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, Any]
 
 
 def summarise(folds: list[FoldOutcome]) -> dict[str, Any]:
-    """One experiment's Round-2 figures from its folds."""
+    """One experiment's Round-2 figures from its folds.
+
+    ``test`` holds :func:`mean_ci` over folds of every real-valued figure the folds' test scores carry (a new
+    metric in the scorer's output is summarised without an edit here), pairwise accuracy with its per-dimension
+    means."""
     def test(key: str) -> list[float]:
         return [f.test.get(key) for f in folds if f.test.get(key) is not None]
+
+    figures = sorted({k for f in folds for k, v in f.test.items() if isinstance(v, float)})
 
     per_dim = None
     dims = [f.val_pairwise_per_dim for f in folds if f.val_pairwise_per_dim]
@@ -91,6 +97,7 @@ def summarise(folds: list[FoldOutcome]) -> dict[str, Any]:
         "pairwise_accuracy": {**mean_ci(f.val_pairwise for f in folds), "per_dim": per_dim},
         "r2": mean_ci(f.val_r2 for f in folds),
         "test": {
+            **{k: mean_ci(test(k)) for k in figures},
             "pairwise_accuracy": {**mean_ci(test("pairwise_accuracy")), "per_dim": _mean_lists(
                 [f.test.get("pairwise_accuracy_per_dim") for f in folds])},
             "r2": mean_ci(test("r2")),
@@ -123,6 +130,7 @@ def select_winners(
     tracks: dict[str, tuple[str, str]],
     *,
     veto: float = 0.15,
+    veto_tracks: Iterable[str] | None = None,
     tie_tolerance: float = 0.5,
     folds: Mapping[str, Sequence[FoldOutcome]] | None = None,
     n_boot: int = 2000,
@@ -130,7 +138,9 @@ def select_winners(
 ) -> dict[str, Any]:
     """Pick the best candidate per track and say how sure the pick is.
 
-    summaries: name -> :func:`summarise` output; tracks: name -> (track, role); tie_tolerance: in points of
+    summaries: name -> :func:`summarise` output; tracks: name -> (track, role); veto_tracks: the tracks whose
+    candidates are vetoed for a robustness drop over ``veto`` (default: the registry's tracks with
+    ``robustness_veto``); tie_tolerance: in points of
     pairwise accuracy; folds: name -> its :class:`FoldOutcome` list, whose pair counts give the margin and the
     reference comparison their paired bootstrap CIs (``n_boot`` resamples, ``seed``); without them (or
     without counts) those two statements carry the point gap only.
@@ -140,6 +150,11 @@ def select_winners(
     | None}, "tie_tolerance_points": tie_tolerance}.
     """
     folds = folds or {}
+    if veto_tracks is None:
+        from pianoray.models import registry
+
+        veto_tracks = [t.name for t in registry.tracks() if t.robustness_veto]
+    veto_tracks = frozenset(veto_tracks)
     winners: dict[str, str | None] = {}
     explanations: dict[str, str] = {}
     margins: dict[str, dict[str, Any] | None] = {}
@@ -152,7 +167,7 @@ def select_winners(
                 continue
             s = summaries[name]
             drop = (s.get("robustness") or {}).get("drop")
-            if track == "audio" and drop is not None and drop > veto:
+            if track in veto_tracks and drop is not None and drop > veto:
                 vetoed.append(name)
                 continue
             pw = s["pairwise_accuracy"]["mean"]

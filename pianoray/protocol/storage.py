@@ -30,20 +30,21 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from pianoray.data.remote import S3Limits, s3_filesystem  # one S3 client setup for data and runs
+from pianoray.errors import InputError, MissingInputError, PianorayError
 
 T = TypeVar("T")
 
 TMP_PREFIX = ".tmp-"
 
 
-class StorageError(OSError):
+class StorageError(PianorayError, OSError):
     """A storage operation failed for good (after retries); the message names the URI and path."""
 
 
 def _clean_rel(rel: str) -> str:
     parts = [p for p in str(rel).replace("\\", "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise ValueError(f"storage path {rel!r} must stay inside the run folder (no '..')")
+        raise InputError(f"storage path {rel!r} must stay inside the run folder (no '..')")
     return "/".join(parts)
 
 
@@ -78,7 +79,7 @@ class RunStorage:
             raise ValueError(f"RunStorage: attempts must be >= 1, got {attempts}")
         name = _clean_rel(name)
         if not name:
-            raise ValueError(f"RunStorage: run name {name!r} is empty")
+            raise InputError(f"RunStorage: run name {name!r} is empty")
         self.name = name
         self.attempts = attempts
         self.backoff_s = backoff_s
@@ -92,7 +93,7 @@ class RunStorage:
             self._fs = s3_filesystem(s3)
             root = root_uri[len("s3://") :].strip("/")
             if not root:
-                raise ValueError(f"storage URI {root_uri!r} names no bucket")
+                raise InputError(f"storage URI {root_uri!r} names no bucket")
         elif scheme in ("", "file"):
             local = Path(root_uri[len("file://") :] if scheme == "file" else root_uri).expanduser().resolve()
             self._fs, root = pafs.LocalFileSystem(), str(local)
@@ -215,7 +216,7 @@ class RunStorage:
         try:
             return self._retry("read", rel, read)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{self.path(rel)}: no such file in run storage") from None
+            raise MissingInputError(f"{self.path(rel)}: no such file in run storage") from None
 
     def read_many(self, rels: Iterable[str], *, threads: int = 16) -> dict[str, bytes]:
         """Read several files; in parallel for object storage, where each read is a round trip."""
@@ -273,4 +274,4 @@ class RunStorage:
         try:
             return json.loads(data)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.path(rel)}: not valid JSON: {e}") from None
+            raise InputError(f"{self.path(rel)}: not valid JSON: {e}") from None

@@ -22,9 +22,10 @@ from typing import Any, Callable, Mapping
 from pianoray.config import ProtocolConfig
 from pianoray.models import registry
 from pianoray.objectives.metrics import PairCounts
+from pianoray.records import ROUND2, SELECTION_METRIC, EpochRecord, FoldScore, reportable
 from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
-from pianoray.training.loop import SELECTION_METRIC, Budget, fit
+from pianoray.training.loop import Budget, fit
 
 _DATA: dict[str, ExperimentData] = {}
 
@@ -35,15 +36,6 @@ def experiment_data(cfg: ProtocolConfig) -> ExperimentData:
     if key not in _DATA:
         _DATA[key] = ExperimentData.from_config(cfg)
     return _DATA[key]
-
-
-def reportable(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Ray results keep scalars and short lists; drop anything else (e.g. None) and name it clearly."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, (int, float, str, bool)) or (isinstance(v, list) and len(v) <= 64):
-            out[k] = v
-    return out
 
 
 class ReportSink:
@@ -187,7 +179,7 @@ def fold_worker(config: dict[str, Any]) -> None:
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, fold = config["experiment"], config["fold"]
     data = experiment_data(cfg)
-    extra = {"experiment": name, "fold": fold, "round": "round2"}
+    extra = {"experiment": name, "fold": fold, "round": ROUND2}
     sink = ReportSink(ray.train.report, ray.train.Checkpoint, extra)
     budget = Budget(cfg.round2.epochs, cfg.round2.patience)
     for _ in fit(cfg, name, data, fold, budget, tiers=cfg.round2.tiers, sink=sink,
@@ -204,28 +196,11 @@ def fitted_fold(cfg: ProtocolConfig, name: str, fold: int, report: Callable[[dic
     from pianoray.training.reference import fit_and_score
 
     val, test = fit_and_score(cfg, name, experiment_data(cfg), fold, n_boot=200)
-    extra = {"experiment": name, "fold": fold, "round": "round2"}
-    pw = val.get(SELECTION_METRIC)
-    report(reportable({**val, **extra, "epoch": 1, "rung_epoch": 1, "stage": "fit", "best_epoch": 1,
-                       "best_metric": pw, "stop": True, "early_stopped": False, "selectable": True,
-                       "epoch_seconds": val.get("fit_seconds")}))
-    report(final_report(name, fold, test))
-
-
-def final_report(name: str, fold: int, test: dict[str, Any]) -> dict[str, Any]:
-    """A fold's last report: its test metrics as ``test/<key>``, and the per-passage pair counts of its inner
-    validation and test parts (``pair_counts``, popped from ``test``) as one JSON string: selection's
-    paired bootstraps need them, Ray results keep only scalars and short lists, and a string passes whole.
-    The driver's ``on_final`` writes them into the fold's ledger event (their one durable place)."""
-    from pianoray.training.scoring import PAIR_COUNTS
-
-    test = dict(test)
-    counts = test.pop(PAIR_COUNTS, None)
-    out = reportable({**{f"test/{k}": v for k, v in test.items()}, "experiment": name, "fold": fold,
-                      "round": "round2", "final": True})
-    if counts is not None:
-        out[PAIR_COUNTS] = json.dumps(counts, separators=(",", ":"))
-    return out
+    epoch = EpochRecord(epoch=1, stage="fit", metrics={**val, "selectable": True}, best_epoch=1,
+                        best_metric=val.get(SELECTION_METRIC), stop=True, early_stopped=False, rung_epoch=1,
+                        seconds=val.get("fit_seconds"), samples=0)
+    report(epoch.to_report(experiment=name, fold=fold, round=ROUND2))
+    report(FoldScore.from_scores(name, fold, test).to_report())
 
 
 def best_checkpoint(result: Any) -> Any:
@@ -289,4 +264,4 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     with best.as_directory() as d:
         # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
         test = score_checkpoint(cfg, name, experiment_data(cfg), fold, Path(d), n_boot=200)
-    tune.report(final_report(name, fold, test))
+    tune.report(FoldScore.from_scores(name, fold, test).to_report())

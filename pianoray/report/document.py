@@ -107,7 +107,7 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
     blocks.append(Heading("Summary"))
     winners = results.get("winners") or {}
     selection = results.get("selection") or {}
-    tracks = track_names(results) or ["audio", "symbolic"]
+    tracks = track_names(results) or track_names(results, present=False)
     summary = []
     for track in sorted(set(tracks) | set(winners) | set(selection), key=lambda t: (t not in tracks, t)):
         sel = selection.get(track) or {}
@@ -116,7 +116,7 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
         why = sel.get("explanation")
         summary.append(head + (f". {why}" if why else "."))
         summary += [line for line in (margin_text(results, track), reference_text(results, track)) if line]
-    blocks.append(Bullets(summary))
+    blocks.append(Bullets(summary or ["No track recorded yet: no winner selected."]))
     tol = next((sel.get("tie_tolerance_points") for sel in selection.values()
                 if isinstance(sel, Mapping) and sel.get("tie_tolerance_points") is not None), None)
     blocks.append(Paragraph(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from rich.table import Table
 
@@ -133,10 +133,12 @@ def comparison_rows(results: Mapping[str, Any], track: str) -> list[dict[str, An
     ``role``, ``status``, ``furthest_round``, ``winner`` (bool), ``pairwise``/``pairwise_ci``, ``r2``/``r2_ci``,
     ``test_pairwise``, ``test_r2``, ``difficulty_rho``, ``stop_auc``, ``competition_rho``,
     ``robustness_drop`` (relative, 0.12 = 12%), ``robustness_pearson``, ``hours`` (in ``hours_unit``),
-    ``gpu_hours``, ``cpu_hours``, ``hours_unit``, ``folds`` (count). Numbers are None where not measured.
+    ``gpu_hours``, ``cpu_hours``, ``hours_unit``, ``folds`` (count), ``figures`` (the track's comparison figures
+    by path, :func:`track_metrics`). Numbers are None where not measured.
     """
     winner = _winner(results, track)
     unit = hours_unit(results, track)
+    shown = track_metrics(results, track)
     rows: list[dict[str, Any]] = []
     for e in _experiments(results, track):
         name = str(e.get("name", "?"))
@@ -170,6 +172,8 @@ def comparison_rows(results: Mapping[str, Any], track: str) -> list[dict[str, An
                 "hours": gpu if unit == "GPU" else cpu,
                 "hours_unit": unit,
                 "folds": len(e.get("folds") or []),
+                # the track's comparison figures (track_metrics), by their path in the experiment's results
+                "figures": {m: figure(e, m) for m in shown},
             }
         )
 
@@ -186,28 +190,67 @@ def comparison_rows(results: Mapping[str, Any], track: str) -> list[dict[str, An
     return sorted(rows, key=key)
 
 
+# A track's comparison figures: its ``metrics`` (results["tracks"], from its TrackSpec) are paths into an
+# experiment's results row ("difficulty_rho", "robustness.drop", "test.<scorer key>"); a mean-and-CI object
+# shows its mean. Titles and formats for the known ones; any other path shows as a number under its own name.
+METRIC_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "difficulty_rho": ("Difficulty rho", lambda x: fmt_number(x)),
+    "robustness.drop": ("Robustness", lambda x: fmt_percent(x)),
+    "competition_rho": ("Competition rho", lambda x: fmt_number(x)),
+    "stop_auc": ("STOP AUC", lambda x: fmt_number(x)),
+    "test.pairwise_accuracy": ("Test pairwise", lambda x: fmt_percent(x)),
+}
+DEFAULT_TRACK_METRICS = ("difficulty_rho", "robustness.drop")
+
+
+def figure(experiment: Mapping[str, Any], path: str) -> float | None:
+    """The figure at a dotted ``path`` of an experiment's results row (a {"mean", ...} object gives its mean)."""
+    value: Any = experiment
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, Mapping):
+        value = value.get("mean")
+    return finite(value)
+
+
+def column(path: str) -> tuple[str, Callable[[Any], str]]:
+    return METRIC_COLUMNS.get(path, (path, lambda x: fmt_number(x)))
+
+
+def track_spec(results: Mapping[str, Any], track: str) -> Mapping[str, Any]:
+    """What the run recorded of ``track`` (``results["tracks"]``; empty for a run that recorded none)."""
+    return next((t for t in results.get("tracks") or [] if isinstance(t, Mapping) and t.get("name") == track), {})
+
+
+def track_metrics(results: Mapping[str, Any], track: str) -> list[str]:
+    """The figures ``track``'s comparison table shows beside R2 and pairwise, as the run recorded them."""
+    return list(track_spec(results, track).get("metrics") or DEFAULT_TRACK_METRICS)
+
+
 def comparison_data(results: Mapping[str, Any], track: str) -> TableData:
     """The seed's comparison table for one track, as display strings."""
     rows = comparison_rows(results, track)
     unit = hours_unit(results, track)
-    columns = ["Experiment", "R2", "Pairwise", "Difficulty rho", "Robustness", f"{unit}-hours", "Round", "Status"]
+    shown = track_metrics(results, track)
+    columns = ["Experiment", "R2", "Pairwise", *(column(m)[0] for m in shown), f"{unit}-hours", "Round", "Status"]
     cells = [
         [
             r["experiment"],
             fmt_mean_ci(r["r2"], r["r2_ci"], percent=False),
             fmt_mean_ci(r["pairwise"], r["pairwise_ci"], percent=True),
-            fmt_number(r["difficulty_rho"]),
-            fmt_percent(r["robustness_drop"]),
+            *(column(m)[1](r["figures"].get(m)) for m in shown),
             fmt_hours(r["hours"]),
             r["furthest_round"] or MISSING,
             (r["status"] or MISSING) + (" ★" if r["winner"] and r["status"] != "winner" else ""),
         ]
         for r in rows
     ]
-    note = (
-        "R2 and pairwise: Round-2 rows are the mean over folds of validation ± half the 95% CI; Round-1 rows "
-        "are fold 0 only. Robustness: relative drop of pairwise accuracy under augmentation (veto over 15%)."
-    )
+    note = ("R2 and pairwise: Round-2 rows are the mean over folds of validation ± half the 95% CI; Round-1 rows "
+            "are fold 0 only.")
+    if "robustness.drop" in shown:
+        vetoes = track_spec(results, track).get("robustness_veto") is not False
+        note += (" Robustness: relative drop of pairwise accuracy under augmentation "
+                 + ("(veto over 15%)." if vetoes else "(reported; no veto on this track)."))
     if unit == "CPU":
         note += " No GPU was used for this track: the hours column is CPU-hours."
     return TableData(
@@ -491,14 +534,13 @@ def resource_data(results: Mapping[str, Any]) -> TableData:
     )
 
 
-def track_names(results: Mapping[str, Any]) -> list[str]:
-    """Tracks present, audio and symbolic first, then any other (e.g. fusion) in first-seen order."""
-    seen: list[str] = []
-    for e in _experiments(results):
-        t = e.get("track")
-        if t and t not in seen:
-            seen.append(str(t))
-    return sorted(seen, key=lambda t: ({"audio": 0, "symbolic": 1}.get(t, 2), seen.index(t)))
+def track_names(results: Mapping[str, Any], *, present: bool = True) -> list[str]:
+    """The run's tracks in the order it recorded (``results["tracks"]``, from the registry), then any other
+    an experiment names; with ``present`` only those some experiment belongs to."""
+    recorded = [str(t["name"]) for t in results.get("tracks") or [] if isinstance(t, Mapping) and t.get("name")]
+    seen = [str(e["track"]) for e in _experiments(results) if e.get("track")]
+    names = list(dict.fromkeys(recorded + seen))
+    return [t for t in names if t in seen] if present else names
 
 
 

@@ -21,6 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from pianoray.errors import MissingInputError
+from pianoray.records import SELECTION_METRIC
+
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.json"
 PAIR_COUNTS_FILE = "pair_counts.json"  # the epoch's validation pair counts (PairCounts.to_json())
@@ -54,7 +57,7 @@ def write_state(directory: Path, state: dict[str, Any], metrics: dict[str, Any],
 def read_state(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint state here")
+        raise MissingInputError(f"{path}: no checkpoint state here")
     # weights_only=False: the state holds RNG states and plain Python objects we wrote ourselves.
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -75,7 +78,7 @@ class TopKSink:
     file, replaced atomically). An interrupted write leaves only a ``.tmp-*`` directory, never counted.
     """
 
-    def __init__(self, root: str | Path, k: int = 3, metric: str = "val/pairwise_accuracy") -> None:
+    def __init__(self, root: str | Path, k: int = 3, metric: str = SELECTION_METRIC) -> None:
         self.root = Path(root)
         self.k = k
         self.metric = metric

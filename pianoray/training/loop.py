@@ -1,17 +1,19 @@
 """The one training loop. It knows nothing of Ray: the protocol drives it through callbacks and a sink.
 
-``fit`` yields one :class:`EpochResult` per epoch. Per the seed: AdamW, cosine schedule with 5% warmup,
-gradient clipping 1.0, bf16 autocast on CUDA (fp32 on CPU), seed 42 and deterministic mode, early stopping
-on validation pairwise accuracy (patience from config), checkpoints through the given sink, and resume
-from a checkpoint that gives the same result as an uninterrupted run.
+``fit`` yields one :class:`EpochRecord` per epoch. Per the seed: AdamW, cosine schedule with 5% warmup,
+gradient clipping 1.0 (:mod:`pianoray.training.step`, shared with pretraining), bf16 autocast on CUDA (fp32
+on CPU), seed 42 and deterministic mode, early stopping on validation pairwise accuracy (patience from
+config), checkpoints through the given sink, and resume from a checkpoint that gives the same result as an
+uninterrupted run.
 
-Epochs are counted here (1-based), never taken from Ray's ``training_iteration``, so a resumed trial
-keeps its place in the budget.
+``fit`` is a short driver over three small state objects: :class:`StageOptimizer` (a fresh optimiser and
+schedule per stage, restored mid-stage), :class:`EarlyStopping` (best epoch and patience) and the checkpoint
+state (:func:`checkpoint_state`). Epochs are counted here (1-based), never taken from Ray's
+``training_iteration``, so a resumed trial keeps its place in the budget.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -27,12 +29,17 @@ from pianoray.data.tiers import Tier
 from pianoray.models import registry
 from pianoray.models.contract import PerformanceModel, Stage
 from pianoray.objectives.losses import multitask_loss
-from pianoray.objectives.metrics import PairCounts
+from pianoray.records import SELECTION_METRIC, EpochRecord
 from pianoray.training.checkpoint import CheckpointSink, read_state, rng_state, set_rng_state, write_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import predict, validation_scores
+from pianoray.training.step import autocast, cosine_with_warmup, make_optimizer, train_step
 
-SELECTION_METRIC = "val/pairwise_accuracy"
+__all__ = ["Budget", "EarlyStopping", "EpochRecord", "SELECTION_METRIC", "StageOptimizer", "build_model",
+           "cosine_with_warmup", "fit", "param_groups", "pick_device", "plan_stages", "seed_everything",
+           "supervised_step"]
+
+ModelWrapper = Callable[[torch.nn.Module], torch.nn.Module]
 
 
 @dataclass(frozen=True)
@@ -41,41 +48,6 @@ class Budget:
 
     epochs: int
     patience: int | None = None
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    stage: str
-    metrics: dict[str, Any]
-    best_epoch: int | None
-    best_metric: float | None
-    stop: bool  # the last epoch: early stopping fired or the budget is spent
-    early_stopped: bool
-    # Epochs of model-selecting (supervised) stages so far: what rungs count, so that an experiment with a
-    # self-supervised stage (A2) is judged after as many supervised epochs as the others.
-    rung_epoch: int
-    seconds: float
-    samples: int
-    checkpoint: Path | None = None
-    # The validation split's pair counts (per passage and dimension): what a rung decision's bootstrap needs.
-    # Not in ``flat()``: they go into the checkpoint (pair_counts.json) and, in Round 1, the run's ledger.
-    pair_counts: PairCounts | None = None
-
-    def flat(self) -> dict[str, Any]:
-        """The metrics plus the loop's own fields, as one flat dict (what gets reported)."""
-        return {
-            **self.metrics,
-            "epoch": self.epoch,
-            "rung_epoch": self.rung_epoch,
-            "stage": self.stage,
-            "best_epoch": self.best_epoch,
-            "best_metric": self.best_metric,
-            "stop": self.stop,
-            "early_stopped": self.early_stopped,
-            "epoch_seconds": self.seconds,
-            "samples": self.samples,
-        }
 
 
 def seed_everything(seed: int) -> None:
@@ -108,19 +80,6 @@ def build_model(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fold
     return PerformanceModel(encoder, n_dims=len(data.label_names))
 
 
-def cosine_with_warmup(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR multiplier: linear warmup over ``warmup_fraction`` of the steps, then cosine to zero."""
-    warmup = max(1, int(round(total_steps * warmup_fraction)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def plan_stages(model: PerformanceModel, epochs: int) -> list[Stage]:
     stages = model.encoder.stages(epochs)
     if not stages:
@@ -140,11 +99,90 @@ def _selecting_epochs(stages: list[Stage], epoch: int) -> int:
     return done
 
 
-def _optimizer(model: PerformanceModel, cfg_lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    groups = model.encoder.param_groups(cfg_lr)
-    head_params = [p for m in (model.ranking, model.regression) for p in m.parameters()]
-    groups.append({"params": head_params, "lr": cfg_lr})
-    return torch.optim.AdamW(groups, lr=cfg_lr, weight_decay=weight_decay)
+def param_groups(model: PerformanceModel, lr: float) -> list[dict[str, Any]]:
+    """The encoder's own groups (e.g. LoRA vs the rest) plus one for the heads, all at ``lr`` unless the
+    encoder says otherwise."""
+    groups = model.encoder.param_groups(lr)
+    groups.append({"params": [p for m in (model.ranking, model.regression) for p in m.parameters()], "lr": lr})
+    return groups
+
+
+def supervised_step(model: torch.nn.Module, batch: Any, loss_cfg: Any, terms: Any, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, grad_clip: float, device: torch.device) -> dict[str, float]:
+    """One fine-tuning step on a batch already on ``device``: forward (bf16 autocast on CUDA), the multitask
+    loss restricted to the stage's ``terms``, then :func:`~pianoray.training.step.train_step`. Returns the
+    loss parts (floats). ``model`` may be a wrapper (e.g. DDP) around a :class:`PerformanceModel`."""
+    with autocast(device):
+        out = model(batch)
+        total, parts = multitask_loss(out.regression, out.scores, out.z, batch, loss_cfg, terms=terms)
+    train_step(total, optimizer, scheduler, model.parameters(), grad_clip)
+    return {k: float(v) for k, v in parts.items()}
+
+
+class StageOptimizer:
+    """The optimiser and schedule of the stage being trained: each stage starts a fresh AdamW and a cosine
+    schedule over its own steps; a resumed run gets the saved state back in the stage it stopped in."""
+
+    def __init__(self, model: PerformanceModel, optim_cfg: Any, restored: dict[str, Any] | None = None) -> None:
+        self.model, self.cfg = model, optim_cfg
+        self.index: int | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self._restored = restored
+
+    def enter(self, index: int, stage: Stage, batches_per_epoch: int) -> None:
+        """Called every epoch: builds the optimiser when ``index`` is a new stage."""
+        if self.index == index:
+            return
+        steps = max(1, stage.epochs * batches_per_epoch)
+        self.optimizer, self.scheduler = make_optimizer(
+            param_groups(self.model, self.cfg.lr), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+            total_steps=steps, warmup_fraction=self.cfg.warmup_fraction)
+        self.index = index
+        if self._restored is not None and self._restored["stage_index"] == index:
+            self.optimizer.load_state_dict(self._restored["optimizer"])
+            self.scheduler.load_state_dict(self._restored["scheduler"])
+        self._restored = None
+
+
+@dataclass
+class EarlyStopping:
+    """Best epoch on the selection metric over model-selecting epochs, and the patience count since it."""
+
+    patience: int | None
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    since_best: int = 0
+
+    def update(self, epoch: int, score: float, selecting: bool) -> bool:
+        """Record an epoch's score (NaN never improves); True when patience has run out on a selecting epoch."""
+        if not selecting:
+            return False
+        if score == score and (self.best_metric is None or score > self.best_metric):
+            self.best_metric, self.best_epoch, self.since_best = float(score), epoch, 0
+        else:
+            self.since_best += 1
+        return self.patience is not None and self.since_best >= self.patience
+
+
+def checkpoint_state(model: PerformanceModel, opt: StageOptimizer, early: EarlyStopping, epoch: int,
+                     stage: Stage, cfg: ProtocolConfig, experiment: str, data: ExperimentData) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly (weights, optimiser, schedule, RNG, patience)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "rng": rng_state(),
+        "epoch": epoch,
+        "stage_index": opt.index,
+        "stage": stage.name,
+        "best_metric": early.best_metric,
+        "best_epoch": early.best_epoch,
+        "since_best": early.since_best,
+        "experiment": experiment,
+        "encoder": cfg.encoder_name(experiment),
+        "label_names": list(data.label_names),
+    }
 
 
 def fit(
@@ -155,15 +193,18 @@ def fit(
     budget: Budget,
     *,
     tiers: Iterable[Tier] | None = None,
-    callbacks: Iterable[Callable[[EpochResult], None]] = (),
+    callbacks: Iterable[Callable[[EpochRecord], None]] = (),
     sink: CheckpointSink | None = None,
     resume_from: str | Path | None = None,
     device: str | torch.device | None = None,
-) -> Iterator[EpochResult]:
+    wrap_model: ModelWrapper | None = None,
+) -> Iterator[EpochRecord]:
     """Train ``experiment`` on fold ``fold`` for ``budget``; yield each epoch's result.
 
     Model selection uses the fold's inner validation split only; the test part is never touched here.
     ``tiers`` are the round's training tiers (a stage may narrow them, e.g. A2's self-supervised stage).
+    ``wrap_model``: applied to the model for the training forward/backward only (e.g. DDP, supplied by
+    ``protocol/`` so that this module never imports ray); validation and checkpoints use the bare model.
     """
     optim_cfg = cfg.optim_for(experiment)
     loss_cfg = cfg.loss_for(experiment)
@@ -171,19 +212,18 @@ def fit(
     dev = pick_device(device)
     seed_everything(cfg.seed)
     model = build_model(cfg, experiment, data, fold).to(dev)
+    trained = wrap_model(model) if wrap_model is not None else model
     stages = plan_stages(model, budget.epochs)
     # Whole validation segments: one sample per window, merged per segment by ``predict``.
     val_batches = data.loader(fold, "val", (Tier.T1,), model.encoder.views, optim_cfg.batch_size, epoch=0)
 
-    start_epoch, best_metric, best_epoch, since_best = 0, None, None, 0
-    optimizer = scheduler = None
-    opt_stage: int | None = None
-    restored: dict[str, Any] | None = None
-    if resume_from is not None:
-        restored = read_state(resume_from)
+    start_epoch, early = 0, EarlyStopping(budget.patience)
+    restored = read_state(resume_from) if resume_from is not None else None
+    if restored is not None:
         model.load_state_dict(restored["model"])
         start_epoch = restored["epoch"]
-        best_metric, best_epoch, since_best = restored["best_metric"], restored["best_epoch"], restored["since_best"]
+        early = EarlyStopping(budget.patience, restored["best_metric"], restored["best_epoch"], restored["since_best"])
+    opt = StageOptimizer(model, optim_cfg, restored)
 
     bounds = np.cumsum([s.epochs for s in stages])  # stage i covers epochs (bounds[i-1], bounds[i]]
     callbacks = list(callbacks)
@@ -195,16 +235,7 @@ def fit(
         train_batches = data.loader(
             fold, "train", stage_tiers, model.encoder.views, optim_cfg.batch_size, epoch=epoch, seed=cfg.seed
         )
-        if opt_stage != si:
-            optimizer = _optimizer(model, optim_cfg.lr, optim_cfg.weight_decay)
-            steps = max(1, stage.epochs * len(train_batches))
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, cosine_with_warmup(steps, optim_cfg.warmup_fraction)
-            )
-            opt_stage = si
-            if restored is not None and restored["stage_index"] == si:
-                optimizer.load_state_dict(restored["optimizer"])
-                scheduler.load_state_dict(restored["scheduler"])
+        opt.enter(si, stage, len(train_batches))
         if restored is not None:
             set_rng_state(restored["rng"])  # after model/optimizer building, which may draw from the RNG
             restored = None
@@ -215,67 +246,31 @@ def fit(
         n_batches = samples = 0
         for batch in train_batches:
             b = batch.to(dev)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _nullctx():
-                out = model(b)
-                total, parts = multitask_loss(out.regression, out.scores, out.z, b, loss_cfg, terms=stage.terms)
-            optimizer.zero_grad(set_to_none=True)
-            if total.requires_grad:
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
-                optimizer.step()
-            scheduler.step()
+            parts = supervised_step(trained, b, loss_cfg, stage.terms, opt.optimizer, opt.scheduler,
+                                    optim_cfg.grad_clip, dev)
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + v
             n_batches += 1
             samples += b.size
         metrics: dict[str, Any] = {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}
-        metrics["lr"] = float(scheduler.get_last_lr()[0])
+        metrics["lr"] = float(opt.scheduler.get_last_lr()[0])
         scores, counts = validation_scores(predict(model, val_batches, dev), threshold=loss_cfg.rank_threshold,
                                            seed=cfg.seed)
         metrics.update(scores)
 
-        score = metrics[SELECTION_METRIC]
-        if stage.select and score == score and (best_metric is None or score > best_metric):
-            best_metric, best_epoch, since_best = float(score), epoch, 0
-        elif stage.select:
-            since_best += 1
-        last_selecting = stage.select and budget.patience is not None and since_best >= budget.patience
-        stop = last_selecting or epoch == budget.epochs
+        patience_out = early.update(epoch, metrics[SELECTION_METRIC], stage.select)
         metrics["selectable"] = stage.select
-
-        result = EpochResult(
-            epoch, stage.name, metrics, best_epoch, best_metric, stop, last_selecting,
-            _selecting_epochs(stages, epoch), time.perf_counter() - t0, samples, pair_counts=counts,
+        result = EpochRecord(
+            epoch, stage.name, metrics, early.best_epoch, early.best_metric, patience_out or epoch == budget.epochs,
+            patience_out, _selecting_epochs(stages, epoch), time.perf_counter() - t0, samples, pair_counts=counts,
         )
         if sink is not None:
             directory = sink.staging_dir()
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "stage_index": si,
-                "stage": stage.name,
-                "best_metric": best_metric,
-                "best_epoch": best_epoch,
-                "since_best": since_best,
-                "experiment": experiment,
-                "encoder": cfg.encoder_name(experiment),
-                "label_names": list(data.label_names),
-            }
-            write_state(directory, state, result.flat(), pair_counts=counts.to_json())
+            write_state(directory, checkpoint_state(model, opt, early, epoch, stage, cfg, experiment, data),
+                        result.flat(), pair_counts=counts.to_json())
             result.checkpoint = sink.commit(directory, result.flat())
         for cb in callbacks:
             cb(result)
         yield result
-        if stop:
+        if result.stop:
             return
-
-
-class _nullctx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None

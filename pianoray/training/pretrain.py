@@ -34,7 +34,9 @@ from torch import Tensor, nn
 
 from pianoray.data.midi import file_sha256
 from pianoray.data.views import SegmentContext, get_view
+from pianoray.errors import InputError, MissingInputError
 from pianoray.models.contract import Encoder
+from pianoray.training.step import make_optimizer, train_step
 
 ENCODER_FILE = "encoder.pt"
 LOG_FILE = "pretrain.json"
@@ -193,7 +195,7 @@ def _batches(samples: list[dict[str, Any]], views: tuple[str, ...], batch_size: 
         piece = performer = np.full(len(samples), -1, np.int64)
     if grouped:
         if batch_size % 2:
-            raise ValueError(f"pretrain.batch_size must be even for cross-performer pairs, got {batch_size}")
+            raise InputError(f"pretrain.batch_size must be even for cross-performer pairs, got {batch_size}")
         order = grouped_order(piece, performer, rng)
     else:
         order = rng.permutation(len(samples))
@@ -228,10 +230,8 @@ def pretrain(
 
     groups: (piece, performer) long [len(files)] (default :func:`rendition_groups` of the paths).
     left_out: content hashes removed from the configured corpus (part of the cache key)."""
-    from pianoray.training.loop import cosine_with_warmup
-
     if not files:
-        raise ValueError("pretraining needs at least one MIDI file")
+        raise InputError("pretraining needs at least one MIDI file")
     key = pretrain_key(corpus_hash(files), task.name, encoder_config, epochs, left_out)
     final = Path(out_dir) / key
     if (final / ENCODER_FILE).is_file():
@@ -246,9 +246,9 @@ def pretrain(
     generator = torch.Generator().manual_seed(seed)
     heads = task.build_heads(encoder)
     params = [p for m in (encoder, heads) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = epochs * max(1, -(-len(files) // batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, 0.05))
+    optimizer, scheduler = make_optimizer(params, lr=lr, weight_decay=weight_decay, total_steps=steps,
+                                          warmup_fraction=0.05)
     losses: list[float] = []
     parts_log: list[dict[str, float]] = []
     skipped: list[str] = []
@@ -258,17 +258,13 @@ def pretrain(
         t0 = time.perf_counter()
         samples, skipped = _load_samples(files, task.views, max_len, symbolic_cache, seed, epoch)
         if not samples:
-            raise ValueError(f"no readable MIDI among {len(files)} files: {skipped[:3]}")
+            raise InputError(f"no readable MIDI among {len(files)} files: {skipped[:3]}")
         total, n, sums = 0.0, 0, {}
         batches = _batches(samples, task.views, batch_size, np.random.default_rng([seed, epoch]),
                            groups, grouped=bool(getattr(task, "grouped", False)))
         for inputs in batches:
             loss, parts = task.loss(encoder, heads, inputs, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
+            train_step(loss, optimizer, scheduler, params, grad_clip=1.0)
             total += float(loss.detach())
             n += 1
             for k, v in parts.items():
@@ -297,7 +293,7 @@ def pretraining_files(cfg: Any, corpus: Any) -> list[Path]:
     for folder in cfg.pretrain.midi:
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"pretrain.midi: {folder}: no such folder")
+            raise MissingInputError(f"pretrain.midi: {folder}: no such folder")
         files |= {p.resolve() for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi")}
     if cfg.pretrain.include_corpus_midi:
         from pianoray.data.symbolic.prepare import corpus_midi_files
@@ -347,6 +343,9 @@ def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,
     if spec.pretrain is None or epochs == 0:
         return None
     mcfg = model_config(cfg, experiment)
+    # Seeded before the encoder is built: its initial weights (and so the cached result) must not depend on
+    # whatever drew from torch's global RNG earlier in this process (a fresh process starts from a random seed).
+    torch.manual_seed(cfg.seed)
     encoder = spec.build(mcfg, data.data_spec())
     task = spec.pretrain(mcfg)
     files, left_out, read = without(pretraining_files(cfg, data.corpus), set(exclude))

@@ -23,16 +23,18 @@ import numpy as np
 
 from pianoray.config import ProtocolConfig, model_config
 from pianoray.data.tiers import Tier
+from pianoray.errors import PianorayError
 from pianoray.models import registry
+from pianoray.records import PAIR_COUNTS
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions, validation_metrics
-from pianoray.training.scoring import PAIR_COUNTS, passage_counts
+from pianoray.training.scoring import passage_counts
 
 FEATURES_FOLDER = "performance-features"
 _MEMORY: dict[tuple[str, str], np.ndarray] = {}  # (features_id, sha) -> [F]
 
 
-class ReferenceDataError(ValueError):
+class ReferenceDataError(PianorayError, ValueError):
     """The corpus cannot feed a fitted reference (e.g. a labelled segment without performance MIDI)."""
 
 

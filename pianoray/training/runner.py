@@ -12,12 +12,14 @@ from rich.live import Live
 from rich.table import Table
 
 from pianoray.config import ProtocolConfig
+from pianoray.errors import InputError, UnknownNameError
+from pianoray.records import EpochRecord
 from pianoray.training.checkpoint import TopKSink
 from pianoray.training.data import ExperimentData
-from pianoray.training.loop import Budget, EpochResult, fit
+from pianoray.training.loop import Budget, fit
 
 
-def _summary(r: EpochResult) -> dict[str, Any]:
+def _summary(r: EpochRecord) -> dict[str, Any]:
     m = r.metrics
     return {
         "epoch": r.epoch,
@@ -150,9 +152,9 @@ def train_one(
     console = console or Console(stderr=True)
     if experiment not in cfg.experiments:
         known = ", ".join(cfg.experiments) or "(none)"
-        raise KeyError(f"--experiment: {experiment!r} is not in the config's experiments ({known})")
+        raise UnknownNameError(f"--experiment: {experiment!r} is not in the config's experiments ({known})")
     if not 0 <= fold < cfg.data.k:
-        raise ValueError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
+        raise InputError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
     prepare_symbolic(cfg, experiment, console)
     data = ExperimentData.from_config(cfg)
     from pianoray.models import registry
@@ -168,8 +170,8 @@ def train_one(
     table = Table(title=f"{experiment} · fold {fold} · {len(data.label_names)} dims ({cfg.data.labels})")
     for col in ("epoch", "stage", "train loss", "val pairwise [95% CI]", "val R2", "best", "s"):
         table.add_column(col, justify="right")
-    best: EpochResult | None = None
-    last: EpochResult | None = None
+    best: EpochRecord | None = None
+    last: EpochRecord | None = None
     t0 = time.perf_counter()
     with Live(table, console=console, refresh_per_second=4, transient=False):
         for r in fit(cfg, experiment, data, fold, budget, tiers=[t for t in cfg.round2.tiers if t in data.corpus.tiers],
@@ -186,7 +188,7 @@ def train_one(
             if r.best_epoch == r.epoch:
                 best = r
     if last is None:
-        raise ValueError(f"nothing to train: {out} already holds a finished run of {budget.epochs} epochs")
+        raise InputError(f"nothing to train: {out} already holds a finished run of {budget.epochs} epochs")
     result = {
         "experiment": experiment,
         "fold": fold,

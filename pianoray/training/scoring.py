@@ -25,12 +25,12 @@ import torch
 from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
 from pianoray.objectives import metrics
+from pianoray.records import PAIR_COUNTS  # the per-passage counts' key in score_checkpoint's test dict
 from pianoray.training.checkpoint import read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions, predict, validation_metrics
 from pianoray.training.loop import build_model, pick_device
 
-PAIR_COUNTS = "pair_counts"  # the key of the per-passage counts in score_checkpoint's (and fit_and_score's) test dict
 _T1_GROUP = "T1:"  # a loader's rank-group key of a labelled segment: "T1:<passage>"
 
 

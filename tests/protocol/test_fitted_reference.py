@@ -13,7 +13,7 @@ from pianoray.config import load_config
 from pianoray.data.demo import generate_demo
 from pianoray.protocol.ledger import Ledger
 from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback
-from pianoray.protocol.results import build_results
+from pianoray.protocol.view import build_results
 from pianoray.protocol.run import (
     DRIVER_CPU,
     ROUND2,

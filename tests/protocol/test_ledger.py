@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from pianoray.protocol.ledger import (
-    DEFAULT_METRIC,
     Event,
     Ledger,
-    RunState,
     sanitise_event_id,
 )
+from pianoray.protocol.view import RunView
 from pianoray.protocol.storage import RunStorage
+from pianoray.records import SELECTION_METRIC
 from tests.protocol.s3server import moto_s3, moto_server  # noqa: F401  (pytest fixtures)
 
 
@@ -39,12 +39,6 @@ def ledger(storage):
     return Ledger(storage, now=Clock())
 
 
-def test_metric_name_matches_training_loop():
-    from pianoray.training.loop import SELECTION_METRIC
-
-    assert DEFAULT_METRIC == SELECTION_METRIC
-
-
 def test_sanitised_ids_are_safe_and_distinct():
     assert sanitise_event_id("epoch/round1/S1/fold0/e0007") == "epoch~round1~S1~fold0~e0007"
     ids = ["a/b", "a~b", "a b", "a%20b", ".hidden", "é/x", "x" * 400, "x" * 399 + "y"]
@@ -55,7 +49,7 @@ def test_sanitised_ids_are_safe_and_distinct():
 
 
 def test_epoch_event_is_stored_under_its_kind(ledger, storage):
-    e = ledger.epoch("round1", "S1", 0, 7, {DEFAULT_METRIC: 0.61, "val/r2": np.float32(0.25)})
+    e = ledger.epoch("round1", "S1", 0, 7, {SELECTION_METRIC: 0.61, "val/r2": np.float32(0.25)})
     assert e.event_id == "epoch/round1/S1/fold0/e0007"
     assert storage.list("ledger") == ["ledger/events/epoch/epoch~round1~S1~fold0~e0007.json"]
     (back,) = Ledger(storage).events()
@@ -65,33 +59,49 @@ def test_epoch_event_is_stored_under_its_kind(ledger, storage):
 
 def test_append_is_idempotent(storage):
     first = Ledger(storage, now=Clock(0))
-    e = first.epoch("round1", "A1", 0, 3, {DEFAULT_METRIC: 0.5})
+    e = first.epoch("round1", "A1", 0, 3, {SELECTION_METRIC: 0.5})
     # The same event re-appended, by this writer and by a fresh (resumed) one with another time: one event.
     assert first.append(e) is False
-    again = Ledger(storage, now=Clock(5000)).epoch("round1", "A1", 0, 3, {DEFAULT_METRIC: 0.9})
+    again = Ledger(storage, now=Clock(5000)).epoch("round1", "A1", 0, 3, {SELECTION_METRIC: 0.9})
     assert again.event_id == e.event_id
     events = Ledger(storage).events()
-    assert len(events) == 1 and events[0].payload["metrics"][DEFAULT_METRIC] == 0.5
+    assert len(events) == 1 and events[0].payload["metrics"][SELECTION_METRIC] == 0.5
 
 
 def test_events_are_ordered_by_time_then_id(storage):
     led = Ledger(storage)
     for eid, t in [("trial/b", 5.0), ("trial/a", 5.0), ("trial/c", 1.0)]:
-        led.append(Event(event_id=eid, kind="trial", time=t))
+        led.append(Event(event_id=eid, kind="trial", time=t, payload={"trial": eid[-1], "state": "started"}))
     led.append(Event(event_id="round/r1/started", kind="round", time=3.0, round="r1"))
     assert [e.event_id for e in Ledger(storage).events()] == ["trial/c", "round/r1/started", "trial/a", "trial/b"]
     assert [e.event_id for e in Ledger(storage).events("trial")] == ["trial/c", "trial/a", "trial/b"]
     assert Ledger(storage).events("epoch") == []
 
 
+def test_payloads_are_typed_by_kind(storage, tmp_path):
+    """records.PAYLOADS: a payload missing a field its kind's readers rely on is refused when built and when
+    read back (naming the file); fields a newer writer adds are kept; a kind without a type is free-form."""
+    with pytest.raises(ValueError, match="amount_hours"):
+        Event(event_id="resources/x", kind="resources", time=1.0, payload={"trial": "t", "resource": "cpu"})
+    ok = Event(event_id="epoch/round1/S1/fold0/e0001", kind="epoch", time=1.0,
+               payload={"epoch": 1, "metrics": {}, "from_a_newer_writer": 3})
+    assert ok.payload["from_a_newer_writer"] == 3
+    Event(event_id="note/x", kind="note", time=1.0, payload={"anything": True})
+    bad = storage.local_dir() / "ledger" / "events" / "fold" / "fold~S1~fold0.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"event_id": "fold/S1/fold0", "kind": "fold", "time": 1.0, "payload": {"pair_counts": {}}}')
+    with pytest.raises(ValueError, match=r"(?s)fold~S1~fold0\.json: not a valid ledger event.*payload\.test: Field required"):
+        Ledger(storage).events()
+
+
 def test_compacted_and_loose_events_merge_without_duplicates(storage):
     led = Ledger(storage, now=Clock())
     for ep in range(5):
-        led.epoch("round1", "S1", 0, ep, {DEFAULT_METRIC: 0.5 + ep / 100})
+        led.epoch("round1", "S1", 0, ep, {SELECTION_METRIC: 0.5 + ep / 100})
     led.round_finished("round1", {"promoted": ["S1"]})
     assert led.compact("round1") == "ledger/compacted/round1.parquet"
-    led.epoch("round2", "S1", 1, 0, {DEFAULT_METRIC: 0.7})  # after compaction: loose only
-    led.epoch("round1", "S1", 0, 4, {DEFAULT_METRIC: 0.0})  # duplicate id: no-op
+    led.epoch("round2", "S1", 1, 0, {SELECTION_METRIC: 0.7})  # after compaction: loose only
+    led.epoch("round1", "S1", 0, 4, {SELECTION_METRIC: 0.0})  # duplicate id: no-op
     fresh = Ledger(storage)
     ids = [e.event_id for e in fresh.events()]
     assert len(ids) == len(set(ids)) == 7
@@ -136,7 +146,7 @@ def test_two_concurrent_writers_lose_nothing(storage):
     def write(experiment: str) -> None:
         led = Ledger(storage)
         for ep in range(100):
-            led.epoch("round1", experiment, 0, ep, {DEFAULT_METRIC: ep / 100})
+            led.epoch("round1", experiment, 0, ep, {SELECTION_METRIC: ep / 100})
             led.epoch("round1", "shared", 0, ep, {})  # both write the same ids too
 
     threads = [threading.Thread(target=write, args=(x,)) for x in ("A1", "S1")]
@@ -203,7 +213,7 @@ def test_scheduler_decisions_round_trip(ledger):
     again = Decision.from_dict(back.payload)
     assert again.event_id == stop.event_id and again.gap_ci == stop.gap_ci and again.metric != again.metric
     assert len(fresh.decisions()) == 2
-    assert fresh.state().experiments["S1"].status == "eliminated"
+    assert RunView.read(fresh).experiments["S1"].status == "eliminated"
 
 
 def test_decision_from_plain_dicts_and_dataclasses(ledger):
@@ -222,7 +232,7 @@ def test_decision_from_plain_dicts_and_dataclasses(ledger):
         ledger.decision(42)
     assert [x.event_id for x in ledger.decisions()] == ["decision/rung2:A1", "decision/rung3:A1", "decision/r9/custom-1"]
     assert [x.event_id for x in ledger.decisions("r9")] == ["decision/r9/custom-1"]
-    assert ledger.state().experiments["A1"].status == "promoted"
+    assert RunView.read(ledger).experiments["A1"].status == "promoted"
 
 
 def test_readers(ledger):
@@ -257,7 +267,7 @@ def scripted_run(led: Ledger) -> None:
     r1 = {"A1": [0.60, 0.66, 0.64], "A2": [0.50, 0.52, 0.51], "S1": [0.55, 0.58, 0.61], "S2": [0.56, 0.57, 0.60]}
     for ep in range(3):
         for name, accs in r1.items():
-            led.epoch("round1", name, 0, ep, {DEFAULT_METRIC: accs[ep], "val/r2": float("nan")})
+            led.epoch("round1", name, 0, ep, {SELECTION_METRIC: accs[ep], "val/r2": float("nan")})
     led.decision({"rung": 2, "experiment": "A2", "action": "stop", "track": "audio", "round": "round1"})
     led.decision({"rung": 2, "experiment": "A1", "action": "continue", "track": "audio", "round": "round1"})
     led.resources("A1", "t1", "cpu", 0.5, 900, round="round1")
@@ -266,20 +276,21 @@ def scripted_run(led: Ledger) -> None:
     led.round_started("round2", {k: v for k, v in exps.items() if k != "A2"})
     for fold in range(2):
         for ep in range(2):
-            led.epoch("round2", "A1", fold, ep, {DEFAULT_METRIC: 0.70 + fold / 100 + ep / 1000})
-            led.epoch("round2", "S1", fold, ep, {DEFAULT_METRIC: 0.65})
+            led.epoch("round2", "A1", fold, ep, {SELECTION_METRIC: 0.70 + fold / 100 + ep / 1000})
+            led.epoch("round2", "S1", fold, ep, {SELECTION_METRIC: 0.65})
         led.resources("A1", "cv", "gpu", 2.0, 7200, round="round2", fold=fold)
-    led.epoch("round2", "S2", 0, 0, {DEFAULT_METRIC: 0.62})
-    led.epoch("round1", "S1", 0, 9, {DEFAULT_METRIC: 0.99})  # a late Round-1 report does not count
+    led.epoch("round2", "S2", 0, 0, {SELECTION_METRIC: 0.62})
+    led.epoch("round1", "S1", 0, 9, {SELECTION_METRIC: 0.99})  # a late Round-1 report does not count
     led.selection({"winners": {"audio": "A1", "symbolic": "S1"}})
 
 
 def test_run_state_from_a_scripted_ledger(ledger):
     scripted_run(ledger)
-    state = Ledger(ledger.storage).state()
+    state = RunView.read(Ledger(ledger.storage))
     assert state.rounds == {"round1": "finished", "round2": "running"}
     assert state.winners == {"audio": "A1", "symbolic": "S1"}
     assert [(d["experiment"], d["action"]) for d in state.decisions] == [("A2", "stop"), ("A1", "continue")]
+    assert state.results()["winners"] == {"audio": "A1", "symbolic": "S1"}
     x = state.experiments
     assert (x["A1"].status, x["A2"].status, x["S1"].status, x["S2"].status) == (
         "winner", "eliminated", "winner", "promoted")
@@ -289,20 +300,21 @@ def test_run_state_from_a_scripted_ledger(ledger):
     assert (x["S1"].round, x["S1"].best_metric) == ("round2", pytest.approx(0.65))
     assert (x["A1"].gpu_hours, x["A1"].cpu_hours) == (4.0, 0.5)
     assert (x["A2"].gpu_hours, x["A2"].cpu_hours) == (0.0, 0.25)
-    assert [r["name"] for r in state.rows()] == ["A1", "A2", "S1", "S2"]
+    assert [e["name"] for e in state.results()["experiments"]] == ["A1", "A2", "S1", "S2"]
 
 
 def test_run_state_is_the_same_after_compaction(ledger):
     scripted_run(ledger)
-    before = ledger.state()
+    before = RunView.read(ledger)
     ledger.compact("round2")
-    after = Ledger(ledger.storage).state()
-    assert after.rows() == before.rows() and after.decisions == before.decisions
+    after = RunView.read(Ledger(ledger.storage))
+    assert after.results() == before.results() and after.decisions == before.decisions
 
 
 def test_run_state_of_an_empty_ledger(ledger):
-    state = ledger.state()
-    assert state == RunState(metric=DEFAULT_METRIC)
+    state = RunView.read(ledger)
+    assert not state.experiments and not state.rounds and not state.decisions and state.winners == {}
+    assert state.results()["run"]["status"] == "running" and state.results()["experiments"] == []
 
 
 def test_reading_5000_local_events_is_fast(storage):
@@ -312,7 +324,7 @@ def test_reading_5000_local_events_is_fast(storage):
     for i in range(5000):
         e = Event(event_id=f"epoch/round1/X{i % 7}/fold0/e{i:04d}", kind="epoch", time=float(i),
                   round="round1", experiment=f"X{i % 7}", fold=0,
-                  payload={"epoch": i, "metrics": {DEFAULT_METRIC: 0.5, "val/r2": 0.1}})
+                  payload={"epoch": i, "metrics": {SELECTION_METRIC: 0.5, "val/r2": 0.1}})
         (folder / (sanitise_event_id(e.event_id) + ".json")).write_bytes(e.to_json())
     led = Ledger(storage)
     t0 = time.perf_counter()
@@ -330,12 +342,12 @@ def test_ledger_on_s3(moto_s3):
     scripted_run(led)
     assert led.append(led.events("selection")[0]) is False
     # A fresh writer re-appending an existing id does not overwrite it (create-if-absent on S3).
-    Ledger(storage, now=Clock(9999)).epoch("round2", "S2", 0, 0, {DEFAULT_METRIC: 0.1})
-    expected = Ledger(storage).state().rows()
+    Ledger(storage, now=Clock(9999)).epoch("round2", "S2", 0, 0, {SELECTION_METRIC: 0.1})
+    expected = RunView.read(Ledger(storage)).results()["experiments"]
     assert expected[0]["status"] == "winner"
     led.compact("round2")
     after = Ledger(storage)
-    assert after.state().rows() == expected
+    assert RunView.read(after).results()["experiments"] == expected
     assert "ledger/compacted/round2.parquet" in storage.list("ledger/compacted")
     assert storage.read_json(led.events("round")[0].relpath())["event_id"] == "round/round1/started"
     with pytest.raises(FileNotFoundError, match="s3://pianoray/runs/demo/absent"):

@@ -24,6 +24,7 @@ from pianoray.protocol.ledger import Ledger
 from pianoray.protocol.run import round1_history
 from pianoray.protocol.scheduler import TrackGapScheduler
 from pianoray.protocol.storage import RunStorage
+from pianoray.protocol.view import RunView
 
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
 METRIC = "val/pairwise_accuracy"
@@ -254,7 +255,7 @@ def test_ledger_rejudged_decisions_and_rung_reports(tmp_path):
     ledger.decision(stop, round="round1")
     for e in (1, 2, 3):
         ledger.epoch("round1", "A2", 0, e, {METRIC: 0.7 + e / 100, "rung_epoch": max(0, e - 1)}, trial="t2")
-    assert ledger.state().experiments["A2"].status == "eliminated"
+    assert RunView.read(ledger).experiments["A2"].status == "eliminated"
     new = Decision(3, "t2", "A2", "audio", 0.76, "A2", 0.76, 0.0, "continue", "Re-judged without A1", "sync", "rung3:A2")
     ledger.rejudged(stop, new, "A1", round="round1")
     ledger.rejudged(stop, new, "A1", round="round1")  # idempotent
@@ -265,7 +266,7 @@ def test_ledger_rejudged_decisions_and_rung_reports(tmp_path):
     assert Decision.from_dict(now.payload) == new
     [r] = ledger.rejudgements("round1")
     assert r.payload["errored"] == "A1" and r.payload["previous"]["decision"] == "stop"
-    state = ledger.state()
+    state = RunView.read(ledger)
     assert state.experiments["A2"].status == "running"
     assert [(d["decision"], d["rejudged"]["errored"]) for d in state.decisions] == [("continue", "A1")]
 

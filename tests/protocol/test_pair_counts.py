@@ -15,7 +15,8 @@ from pianoray.protocol.pair_counts import (
     record_pair_counts,
 )
 from pianoray.protocol.storage import RunStorage
-from pianoray.protocol.trials import ReportSink, reportable, round1_counts_recorder
+from pianoray.protocol.trials import ReportSink, round1_counts_recorder
+from pianoray.records import reportable
 from pianoray.training.checkpoint import PAIR_COUNTS_FILE
 from tests.protocol.synthetic_counts import synthetic_counts
 

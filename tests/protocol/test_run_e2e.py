@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pianoray.protocol.schema import ResultsJSON, StatusJSON
+
 pytestmark = pytest.mark.slow
 
 
@@ -41,12 +43,15 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     status = cli("status", "--storage", str(run.dir), "--json")
     assert status.returncode == 0, status.stderr
     s = json.loads(status.stdout)
+    StatusJSON.model_validate(s)  # the public schema (docs/results-schema.md)
     assert {e["name"] for e in s["experiments"]} == {"audio-frozen", "symbolic-features", "symbolic-gbm", "A1", "S2"}
 
     report = cli("report", "--storage", str(run.dir), "--json")
     assert report.returncode == 0, report.stderr
     r = json.loads(report.stdout)
-    assert set(r) >= {"experiments", "decisions", "winners"}
+    ResultsJSON.model_validate(r)
+    assert r["schema_version"] == 1 and set(r) >= {"experiments", "decisions", "winners"}
+    assert [t["name"] for t in r["tracks"]] == ["audio", "symbolic"] and set(r["winners"]) == {"audio", "symbolic"}
     by_name = {e["name"]: e for e in r["experiments"]}
     for e in r["experiments"]:
         assert e["status"] in {"eliminated", "promoted", "winner", "vetoed"}, e

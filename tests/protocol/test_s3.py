@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from pianoray.protocol.ledger import DEFAULT_METRIC, Ledger
+from pianoray.protocol.ledger import Ledger
+from pianoray.protocol.view import RunView
+from pianoray.records import SELECTION_METRIC
 from pianoray.data.remote import S3Limits
 from pianoray.protocol.storage import RunStorage, StorageError
 from tests.protocol.s3server import MotoServer, moto_s3, moto_server, own_moto_s3  # noqa: F401  (fixtures)
@@ -57,13 +59,13 @@ def test_ledger_reader_and_writer_merge_on_s3(moto_s3):
     storage = RunStorage("s3://pianoray/runs", "merge", attempts=2)
     writer, reader = Ledger(storage, now=Clock()), Ledger(storage)
     scripted_run(writer)
-    before = reader.state().rows()
+    before = RunView.read(reader).results()["experiments"]
     writer.compact("round2")
-    writer.epoch("round2", "S2", 0, 1, {DEFAULT_METRIC: 0.63})  # loose, after compaction
+    writer.epoch("round2", "S2", 0, 1, {SELECTION_METRIC: 0.63})  # loose, after compaction
     ids = [e.event_id for e in Ledger(storage).events()]
     assert len(ids) == len(set(ids)) == len(reader.events())
     assert "epoch/round2/S2/fold0/e0001" in ids
-    assert [r["name"] for r in Ledger(storage).state().rows()] == [r["name"] for r in before]
+    assert [r["name"] for r in RunView.read(Ledger(storage)).results()["experiments"]] == [r["name"] for r in before]
 
 
 @pytest.mark.slow
@@ -72,7 +74,7 @@ def test_outage_fails_cleanly_and_the_run_continues(own_moto_s3: MotoServer):
     storage = RunStorage("s3://pianoray/runs", "outage", attempts=2, backoff_s=0.05, s3=FAST_FAIL)
     writer = Ledger(storage, now=Clock())
     for ep in range(3):
-        writer.epoch("round1", "A1", 0, ep, {DEFAULT_METRIC: 0.5 + ep / 100})
+        writer.epoch("round1", "A1", 0, ep, {SELECTION_METRIC: 0.5 + ep / 100})
     old_ckpt, new_ckpt = b"old" * 100_000, os.urandom(6 * 1024 * 1024)
     storage.write_bytes("checkpoints/A1/latest.pt", old_ckpt)
 
@@ -80,7 +82,7 @@ def test_outage_fails_cleanly_and_the_run_continues(own_moto_s3: MotoServer):
         t0 = time.monotonic()
         with pytest.raises(StorageError, match=r"s3://pianoray/runs/outage/ledger/events/epoch/.*e0003\.json: write "
                                                r"failed after 2 attempt"):
-            writer.epoch("round1", "A1", 0, 3, {DEFAULT_METRIC: 0.6})
+            writer.epoch("round1", "A1", 0, 3, {SELECTION_METRIC: 0.6})
         assert time.monotonic() - t0 < 15, "retries must be bounded by S3Limits and attempts"
         with pytest.raises(StorageError, match="s3://pianoray/runs/outage/checkpoints/A1/latest.pt: write"):
             storage.write_bytes("checkpoints/A1/latest.pt", new_ckpt)
@@ -98,11 +100,11 @@ def test_outage_fails_cleanly_and_the_run_continues(own_moto_s3: MotoServer):
 
     # The run continues: the failed append is retried by the same writer (and by a resumed one), later
     # appends succeed, and a reader merges everything with no duplicate.
-    writer.epoch("round1", "A1", 0, 3, {DEFAULT_METRIC: 0.6})
-    writer.epoch("round1", "A1", 0, 4, {DEFAULT_METRIC: 0.61})
+    writer.epoch("round1", "A1", 0, 3, {SELECTION_METRIC: 0.6})
+    writer.epoch("round1", "A1", 0, 4, {SELECTION_METRIC: 0.61})
     resumed = Ledger(storage, now=Clock(5000))
     assert resumed.append(writer.events("epoch")[3]) is False
-    resumed.epoch("round1", "A1", 0, 5, {DEFAULT_METRIC: 0.62})
+    resumed.epoch("round1", "A1", 0, 5, {SELECTION_METRIC: 0.62})
     storage.write_bytes("checkpoints/A1/latest.pt", new_ckpt)
     fresh = Ledger(storage)
     assert [e.payload["epoch"] for e in fresh.epochs("A1")] == [0, 1, 2, 3, 4, 5]
@@ -115,7 +117,7 @@ def test_status_and_results_read_a_ledger_from_s3(moto_s3):
     from typer.testing import CliRunner
 
     from pianoray.cli import app
-    from pianoray.protocol.results import build_results
+    from pianoray.protocol.view import build_results
 
     storage = RunStorage("s3://pianoray/runs", "laptop-view", attempts=2)
     storage.write_json("run.json", {"name": "laptop-view", "config": "demo", "dimensions": ["a", "b"],

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
-from pianoray.protocol.trials import best_checkpoint, final_report
-
-
-def test_final_report_carries_the_pair_counts_as_one_json_string() -> None:
-    counts = {"val": {"groups": ["p0"], "correct": [[1.5]], "total": [[2.0]]},
-              "test": {"groups": ["p1", "p2"], "correct": [[1.0], [0.0]], "total": [[1.0], [1.0]]}}
-    test = {"pairwise_accuracy": 0.5, "r2": 0.1, "pairwise_accuracy_per_dim": [0.5], "difficulty_rho": None,
-            "pair_counts": counts}
-    out = final_report("S2", 1, test)
-    assert out["final"] is True and (out["experiment"], out["fold"], out["round"]) == ("S2", 1, "round2")
-    assert out["test/pairwise_accuracy"] == 0.5 and "test/difficulty_rho" not in out  # None: dropped as before
-    assert "test/pair_counts" not in out and json.loads(out["pair_counts"]) == counts
-    assert "pair_counts" in test  # the caller's dict is left alone
-    assert "pair_counts" not in final_report("S2", 1, {"pairwise_accuracy": 0.5})
+from pianoray.protocol.trials import best_checkpoint
 
 
 def test_best_checkpoint_skips_epochs_that_select_nothing() -> None:

@@ -108,7 +108,7 @@ def test_rewrite_overwrites_in_place(tmp_path, run_results):
 def test_empty_results_dict(tmp_path):
     paths = write_report({}, tmp_path)
     md = paths["markdown"].read_text()
-    assert "No experiments recorded yet." in md and "Audio: no winner selected." in md
+    assert "No experiments recorded yet." in md and "No track recorded yet: no winner selected." in md
 
 
 def test_summary_states_each_winners_margin_and_whether_it_beats_its_reference(run_results, tmp_path):

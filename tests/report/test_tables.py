@@ -142,3 +142,24 @@ def test_margin_and_reference_tables(run_results):
     assert "never used to choose" in refs.note
     bare = strip_optional(run_results)
     assert margin_data(bare).rows == [] and reference_data(bare).rows == []
+
+
+def test_a_tracks_recorded_metrics_pick_its_columns(run_results):
+    """A figure the scorer adds (here ``test.pairwise_accuracy_t0``) reaches a track's table through the run's
+    recorded TrackSpec metrics: a path into the experiment row; a known path gets its title and format, any
+    other shows as a number under its own name."""
+    for e in run_results["experiments"]:
+        if e.get("test"):
+            e["test"]["pairwise_accuracy_t0"] = {"mean": 0.612, "ci": [0.6, 0.62], "n": 4}
+    run_results["tracks"] = [
+        {"name": "audio", "order": 0, "robustness_veto": True, "metrics": ["difficulty_rho", "robustness.drop"]},
+        {"name": "symbolic", "order": 1, "robustness_veto": False,
+         "metrics": ["test.pairwise_accuracy", "test.pairwise_accuracy_t0"]},
+    ]
+    data = comparison_data(run_results, "symbolic")
+    assert data.columns[3:5] == ["Test pairwise", "test.pairwise_accuracy_t0"]
+    s2 = next(row for row in data.rows if row[0] == "S2")
+    assert s2[4] == "0.612" and s2[3].endswith("%")
+    assert "Robustness" not in data.note
+    assert comparison_data(run_results, "audio").columns[3:5] == ["Difficulty rho", "Robustness"]
+    assert "veto over 15%" in comparison_data(run_results, "audio").note

@@ -60,6 +60,22 @@ def test_the_left_out_set_enters_the_cache_key() -> None:
     assert pretrain_key("files", "task", {"d": 1}, 2, ["a"]) != pretrain_key("files", "task", {"d": 1}, 2, ["b"])
 
 
+def test_pretraining_is_reproducible_whatever_the_global_rng_did_before(demo: Path, tmp_path: Path) -> None:
+    """Two pretrainings of one experiment on one corpus give the same weights, though the global torch RNG was
+    in different states (a fresh process draws its seed at random): the encoder is built after seeding."""
+    from pianoray.training.pretrain import ENCODER_FILE, pretrain_experiment
+
+    weights = []
+    for k, cache in enumerate(("a", "b")):
+        cfg = _cfg(demo, tmp_path / cache)
+        torch.manual_seed(1000 + k)
+        torch.rand(k + 1)
+        result = pretrain_experiment(cfg, "S2", ExperimentData.from_config(cfg))
+        weights.append(torch.load(result.path / ENCODER_FILE, map_location="cpu"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
 def test_per_fold_pretraining_gives_each_fold_its_own_weights(demo: Path, tmp_path: Path) -> None:
     from pianoray.training.loop import build_model
     from pianoray.training.pretrain import ENCODER_FILE
@@ -103,7 +119,7 @@ def test_a_shared_pretraining_says_it_saw_the_evaluation_folds_midi(demo: Path, 
 
 def test_the_report_states_whether_pretraining_saw_the_evaluation_midi(tmp_path: Path) -> None:
     from pianoray.protocol.ledger import Event, Ledger
-    from pianoray.protocol.results import build_results
+    from pianoray.protocol.view import build_results
     from pianoray.protocol.storage import RunStorage
     from pianoray.report.document import build_blocks, render_html, render_markdown
 

@@ -13,7 +13,8 @@ from pianoray.training.checkpoint import TopKSink
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions
 from pianoray.training.loop import Budget, fit
-from pianoray.training.scoring import PAIR_COUNTS, passage_counts, score_checkpoint
+from pianoray.records import PAIR_COUNTS
+from pianoray.training.scoring import passage_counts, score_checkpoint
 
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
 

@@ -42,6 +42,7 @@ from pianoray.data.symbolic.graphs import (
     hetero_graph_from_arrays,
 )
 from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
+from pianoray.errors import InputError, MissingInputError, UnknownNameError
 
 FEATURE_KINDS = ("remi", "graph", "hetero_graph", "curves")
 CACHE_FORMAT_VERSION = 1
@@ -67,7 +68,7 @@ def compute_feature(notes: NoteTable, kind: str, config: SymbolicFeatureConfig, 
         return hetero_graph_arrays(notes, config.graph)
     if kind == "curves":
         return compute_curves(notes, config.curves)
-    raise KeyError(f"unknown symbolic feature kind {kind!r}; known: {', '.join(FEATURE_KINDS)}")
+    raise UnknownNameError(f"unknown symbolic feature kind {kind!r}; known: {', '.join(FEATURE_KINDS)}")
 
 
 @dataclass
@@ -103,9 +104,9 @@ class SymbolicCache:
         try:
             meta = json.loads(meta_path.read_text())
         except OSError:
-            raise FileNotFoundError(f"{meta_path}: no symbolic cache here (run build_symbolic_cache)") from None
+            raise MissingInputError(f"{meta_path}: no symbolic cache here (run build_symbolic_cache)") from None
         if meta.get("format_version") != CACHE_FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {CACHE_FORMAT_VERSION}")
+            raise InputError(f"{meta_path}: format_version {meta.get('format_version')} != {CACHE_FORMAT_VERSION}")
         self.config = SymbolicFeatureConfig.model_validate(meta["config"])
         self._tokenizer: RemiTokenizer | None = None
 
@@ -127,10 +128,10 @@ class SymbolicCache:
     def get_arrays(self, sha: str, kind: str):
         """The stored arrays: ndarray for remi/curves, dict of ndarrays for graph/hetero_graph."""
         if kind not in _FILE_OF_KIND:
-            raise KeyError(f"unknown symbolic feature kind {kind!r}; known: {', '.join(FEATURE_KINDS)}")
+            raise UnknownNameError(f"unknown symbolic feature kind {kind!r}; known: {', '.join(FEATURE_KINDS)}")
         path = self.entry_dir(sha) / _FILE_OF_KIND[kind]
         if not path.is_file():
-            raise KeyError(f"{path}: no cached {kind} for sha {sha}")
+            raise UnknownNameError(f"{path}: no cached {kind} for sha {sha}")
         if path.suffix == ".npy":
             return np.load(path)
         with np.load(path) as z:

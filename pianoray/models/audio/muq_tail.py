@@ -28,6 +28,8 @@ from transformers import Wav2Vec2ConformerConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2_conformer.modeling_wav2vec2_conformer import Wav2Vec2ConformerEncoderLayer
 
+from pianoray.errors import PianorayError
+
 log = logging.getLogger(__name__)
 
 # MuQ runs 12 Conformer layers; the cache holds the input of layer index 8 (0-based), the tail runs 8..11.
@@ -158,7 +160,7 @@ class MuQTail(nn.Module):
             )
 
 
-class MuQCheckpointError(ValueError):
+class MuQCheckpointError(PianorayError, ValueError):
     """A MuQ checkpoint that does not fit the tail (names the file and the offending keys)."""
 
 

@@ -1,4 +1,4 @@
-"""Symbolic encoders (MIDI track): importing this package registers every one that is present.
+"""Symbolic encoders (MIDI track): importing this package registers the ``symbolic`` track and every encoder present.
 
 S1 ``s1_remi`` (Transformer over REMI) and S3 ``s3_curves`` (CNN + Transformer over curves) live here
 with S3's contrastive objective (``contrastive``); S2 ``s2_graph`` and S2H ``s2h_hetero`` (GNNs) are
@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import importlib
 
+from pianoray.models import registry
 from pianoray.models.symbolic import s1_remi, s3_curves  # noqa: F401  (registration)
+
+TRACK = registry.register_track(registry.TrackSpec(
+    "symbolic", order=1, robustness_veto=False, description="encoders over performance MIDI"))
 
 for _module in ("s2_graph", "s2h_hetero"):
     try:

@@ -1,0 +1,262 @@
+"""Typed records that cross the layers, and the names they share.
+
+Ray Tune and Train carry a trial's results as flat dicts of scalars and short lists, and the ledger stores
+JSON. The records here are what the training loop produces and the protocol and report consume; each
+converts to and from that flat form in this module only (``to_report``/``from_report``), so a new field is
+added in one place. Pure: no ray, no torch, no rich (``pianoray status`` imports it without loading either).
+
+- :class:`EpochRecord`: one epoch of ``training.loop.fit`` (or a fitted reference's one "epoch");
+- :class:`FoldScore`: a fold's test scores and its per-passage pair counts, reported once at the fold's end;
+- one payload type per ledger event kind (:data:`PAYLOADS`), validated whenever an event is built or read
+  (``pianoray.protocol.ledger.Event``). They name the fields readers rely on and allow others (add, never
+  rename), so older ledgers stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from pianoray.objectives.metrics import PairCounts
+
+SELECTION_METRIC = "val/pairwise_accuracy"  # what rungs, early stopping, checkpoint ranking and winners use
+ROUND1, ROUND2 = "round1", "round2"
+Role = Literal["candidate", "reference"]  # a reference is trained and reported, never a leader nor a winner
+PAIR_COUNTS = "pair_counts"  # the key of a fold's per-passage counts ({"val": ..., "test": ...})
+
+METRIC_PREFIXES = ("val/", "train/")  # an epoch's metric keys
+TEST_PREFIX = "test/"
+
+
+def reportable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What a Ray result may carry: scalars, strings and lists of at most 64 items (None and the rest dropped)."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float, str, bool)) or (isinstance(v, list) and len(v) <= 64)}
+
+
+@dataclass
+class EpochRecord:
+    """One epoch's result. ``metrics`` holds the ``train/*`` loss parts, ``lr``, the ``val/*`` scores
+    (:func:`pianoray.training.evaluate.validation_scores`) and ``selectable``; the rest is the loop's own."""
+
+    epoch: int
+    stage: str
+    metrics: dict[str, Any]
+    best_epoch: int | None
+    best_metric: float | None
+    stop: bool  # the last epoch: early stopping fired or the budget is spent
+    early_stopped: bool
+    # Epochs of model-selecting (supervised) stages so far: what rungs count, so that an experiment with a
+    # self-supervised stage (A2) is judged after as many supervised epochs as the others.
+    rung_epoch: int
+    seconds: float | None
+    samples: int
+    checkpoint: Path | None = None
+    # The validation split's pair counts (per passage and dimension): what a rung decision's bootstrap needs.
+    # Not in the flat form: they go into the checkpoint (pair_counts.json) and, in Round 1, the run's ledger.
+    pair_counts: "PairCounts | None" = None
+
+    # flat key -> attribute, for the loop's own fields
+    LOOP_FIELDS: ClassVar[dict[str, str]] = {
+        "epoch": "epoch", "rung_epoch": "rung_epoch", "stage": "stage", "best_epoch": "best_epoch",
+        "best_metric": "best_metric", "stop": "stop", "early_stopped": "early_stopped",
+        "epoch_seconds": "seconds", "samples": "samples",
+    }
+    OWN_METRICS: ClassVar[tuple[str, ...]] = ("lr", "selectable")
+
+    @property
+    def selectable(self) -> bool:
+        return self.metrics.get("selectable", True) is not False
+
+    def flat(self) -> dict[str, Any]:
+        """The metrics plus the loop's own fields, as one flat dict (checkpoint metrics, Ray reports)."""
+        return {**self.metrics, **{key: getattr(self, attr) for key, attr in self.LOOP_FIELDS.items()}}
+
+    def to_report(self, **extra: Any) -> dict[str, Any]:
+        """The Ray result of this epoch, with ``extra`` (experiment, fold, round) merged in."""
+        return reportable({**self.flat(), **extra})
+
+    @classmethod
+    def is_report(cls, result: Mapping[str, Any]) -> bool:
+        """Whether a Ray result is an epoch's (not a fold's final test report)."""
+        return not result.get("final") and "epoch" in result and SELECTION_METRIC in result
+
+    @classmethod
+    def ledger_fields(cls, result: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of an epoch's Ray result that the ledger keeps: metrics and loop fields, not Ray's own
+        bookkeeping (trial id, timestamps, training_iteration)."""
+        return {k: v for k, v in result.items()
+                if k.startswith(METRIC_PREFIXES) or k in cls.LOOP_FIELDS or k in cls.OWN_METRICS}
+
+    @classmethod
+    def from_report(cls, result: Mapping[str, Any]) -> "EpochRecord":
+        """Back from a Ray result or a ledger epoch payload's ``metrics`` (missing loop fields read as None)."""
+        metrics = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) or k in cls.OWN_METRICS}
+        own = {attr: result.get(key) for key, attr in cls.LOOP_FIELDS.items()}
+        return cls(metrics=metrics, **own)
+
+
+@dataclass
+class FoldScore:
+    """A Round-2 fold's end: its test metrics (``test``: the metrics suite's flat keys, e.g. ``r2``,
+    ``pairwise_accuracy_ci``) and the per-passage pair counts of its inner validation and test parts
+    (``pair_counts``: {"val": PairCounts JSON, "test": ...}; selection's paired bootstraps need them)."""
+
+    experiment: str
+    fold: int
+    test: dict[str, Any]
+    pair_counts: dict[str, Any] | None = None
+    round: str = ROUND2
+
+    @classmethod
+    def from_scores(cls, experiment: str, fold: int, scores: Mapping[str, Any]) -> "FoldScore":
+        """From a scorer's dict (``score_checkpoint``, ``fit_and_score``), whose ``pair_counts`` entry it
+        takes out of the test metrics."""
+        test = dict(scores)
+        return cls(experiment, fold, test, test.pop(PAIR_COUNTS, None))
+
+    def to_report(self) -> dict[str, Any]:
+        """The fold's last Ray report: ``test/<key>`` metrics and ``final: True``; the pair counts travel as
+        one JSON string (Ray results keep only scalars and short lists, and a string passes whole)."""
+        out = reportable({**{f"{TEST_PREFIX}{k}": v for k, v in self.test.items()}, "experiment": self.experiment,
+                          "fold": self.fold, "round": self.round, "final": True})
+        if self.pair_counts is not None:
+            out[PAIR_COUNTS] = json.dumps(self.pair_counts, separators=(",", ":"))
+        return out
+
+    @classmethod
+    def from_report(cls, result: Mapping[str, Any], experiment: str, fold: int, round: str = ROUND2) -> "FoldScore":
+        test = {k.removeprefix(TEST_PREFIX): v for k, v in result.items() if k.startswith(TEST_PREFIX)}
+        counts = result.get(PAIR_COUNTS)
+        return cls(experiment, fold, test, json.loads(counts) if isinstance(counts, str) else None, round)
+
+    def ledger_payload(self) -> dict[str, Any]:
+        """The ``fold`` ledger event's payload (the counts' one durable place)."""
+        return {"test": self.test, **({PAIR_COUNTS: self.pair_counts} if self.pair_counts is not None else {})}
+
+
+# ------------------------------------------------------------------------------------- ledger payloads
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class EpochPayload(_Payload):
+    """``epoch``: one reported epoch. ``metrics``: :meth:`EpochRecord.ledger_fields` of its Ray result."""
+
+    epoch: int
+    metrics: dict[str, Any]
+    trial: Optional[str] = None
+
+
+class DecisionPayload(_Payload):
+    """``decision``: a rung decision, ``pianoray.protocol.decisions.Decision.to_dict()`` (older writers used
+    ``action`` for the verdict)."""
+
+    experiment: Optional[str] = None
+    rung: Optional[int] = None
+    decision: Optional[str] = None
+    action: Optional[str] = None
+    reason: Optional[str] = None
+
+
+class RejudgedPayload(_Payload):
+    """``rejudged``: a rung decision taken again without a leader that errored for good."""
+
+    decision: dict[str, Any]
+    previous: dict[str, Any]
+    errored: str
+    decision_event: str
+    reason: Optional[str] = None
+
+
+class RoundPayload(_Payload):
+    """``round``: started (``experiments``: name -> {track, role}) or finished (``promoted``, ``eliminated``,
+    ``errored``, ``exempt``: names; Round 2's lists its ``experiments``)."""
+
+    experiments: Union[dict[str, dict[str, Any]], list[str]] = {}
+    promoted: list[str] = []
+    eliminated: list[str] = []
+    errored: list[str] = []
+
+
+class SelectionPayload(_Payload):
+    """``selection``: ``protocol.selection.select_winners`` plus the summaries it read."""
+
+    name: str
+    winners: dict[str, Optional[str]] = {}
+    vetoed: list[str] = []
+    summaries: dict[str, Any] = {}
+
+
+class TrialPayload(_Payload):
+    """``trial``: a trial's life-cycle step."""
+
+    trial: str
+    state: str
+
+
+class ResourcesPayload(_Payload):
+    """``resources``: resource-hours billed for one trial or fold."""
+
+    trial: str
+    resource: str
+    amount_hours: float
+    wall_seconds: float
+
+
+class FoldPayload(_Payload):
+    """``fold``: :meth:`FoldScore.ledger_payload`."""
+
+    test: dict[str, Any]
+    pair_counts: Optional[dict[str, Any]] = None
+
+
+class PairCountsPayload(_Payload):
+    """``paircounts``: an epoch's validation pair counts (``PairCounts.to_json()``), written before its report."""
+
+    counts: dict[str, Any]
+
+
+class PretrainPayload(_Payload):
+    """``pretrain``: what an experiment's self-supervised pretraining read (``training.provenance``)."""
+
+    experiment: str
+
+
+class CrashPayload(_Payload):
+    """``crash``: an exception that was not the user's to fix ended the driver."""
+
+    type: str
+    message: str
+    traceback: str
+
+
+PAYLOADS: dict[str, type[_Payload]] = {
+    "epoch": EpochPayload, "decision": DecisionPayload, "rejudged": RejudgedPayload, "round": RoundPayload,
+    "selection": SelectionPayload, "trial": TrialPayload, "resources": ResourcesPayload, "fold": FoldPayload,
+    "paircounts": PairCountsPayload, "pretrain": PretrainPayload, "crash": CrashPayload,
+}
+
+
+def validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
+    """Check an event's payload against its kind's type (a kind without one is free-form); a ``ValueError``
+    names each field at fault (``payload.<field>: <problem>``)."""
+    model = PAYLOADS.get(kind)
+    if model is None:
+        return
+    try:
+        model.model_validate(payload)
+    except ValidationError as e:
+        problems = "; ".join(f"payload.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"a {kind!r} event's {problems}") from None
+
+
+__all__ = ["EpochRecord", "FoldScore", "PAYLOADS", "validate_payload", "METRIC_PREFIXES", "PAIR_COUNTS", "ROUND1", "ROUND2", "Role",
+           "SELECTION_METRIC", "TEST_PREFIX", "reportable"]
