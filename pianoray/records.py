@@ -2,8 +2,8 @@
 
 Ray Tune and Train carry a trial's results as flat dicts of scalars and short lists, and the ledger stores
 JSON. The records here are what the training loop produces and the protocol and report consume; each
-converts to and from that flat form in this module only (``to_report``/``from_report``), so a new field is
-added in one place. Pure: no ray, no torch, no rich (``pianoray status`` imports it without loading either).
+converts to and from that flat form in this module only (``to_report``, ``ledger_fields``, ``from_report``), so a
+new field is added in one place. Pure: no ray, no torch, no rich (``pianoray status`` imports it without loading either).
 
 - :class:`EpochRecord`: one epoch of ``training.loop.fit`` (or a fitted reference's one "epoch");
 - :class:`FoldScore`: a fold's test scores and its per-passage pair counts, reported once at the fold's end;
@@ -28,6 +28,8 @@ SELECTION_METRIC = "val/pairwise_accuracy"  # what rungs, early stopping, checkp
 ROUND1, ROUND2 = "round1", "round2"
 Role = Literal["candidate", "reference"]  # a reference is trained and reported, never a leader nor a winner
 PAIR_COUNTS = "pair_counts"  # the key of a fold's per-passage counts ({"val": ..., "test": ...})
+# A track's comparison-table figures unless its TrackSpec says otherwise: dotted paths into an experiment's row.
+DEFAULT_TRACK_METRICS = ("difficulty_rho", "robustness.drop")
 
 METRIC_PREFIXES = ("val/", "train/")  # an epoch's metric keys
 TEST_PREFIX = "test/"
@@ -92,13 +94,6 @@ class EpochRecord:
         bookkeeping (trial id, timestamps, training_iteration)."""
         return {k: v for k, v in result.items()
                 if k.startswith(METRIC_PREFIXES) or k in cls.LOOP_FIELDS or k in cls.OWN_METRICS}
-
-    @classmethod
-    def from_report(cls, result: Mapping[str, Any]) -> "EpochRecord":
-        """Back from a Ray result or a ledger epoch payload's ``metrics`` (missing loop fields read as None)."""
-        metrics = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES) or k in cls.OWN_METRICS}
-        own = {attr: result.get(key) for key, attr in cls.LOOP_FIELDS.items()}
-        return cls(metrics=metrics, **own)
 
 
 @dataclass
@@ -258,5 +253,5 @@ def validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
         raise ValueError(f"a {kind!r} event's {problems}") from None
 
 
-__all__ = ["EpochRecord", "FoldScore", "PAYLOADS", "validate_payload", "METRIC_PREFIXES", "PAIR_COUNTS", "ROUND1", "ROUND2", "Role",
+__all__ = ["DEFAULT_TRACK_METRICS", "EpochRecord", "FoldScore", "PAYLOADS", "validate_payload", "METRIC_PREFIXES", "PAIR_COUNTS", "ROUND1", "ROUND2", "Role",
            "SELECTION_METRIC", "TEST_PREFIX", "reportable"]

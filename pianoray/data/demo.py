@@ -265,7 +265,7 @@ def frame_features(notes: NoteTable, n_frames: int, tone: float, bright: float) 
     pedal, pedal resonance (pitch-class mixing under the pedal), and the timbre channels (tone, brightness)
     that only the audio carries."""
     t = (np.arange(n_frames) + 0.5) / FRAME_RATE  # [T]
-    on, off = notes.onset[None, :], notes.offset[None, :]
+    on = notes.onset[None, :]
     vel = notes.velocity[None, :] / 127.0
     ped = notes.pedal_intervals
     down = np.zeros(n_frames, dtype=bool)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pianoray.errors import UnknownNameError
 from pianoray.models.contract import Encoder
-from pianoray.records import Role
+from pianoray.records import DEFAULT_TRACK_METRICS, Role
 
 Track = str  # a registered TrackSpec's name
 Kind = Literal["neural", "fitted"]
@@ -48,7 +48,7 @@ class TrackSpec:
     name: str
     order: int
     robustness_veto: bool = False
-    metrics: tuple[str, ...] = ("difficulty_rho", "robustness.drop")
+    metrics: tuple[str, ...] = DEFAULT_TRACK_METRICS
     description: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -160,14 +160,6 @@ def load_builtin() -> None:
     unknown = sorted({s.track for s in _REGISTRY.values()} - set(_TRACKS))
     if unknown:
         raise ValueError(f"experiments name unregistered track(s) {unknown}; registered: {sorted(_TRACKS)}")
-
-
-def track(name: str) -> TrackSpec:
-    load_builtin()
-    try:
-        return _TRACKS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown track {name!r}; registered: {', '.join(sorted(_TRACKS))}") from None
 
 
 def tracks() -> list[TrackSpec]:

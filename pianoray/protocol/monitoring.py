@@ -23,6 +23,7 @@ from typing import Any
 
 from pianoray.config import ProtocolConfig
 from pianoray.protocol.storage import RunStorage
+from pianoray.records import ROUND1
 
 MLFLOW_DIR = "mlflow"
 
@@ -45,7 +46,7 @@ def mlflow_tracking_uri(storage: RunStorage) -> str | None:
     return None if local is None else (local / MLFLOW_DIR).as_uri()
 
 
-def mlflow_callback(cfg: ProtocolConfig, storage: RunStorage, round_name: str = "round1") -> Any | None:
+def mlflow_callback(cfg: ProtocolConfig, storage: RunStorage, round_name: str = ROUND1) -> Any | None:
     """Ray's MLflowLoggerCallback (experiment ``<config name>/<round>``), or None when mlflow is not
     installed or there is nowhere to log to."""
     if importlib.util.find_spec("mlflow") is None:
@@ -60,6 +61,6 @@ def mlflow_callback(cfg: ProtocolConfig, storage: RunStorage, round_name: str = 
                                 save_artifact=False)
 
 
-def monitoring_callbacks(cfg: ProtocolConfig, storage: RunStorage, round_name: str = "round1") -> list[Any]:
+def monitoring_callbacks(cfg: ProtocolConfig, storage: RunStorage, round_name: str = ROUND1) -> list[Any]:
     """The Tune callbacks to add to a round's ``RunConfig(callbacks=...)`` (those that apply here)."""
     return [cb for cb in (tensorboard_callback(), mlflow_callback(cfg, storage, round_name)) if cb is not None]

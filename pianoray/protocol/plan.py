@@ -32,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
+from pianoray.records import ROUND1, ROUND2
 
 DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
 # The seed's GPU-hour estimates (model-improvement-v2.md), for comparison only.
-SEED_GPU_HOURS = {"round1": (2.0, 4.0), "round2": (8.0, 20.0)}
+SEED_GPU_HOURS = {ROUND1: (2.0, 4.0), ROUND2: (8.0, 20.0)}
 # Segments per tier when the corpus is absent: the PercePiano-sized labelled set, no extra tiers.
 ESTIMATED_TIER_SIZES = {"T1": 1200}
 # Wall seconds of one fold of a fitted (non-neural) reference, features cached: symbolic-gbm on PercePiano
@@ -353,14 +354,14 @@ def plan(
     # Which trials stop is unknown, so the stopping share is spread evenly over the experiments.
     keep = survivors / n if n else 0.0
     round1 = RoundPlan(
-        "round1", r1.epochs, n, n,
+        ROUND1, r1.epochs, n, n,
         hours({x: t.epoch_hours * r1.epochs for x, t in p1.items()}),
         hours({x: t.epoch_hours * (first_rung + keep * (r1.epochs - first_rung)) for x, t in p1.items()}),
         [f"one Tune trial per enabled neural experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
          f"rungs {r1.intermediate_rungs}{' + the final epoch' if r1.final_rung_epoch else ''} ({r1.mode}, "
          f"{'noise guard' if r1.noise_guard else 'point rule'}), gap {r1.gap:g} points; "
          f"expected: {stopped} of {n} stop at epoch {first_rung}"],
-        SEED_GPU_HOURS["round1"],
+        SEED_GPU_HOURS[ROUND1],
     )
     fitted_cpu_h = sum(cfg.resources_for(x).cpu for x in fitted) * r2.folds * FITTED_SECONDS_PER_FOLD / 3600
     upper2 = hours({x: t.epoch_hours * r2.epochs * r2.folds for x, t in p2.items()})
@@ -376,8 +377,8 @@ def plan(
         notes2.append(f"fitted references ({', '.join(fitted)}): no Round-1 trial, one fit per fold on every fold "
                       f"(~{FITTED_SECONDS_PER_FOLD:g} s each, estimated)")
     round2 = RoundPlan(
-        "round2", r2.epochs, (n + len(fitted)) * r2.folds, (survivors + len(fitted)) * r2.folds,
-        upper2, expected2, notes2, SEED_GPU_HOURS["round2"],
+        ROUND2, r2.epochs, (n + len(fitted)) * r2.folds, (survivors + len(fitted)) * r2.folds,
+        upper2, expected2, notes2, SEED_GPU_HOURS[ROUND2],
     )
     return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from pianoray.config import ProtocolConfig
 from pianoray.models import registry
 from pianoray.objectives.metrics import PairCounts
-from pianoray.records import ROUND2, SELECTION_METRIC, EpochRecord, FoldScore, reportable
+from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC, EpochRecord, FoldScore, reportable
 from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import Budget, fit
@@ -137,7 +137,7 @@ def round1_counts_recorder(config: dict[str, Any]) -> Callable[[int, dict[str, A
     fold = ProtocolConfig.model_validate(config["protocol"]).round1.fold
 
     def record(epoch: int, metrics: dict[str, Any], counts: PairCounts) -> None:
-        record_pair_counts(ledger, "round1", config["experiment"], fold, epoch, counts,
+        record_pair_counts(ledger, ROUND1, config["experiment"], fold, epoch, counts,
                            rung_epoch=metrics.get("rung_epoch"))
 
     return record
@@ -164,7 +164,7 @@ def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tup
     if stopped:
         return
     data = experiment_data(cfg)
-    extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": "round1"}
+    extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": ROUND1}
     sink = ReportSink(tune.report, tune.Checkpoint, extra, on_counts=round1_counts_recorder(config))
     budget = Budget(cfg.round1.epochs, cfg.round1.patience)
     for _ in fit(cfg, name, data, cfg.round1.fold, budget, tiers=cfg.round1.tiers, sink=sink,

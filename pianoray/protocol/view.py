@@ -18,13 +18,10 @@ from pianoray.protocol.accounting import ResourceRecord, hours_by_experiment
 from pianoray.protocol.ledger import ELIMINATING_ACTIONS, PROMOTING_ACTIONS, Event, Ledger
 from pianoray.protocol.schema import SCHEMA_VERSION
 from pianoray.protocol.storage import RunStorage
-from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC
+from pianoray.records import DEFAULT_TRACK_METRICS, ROUND1, ROUND2, SELECTION_METRIC
 
 if TYPE_CHECKING:  # selection loads scipy and sklearn: only fold_outcomes needs it, status never does
     from pianoray.protocol.selection import FoldOutcome
-
-DEFAULT_TRACK_METRICS = ["difficulty_rho", "robustness.drop"]
-
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from pianoray.records import ROUND1, ROUND2
 from pianoray.report.tables import comparison_rows, finite, track_names
 
 DPI = 110
@@ -358,7 +359,7 @@ def plot_timeline(results: Mapping[str, Any], out_dir: Path) -> Path:
 def plot_all(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Every figure of the report: keys ``per_dimension``, ``timeline`` and ``learning_curves_<round>`` for
     each round named in ``rounds`` or ``curves`` (round1 and round2 always, so their links are stable)."""
-    rounds = ["round1", "round2"]
+    rounds = [ROUND1, ROUND2]
     for r in [x.get("round") for x in results.get("rounds") or []] + [c.get("round") for c in results.get("curves") or []]:
         if r and str(r) not in rounds:
             rounds.append(str(r))

@@ -17,8 +17,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rich.table import Table
 
+from pianoray.records import DEFAULT_TRACK_METRICS, ROUND1, ROUND2
+
 MISSING = "—"
-ROUND_ORDER = {"round2": 0, "round1": 1}  # experiments that reached Round 2 lead their table
+ROUND_ORDER = {ROUND2: 0, ROUND1: 1}  # experiments that reached Round 2 lead their table
 STATUS_STYLE = {
     "winner": "bold green",
     "promoted": "cyan",
@@ -200,7 +202,6 @@ METRIC_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "stop_auc": ("STOP AUC", lambda x: fmt_number(x)),
     "test.pairwise_accuracy": ("Test pairwise", lambda x: fmt_percent(x)),
 }
-DEFAULT_TRACK_METRICS = ("difficulty_rho", "robustness.drop")
 
 
 def figure(experiment: Mapping[str, Any], path: str) -> float | None:

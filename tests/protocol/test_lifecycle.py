@@ -1,7 +1,7 @@
 """Round-1 trial lifecycle without a cluster: errored leaders, restored and early-stopped trials, the ledger's
 re-judgements and rung reports, and Tune's checkpoint list re-read from storage.
 
-The fake controller does what Ray's TuneController does (see tests/protocol/test_scheduler.py); the real-Tuner
+The fake controller (tests/protocol/fake_tune.py) does what Ray's TuneController does; the real-Tuner
 versions of these scenarios are in tests/protocol/test_resume_decisions.py.
 """
 
@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 from ray.train import Checkpoint, CheckpointConfig
-from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.train._internal.session import _TrainingResult
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
-from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from pianoray.protocol.checkpoints import reconcile_trial_checkpoints, rung_checkpoint
 from pianoray.protocol.decisions import Decision
@@ -25,9 +23,10 @@ from pianoray.protocol.run import round1_history
 from pianoray.protocol.scheduler import TrackGapScheduler
 from pianoray.protocol.storage import RunStorage
 from pianoray.protocol.view import RunView
+from pianoray.records import SELECTION_METRIC
+from tests.protocol.fake_tune import CONTINUE, PAUSE, STOP, FakeController
 
-CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
-METRIC = "val/pairwise_accuracy"
+METRIC = SELECTION_METRIC
 
 
 class FakeTrial:
@@ -43,65 +42,6 @@ class FakeTrial:
 
     def __repr__(self) -> str:
         return self.config["experiment"]
-
-
-class FakeController:
-    def __init__(self, scheduler: TrackGapScheduler, trials: list[FakeTrial]):
-        self.scheduler, self.trials, self.added = scheduler, [], []
-        for t in trials:
-            self.add_trial(t)
-
-    def add_trial(self, trial: FakeTrial) -> None:
-        self.trials.append(trial)
-        self.added.append(trial)
-        self.scheduler.on_trial_add(self, trial)
-
-    def get_trials(self):
-        return list(self.trials)
-
-    def stop_trial(self, trial: FakeTrial) -> None:
-        if trial.status in (Trial.TERMINATED, Trial.ERROR):
-            return
-        if trial.status in (Trial.PENDING, Trial.PAUSED):
-            self.scheduler.on_trial_remove(self, trial)
-        else:
-            self.scheduler.on_trial_complete(self, trial, {})
-        trial.status = Trial.TERMINATED
-
-    def report(self, trial: FakeTrial, epoch: int, metric: float, **extra) -> str:
-        assert trial.status in (Trial.PENDING, Trial.RUNNING), f"{trial} reported while {trial.status}"
-        trial.status = Trial.RUNNING
-        action = self.scheduler.on_trial_result(self, trial, {"epoch": epoch, METRIC: metric, **extra})
-        if action == PAUSE:
-            trial.status = Trial.PAUSED
-        elif action == STOP:
-            self.stop_trial(trial)
-        return action
-
-    def complete(self, trial: FakeTrial) -> None:
-        self.scheduler.on_trial_complete(self, trial, {})
-        trial.status = Trial.TERMINATED
-
-    def error(self, trial: FakeTrial, retry: bool = False) -> None:
-        """Tune: a retry stops the trial as ERROR, tells the scheduler, then re-adds it PENDING; a final error
-        tells the scheduler while the trial is still RUNNING."""
-        trial.retries_left = retry
-        if retry:
-            trial.status = Trial.ERROR
-            self.scheduler.on_trial_error(self, trial)
-            trial.status = Trial.PENDING
-            self.scheduler.on_trial_add(self, trial)
-        else:
-            self.scheduler.on_trial_error(self, trial)
-            trial.status = Trial.ERROR
-
-    def runnable(self) -> list[str]:
-        """What choose_trial_to_run hands back, one after the other (each one then starts)."""
-        out = []
-        while (t := self.scheduler.choose_trial_to_run(self)) is not None and t.config["experiment"] not in out:
-            out.append(t.config["experiment"])
-            t.status = Trial.RUNNING
-        return sorted(out)
 
 
 def scheduler(**kw) -> tuple[TrackGapScheduler, list[Decision], list[tuple]]:
@@ -130,7 +70,7 @@ def test_errored_leader_is_dropped_and_its_losers_rejudged_and_restarted(monkeyp
     assert tc.report(t["A3"], 5, 0.74) == STOP
     assert verdicts(log) == {"A1": "continue", "A2": "stop", "A3": "stop", "A4": "stop"}
     assert t["A3"].status == Trial.TERMINATED and t["A4"].status == Trial.TERMINATED
-    tc.runnable()
+    tc.resumable()
 
     tc.error(t["A1"])  # retries spent
     # Without A1, A2 leads rung 5; A3 is 2 points behind (continues), A4 16 (still stopped).
@@ -145,7 +85,7 @@ def test_errored_leader_is_dropped_and_its_losers_rejudged_and_restarted(monkeyp
     assert tc.report(t["A2"], 6, 0.77) == CONTINUE
     # Late arrivals at rung 5 are judged against the new leader.
     late = FakeTrial("A5")
-    tc.add_trial(late)
+    tc.add(late)
     assert tc.report(late, 5, 0.70) == CONTINUE and sched._by_event["rung5:A5"].leader == "A2"
 
 
@@ -167,7 +107,7 @@ def test_a_retried_trial_keeps_its_place_at_the_rung():
     tc = FakeController(sched, list(t.values()))
     assert tc.report(t["A1"], 5, 0.80) == PAUSE
     tc.error(t["A2"], retry=True)  # Tune retries it: the rung still waits for it
-    assert log == [] and tc.runnable() == ["A2"]
+    assert log == [] and tc.resumable() == {"A2"}
     assert tc.report(t["A2"], 5, 0.60) == STOP and verdicts(log) == {"A1": "continue", "A2": "stop"}
     assert rejudged == []
 
@@ -208,7 +148,7 @@ def test_restored_finished_trial_never_blocks_a_rung_and_is_judged_on_its_last_v
     sched, log, _ = scheduler(rungs=[4], prior_reports=prior)
     a1, a2 = FakeTrial("A1", status=Trial.TERMINATED), FakeTrial("A2")
     tc = FakeController(sched, [a1, a2])
-    assert tc.runnable() == ["A2"]
+    assert tc.resumable() == {"A2"}
     tc.report(a2, 3, 0.70)
     assert tc.report(a2, 4, 0.70) == CONTINUE  # nobody else due: decided at once
     assert verdicts(log) == {"A1": "stop", "A2": "continue"}
@@ -222,7 +162,7 @@ def test_restored_trial_waits_again_at_the_undecided_rung_it_had_reported_at():
     a1, a2 = FakeTrial("A1"), FakeTrial("A2")
     tc = FakeController(sched, [a1, a2])
     assert a1.status == Trial.PAUSED  # held at the rung: it does not train past it first
-    assert tc.runnable() == ["A2"]
+    assert tc.resumable() == {"A2"}
     assert tc.report(a2, 4, 0.70) == CONTINUE
     assert verdicts(log) == {"A1": "stop", "A2": "continue"} and a1.status == Trial.TERMINATED
     assert {d.experiment: d.metric for d in log}["A1"] == 0.58  # the rung epoch's value, from the ledger
@@ -235,7 +175,7 @@ def test_restored_trial_whose_rung_was_decided_meanwhile_is_judged_at_once_and_n
     a1 = FakeTrial("A1")
     tc = FakeController(sched, [a1])
     assert verdicts(log) == {"A1": "stop"} and log[0].leader == "A2"
-    assert tc.runnable() == [] and a1.status == Trial.TERMINATED
+    assert tc.resumable() == set() and a1.status == Trial.TERMINATED
 
 
 def test_revived_trial_in_an_earlier_session_supersedes_the_trial_it_restarted_from():
@@ -244,7 +184,7 @@ def test_revived_trial_in_an_earlier_session_supersedes_the_trial_it_restarted_f
                               prior_reports={"A2": reports(*[(e, 0.76) for e in range(1, 5)])})
     old, new = FakeTrial("A2"), FakeTrial("A2", revived_at=4)
     tc = FakeController(sched, [old, new])  # snapshot lag: the old one comes back unfinished
-    assert old.status == Trial.TERMINATED and tc.runnable() == ["A2"]
+    assert old.status == Trial.TERMINATED and tc.resumable() == {"A2"}
     assert tc.report(new, 5, 0.77) == CONTINUE
 
 

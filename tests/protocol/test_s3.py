@@ -205,7 +205,6 @@ def test_ray_tune_run_with_s3_storage_path(moto_s3, moto_server, monkeypatch):
 def test_whole_protocol_run_on_s3_storage(moto_s3, moto_server, e2e_data, tmp_path):
     """`pianoray run --storage s3://...` end to end (local data, storage on moto), then `status` reads it."""
     import subprocess
-    import sys
 
     from tests.protocol.conftest import CLI, CliRun, write_fault_config
 

@@ -1,6 +1,6 @@
 """TrackGapScheduler driven by scripted result streams, fake trials and a fake controller (no cluster).
 
-The fake controller does what Ray's TuneController does with a decision: PAUSE -> status PAUSED;
+The fake controller (tests/protocol/fake_tune.py) does what Ray's TuneController does with a decision: PAUSE -> status PAUSED;
 STOP -> ``stop_trial`` (which calls ``on_trial_complete`` for a RUNNING trial, ``on_trial_remove`` for a
 PAUSED/PENDING one); and it resumes only what ``choose_trial_to_run`` returns.
 """
@@ -12,15 +12,15 @@ import math
 
 import pytest
 from ray.tune.experiment import Trial
-from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from pianoray.objectives.metrics import PairCounts
 from pianoray.protocol.decisions import Decision, MissingStatistics
 from pianoray.protocol.scheduler import TrackGapScheduler
+from pianoray.records import SELECTION_METRIC
+from tests.protocol.fake_tune import CONTINUE, PAUSE, STOP, FakeController
 from tests.protocol.synthetic_counts import synthetic_counts
 
-CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
-METRIC = "val/pairwise_accuracy"
+METRIC = SELECTION_METRIC
 
 
 class FakeTrial:
@@ -32,53 +32,6 @@ class FakeTrial:
 
     def __repr__(self) -> str:
         return self.config["experiment"]
-
-
-class FakeController:
-    def __init__(self, scheduler: TrackGapScheduler, trials: list[FakeTrial]):
-        self.scheduler = scheduler
-        self.trials: list[FakeTrial] = []
-        for t in trials:
-            self.add(t)
-
-    def add(self, trial: FakeTrial) -> None:
-        self.trials.append(trial)
-        self.scheduler.on_trial_add(self, trial)
-
-    def get_trials(self):
-        return list(self.trials)
-
-    def stop_trial(self, trial: FakeTrial) -> None:
-        if trial.status in (Trial.TERMINATED, Trial.ERROR):
-            return
-        if trial.status in (Trial.PENDING, Trial.PAUSED):
-            self.scheduler.on_trial_remove(self, trial)
-        else:
-            self.scheduler.on_trial_complete(self, trial, {})
-        trial.status = Trial.TERMINATED
-
-    def report(self, trial: FakeTrial, epoch: int, metric: float, **extra) -> str:
-        assert trial.status in (Trial.PENDING, Trial.RUNNING), f"{trial} reported while {trial.status}"
-        trial.status = Trial.RUNNING
-        action = self.scheduler.on_trial_result(self, trial, {"epoch": epoch, METRIC: metric, **extra})
-        if action == PAUSE:
-            trial.status = Trial.PAUSED
-        elif action == STOP:
-            self.stop_trial(trial)
-        return action
-
-    def error(self, trial: FakeTrial) -> None:
-        trial.status = Trial.RUNNING
-        self.scheduler.on_trial_error(self, trial)
-        trial.status = Trial.ERROR
-
-    def resumable(self) -> set[str]:
-        """Every trial choose_trial_to_run would hand back, taking each one in turn (as Tune does)."""
-        out = set()
-        while (t := self.scheduler.choose_trial_to_run(self)) is not None and t.config["experiment"] not in out:
-            out.add(t.config["experiment"])
-            t.status = Trial.RUNNING  # started: choose_trial_to_run moves on to the next one
-        return out
 
 
 def setup(*specs, **kw):
