@@ -28,9 +28,9 @@ N_DIMS = 19
 
 
 def build(experiment: str, tail: dict, width: int):
-    from pianoray.models import registry
     import pianoray.models.audio  # noqa: F401  (registers A1-A3 until the lead adds it to BUILTIN_MODULES)
     import pianoray.models.baselines  # noqa: F401
+    from pianoray.models import registry
 
     spec = registry.get(experiment)
     model_cfg = {} if experiment == "audio-frozen" else {"tail": tail}
@@ -42,8 +42,8 @@ def build(experiment: str, tail: dict, width: int):
 
 def run_one(experiment: str, scale: str) -> dict:
     import torch
-
     from benchmarks_batch import synthetic_batch  # noqa: E402  (sibling module, see below)
+
     from pianoray.models.contract import PerformanceModel
 
     logging.disable(logging.WARNING)  # the random-init warning, once per config, is expected here

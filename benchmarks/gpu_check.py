@@ -33,10 +33,10 @@ def peak_tflops(name: str, override: float | None) -> float | None:
 
 def measure(experiment: str, batch_size: int, frames: int, steps: int, peak: float | None) -> dict:
     import torch
+    from benchmarks_batch import synthetic_batch
     from torch.utils.flop_counter import FlopCounterMode
 
     import pianoray.models.audio  # noqa: F401  (registers A1-A3)
-    from benchmarks_batch import synthetic_batch
     from pianoray.models import registry
     from pianoray.models.contract import PerformanceModel
 

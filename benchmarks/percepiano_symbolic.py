@@ -28,6 +28,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pianoray.terminal import RichFeedback
+
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = [("Bi-LSTM", 0.185), ("MidiBERT", 0.313), ("Bi-LSTM + score alignment", 0.360), ("+ HAN", 0.397)]
 
@@ -70,7 +72,7 @@ def train_folds(cfg, experiment: str, data, folds: list[int], epochs: int, patie
     done = json.loads(store.read_text()) if store is not None and store.exists() else {}
     todo = [k for k in folds if str(k) not in done]
     if todo:
-        cfg = ensure_pretrained(cfg, experiment, data, console, folds=todo)
+        cfg = ensure_pretrained(cfg, experiment, data, RichFeedback(console), folds=todo)
     for k in todo:
         with tempfile.TemporaryDirectory(prefix=f"{experiment}-f{k}-") as tmp:
             sink = TopKSink(Path(tmp), k=1)
@@ -127,7 +129,7 @@ def main() -> None:
         if not args.table_only:  # the symbolic cache `pianoray run` builds: every fold reads stored features
             from pianoray.validation import prepare_data
 
-            prepare_data(cfg, console)
+            prepare_data(cfg, RichFeedback(console))
         data = ExperimentData.from_config(cfg) if not args.table_only else None
         ref_store = args.results / f"{labels}__{REFERENCE}.json"
         if data is not None and args.fresh and ref_store.exists():

@@ -77,7 +77,7 @@ def protocol_cost(cfg_path: Path, data: str, storage: str, name: str, exhaustive
         over["round1"] = {"gap": 1000.0}  # nobody is eliminated: every experiment gets 4 folds, full budget
     cfg = load_config(cfg_path, over)
     t0 = time.perf_counter()
-    results = run_protocol(cfg, storage=storage, name=name, fresh=True, console=Console(quiet=True))
+    results = run_protocol(cfg, storage=storage, name=name, fresh=True, feedback=None)
     wall = time.perf_counter() - t0
     ray.shutdown()
     ledger = Ledger(RunStorage(storage, name))

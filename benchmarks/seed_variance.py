@@ -37,6 +37,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pianoray.terminal import RichFeedback
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_YAML = ROOT / "experiments" / "demo.yaml"
 
@@ -47,10 +49,10 @@ DEMO_YAML = ROOT / "experiments" / "demo.yaml"
 def run_fold(cfg, experiment: str, data, fold: int, epochs: int, patience: int | None) -> dict[str, Any]:
     """One fold of Round 2 as the protocol runs it: the figures selection reads, and the pair counts."""
     from pianoray.models import registry
+    from pianoray.records import PAIR_COUNTS
     from pianoray.training.checkpoint import TopKSink
     from pianoray.training.loop import Budget, fit
     from pianoray.training.reference import fit_and_score
-    from pianoray.records import PAIR_COUNTS
     from pianoray.training.scoring import score_checkpoint
 
     t0 = time.perf_counter()
@@ -95,7 +97,7 @@ def train_seed(base_cfg, seed: int, experiments: list[str], folds: list[int], da
             continue
         run_cfg = cfg
         if registry.get(cfg.encoder_name(name)).pretrain is not None:
-            run_cfg = ensure_pretrained(cfg, name, data, console, folds=todo)
+            run_cfg = ensure_pretrained(cfg, name, data, RichFeedback(console), folds=todo)
         for k in todo:
             done[str(k)] = run_fold(run_cfg, name, data, k, epochs, patience)
             write_json_atomic(store, done)
@@ -284,7 +286,7 @@ def main() -> None:
     # One fold assignment for every seed: generated with the config's seed, stored, and read back by each seed.
     folds_file = args.results / "folds.json"
     if not args.table_only:
-        prepare_data(cfg, console)
+        prepare_data(cfg, RichFeedback(console))
         if not folds_file.exists():
             ExperimentData.from_config(cfg).folds.save(folds_file)
         cfg = load_config(args.config, _merge(overrides, {"data": {"folds": str(folds_file)}}))

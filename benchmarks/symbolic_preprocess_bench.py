@@ -22,6 +22,7 @@ from rich.table import Table
 
 from pianoray.data.symbolic.cache import FEATURE_KINDS, SymbolicCache, build_symbolic_cache
 from pianoray.settings import shared_data_dir
+from pianoray.terminal import RichFeedback
 
 
 def real_midi_files(root: Path) -> list[Path]:
@@ -49,8 +50,8 @@ def main() -> None:
     console.print(f"{len(files)} MIDI files under {root}; cache {out}; {args.workers} workers")
 
     try:
-        cold = build_symbolic_cache(files, out, workers=args.workers, progress=True)
-        warm = build_symbolic_cache(files, out, workers=args.workers, progress=False)
+        cold = build_symbolic_cache(files, out, workers=args.workers, feedback=RichFeedback(console))
+        warm = build_symbolic_cache(files, out, workers=args.workers)
         cache = SymbolicCache(out)
         shas = sorted(set(cold.sha_by_path.values()))
         read_s: dict[str, float] = {}

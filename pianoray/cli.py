@@ -18,6 +18,7 @@ from rich.table import Table
 
 from pianoray.config import ProtocolConfig, load_config
 from pianoray.errors import PianorayError
+from pianoray.feedback import Feedback
 from pianoray.settings import shared_data_dir
 
 app = typer.Typer(
@@ -51,6 +52,13 @@ def user_errors() -> Iterator[None]:
         for line in str(msg).splitlines() or ["error"]:
             err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def _feedback(as_json: bool = False) -> Feedback:
+    """Lines and bars for a person: on stdout, or on stderr when stdout carries one JSON object."""
+    from pianoray.terminal import RichFeedback
+
+    return RichFeedback(err if as_json else console)
 
 
 def _config(config: Optional[Path], data: Optional[Path]) -> ProtocolConfig:
@@ -246,12 +254,20 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
 ) -> None:
     """Train one experiment on one fold in-process, without Ray (the reference for Ray overhead)."""
+    from pianoray.terminal import EpochTable, train_summary
     from pianoray.training.runner import train_one
 
+    shown = err if as_json else console
     with user_errors():
         cfg = _config(config or _default_config(), data)
-        train_one(cfg, experiment, fold, epochs=epochs, patience=patience, out=out, as_json=as_json,
-                  console=err if as_json else console)
+        table = EpochTable(f"{experiment} · fold {fold} · {cfg.data.labels} labels")
+        with table.shown(shown):
+            result = train_one(cfg, experiment, fold, epochs=epochs, patience=patience, out=out,
+                               feedback=_feedback(as_json), on_epoch=table.add)
+    if as_json:
+        print(json.dumps(result, default=float))
+    else:
+        console.print(train_summary(result), highlight=False)
 
 
 @app.command()
@@ -285,8 +301,8 @@ def pretrain(
             raise UserError(f"--experiment: {experiment} has no pretraining task")
         from pianoray.validation import prepare_data
 
-        prepare_data(cfg, console)
-        cfg = ensure_pretrained(cfg, experiment, ExperimentData.from_config(cfg), console)
+        prepare_data(cfg, _feedback())
+        cfg = ensure_pretrained(cfg, experiment, ExperimentData.from_config(cfg), _feedback())
     exp = cfg.experiments[experiment]
     for fold, path in sorted(exp.init_encoder_folds.items()):
         console.print(f"encoder weights, fold {fold}: {path}")
@@ -337,14 +353,15 @@ def run(
 
     with user_errors():
         cfg = _config(config or _default_config(), data)
-        prepare_data(cfg, console)
+        prepare_data(cfg, _feedback())
         problems, summary = validate_all(cfg)
         for line in summary:
             console.print(line, highlight=False)
         if problems:
             raise UserError("\n".join(problems))
         try:
-            results = run_protocol(cfg, storage=storage, name=name, fresh=fresh, address=address, console=console)
+            results = run_protocol(cfg, storage=storage, name=name, fresh=fresh, address=address,
+                                   feedback=_feedback())
         except ProtocolError as e:
             raise UserError(str(e)) from None
     _print_results(results)
@@ -475,11 +492,18 @@ def plan(
                                         "(a few real steps) and plan with it instead of the table's."),
 ) -> None:
     """Print the rounds, trials, resources and the estimated GPU-hour budget before anything launches."""
-    from pianoray.protocol.plan import print_plan
+    from pianoray.protocol.plan import plan_for, plan_json
 
     with user_errors():
-        print_plan(_config(config, data), console, throughput=throughput, eliminated=eliminated, as_json=as_json,
-                   calibrate=calibrate)
+        p, measured = plan_for(_config(config, data), throughput=throughput, eliminated=eliminated,
+                               calibrate=calibrate, feedback=_feedback(as_json))
+    if as_json:
+        print(json.dumps(plan_json(p, measured)))
+        return
+    from pianoray.terminal import render_plan
+
+    for r in render_plan(p):
+        console.print(r)
 
 
 @app.command()
@@ -504,7 +528,7 @@ def extract(
         try:
             root = run_extract(audio, out, muq_checkpoint=muq_checkpoint, augment=augment,
                                window_seconds=window_seconds, allow_random=allow_random, seed=seed, tier=tier,
-                               labels=labels, overwrite=overwrite)
+                               labels=labels, overwrite=overwrite, feedback=_feedback())
         except (ExtractionError, MuQCheckpointError) as e:
             raise UserError(str(e)) from None
     _print_corpus_summary(root)
@@ -552,7 +576,7 @@ def data_symbolic(
         files = sorted(p for p in midi.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
         if not files:
             raise UserError(f"--midi: {midi}: no .mid/.midi files")
-        rep = build_symbolic_cache(files, out, workers=workers or os.cpu_count() or 1, progress=True)
+        rep = build_symbolic_cache(files, out, workers=workers or os.cpu_count() or 1, feedback=_feedback())
     console.print(f"{len(files)} files: {rep.computed} computed, {rep.reused} reused, {len(rep.failed)} failed")
     for path, reason in rep.failed:
         err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)

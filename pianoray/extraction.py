@@ -36,13 +36,12 @@ Nothing here imports ray; the CLI (``pianoray extract``) is a thin wrapper aroun
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +52,7 @@ from pianoray.data.midi import file_sha256
 from pianoray.data.percepiano import PERCEPIANO_DIMS, PercePianoError, parse_segment_name, read_labels
 from pianoray.data.tiers import Tier, parse_tier
 from pianoray.errors import PianorayError
+from pianoray.feedback import Feedback, or_default
 from pianoray.models.audio.muq_encoder import (
     MUQ_SAMPLE_RATE,
     MuQEncoder,
@@ -172,18 +172,6 @@ def encode_windows(
     return torch.cat(layer8).numpy(), torch.cat(final).numpy()
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("extract"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.description}")) as bar:
-        yield (bar, bar.add_task("", total=total))
-
-
 def augmentation_seed(seed: int, segment_id: str, version: int) -> np.random.Generator:
     """One generator per (seed, file, version): results do not depend on file order or on other files."""
     return np.random.default_rng([seed, zlib.crc32(segment_id.encode()), version])
@@ -214,7 +202,7 @@ def extract(
     seed: int = 0,
     tier: str | Tier = "T1",
     labels: str | Path | Mapping[str, Sequence[float]] | None = None,
-    progress: bool = True,
+    feedback: Feedback | None = None,
     encoder_config: MuQEncoderConfig | None = None,
     augment_config: AugmentConfig | None = None,
     device: str | None = None,
@@ -227,7 +215,7 @@ def extract(
     19 PercePiano ratings, and then every file must have one. ``augment`` N adds N T4 twins per file.
     ``encoder_config`` defaults to MuQ's shape; ``device`` to CUDA when available. Raises ExtractionError
     (naming the file) for an unreadable or too-short file, and without ``muq_checkpoint`` unless
-    ``allow_random``.
+    ``allow_random``. ``feedback`` shows progress per file (None: logged).
     """
     audio_dir, out = Path(audio_dir).expanduser(), Path(out).expanduser()
     clean_tier = parse_tier(tier)
@@ -242,7 +230,7 @@ def extract(
     if label_map is not None and clean_tier is not Tier.T1:
         raise ExtractionError(f"labels are for T1 rows; tier is {clean_tier.name}")
     if label_map is None and clean_tier is Tier.T1:
-        log.warning("T1 rows without labels (pianoray validate will list them): pass labels, or tier T3")
+        or_default(feedback).warn("T1 rows without labels (pianoray validate will list them): pass labels, or tier T3")
     files = audio_files(audio_dir)
     encoder = build_encoder(encoder_config, muq_checkpoint, allow_random=allow_random, seed=seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -277,7 +265,7 @@ def extract(
         writer.add(tier_, row, layer8)
         final_writer.add(tier_, row, final)
 
-    with _progress(progress, len(files) * (1 + augment)) as bar:
+    with or_default(feedback).progress("extract", len(files) * (1 + augment)) as advance:
         for path in files:
             ident = segment_identity(path)
             try:
@@ -295,8 +283,7 @@ def extract(
             if clean_tier is Tier.T3:
                 row["group"] = ident.piece
             add(clean_tier, row, audio, path)
-            if bar:
-                bar[0].update(bar[1], advance=1, description=path.name)
+            advance(1, path.name)
             for version in range(augment):
                 rng = augmentation_seed(seed, ident.segment_id, version)
                 noisy, applied = augment_until_applied(augmentor, audio, rng, path)
@@ -306,8 +293,7 @@ def extract(
                         "augmentation": "+".join(t.name for t in applied)}
                 add(Tier.T4, twin, noisy, path)
                 applied_log[twin_id] = [{"name": t.name, "params": t.params} for t in applied]
-                if bar:
-                    bar[0].update(bar[1], advance=1, description=f"{path.name} (augmented {version + 1}/{augment})")
+                advance(1, f"{path.name} (augmented {version + 1}/{augment})")
     if applied_log:
         for root in (out, out / FINAL_DIR):
             write_json_atomic(root / Tier.T4.name / AUGMENTATIONS_FILE, applied_log)

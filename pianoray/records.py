@@ -29,7 +29,7 @@ ROUND1, ROUND2 = "round1", "round2"
 Role = Literal["candidate", "reference"]  # a reference is trained and reported, never a leader nor a winner
 PAIR_COUNTS = "pair_counts"  # the key of a fold's per-passage counts ({"val": ..., "test": ...})
 # A track's comparison-table figures unless its TrackSpec says otherwise: dotted paths into an experiment's row.
-DEFAULT_TRACK_METRICS = ("difficulty_rho", "robustness.drop")
+DEFAULT_TRACK_METRICS = ("difficulty_rho", "robustness.drop", "test.r2", "test.pairwise_accuracy")
 
 METRIC_PREFIXES = ("val/", "train/")  # an epoch's metric keys
 TEST_PREFIX = "test/"

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
+from pianoray.feedback import Feedback, or_default
 
 
-def prepare_data(cfg: ProtocolConfig, console: Console | None = None) -> None:
+def prepare_data(cfg: ProtocolConfig, feedback: Feedback | None = None) -> None:
     """Make the data a run needs: the demo corpus when asked for and absent, then the symbolic feature
-    cache (by MIDI content hash, incremental) when an enabled experiment reads a symbolic view."""
+    cache (by MIDI content hash, incremental) when an enabled experiment reads a symbolic view.
+    ``feedback`` hears what was made (None: logged)."""
+    feedback = or_default(feedback)
     from pianoray.data.remote import is_remote_uri
 
     root = Path(cfg.data.root)
@@ -26,8 +27,8 @@ def prepare_data(cfg: ProtocolConfig, console: Console | None = None) -> None:
 
         # Absent, or written by an older demo generator: (re)generate it, so the demo follows the code.
         done = ensure_demo(root, seed=cfg.data.demo.seed, scale=cfg.data.demo.scale)
-        if done is not None and console is not None:
-            console.print(f"demo corpus {root}: {done}")
+        if done is not None:
+            feedback.say(f"demo corpus {root}: {done}")
     views = needed_views(cfg)
     if not views:
         return
@@ -39,7 +40,7 @@ def prepare_data(cfg: ProtocolConfig, console: Console | None = None) -> None:
         corpus = open_corpus(cfg.data)
     except (FileNotFoundError, ValueError, KeyError, MidiError):
         return  # validate_all reports why the corpus cannot be opened; nothing to build from
-    ensure_symbolic_cache(cfg.data, views, corpus, console=console)
+    ensure_symbolic_cache(cfg.data, views, corpus, feedback=feedback)
 
 
 def needed_views(cfg: ProtocolConfig) -> set[str]:
@@ -110,7 +111,15 @@ def _fold_problems(cfg: ProtocolConfig, corpus, summary: list[str]) -> list[str]
     """Problems of ``data.folds`` (or of generating folds) against the corpus; adds the fold-unit line to
     ``summary``. A folds file of unit passage or music that separates passages sharing music is refused
     with one line naming both passages; a performer file passes with a note (it is meant to reuse music)."""
-    from pianoray.data.folds import FoldError, FoldSet, check_folds, corpus_folds, describe_unit, fold_units, music_leaks
+    from pianoray.data.folds import (
+        FoldError,
+        FoldSet,
+        check_folds,
+        corpus_folds,
+        describe_unit,
+        fold_units,
+        music_leaks,
+    )
     from pianoray.data.music import MusicGroupsUnavailable, corpus_music_groups
 
     try:

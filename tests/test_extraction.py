@@ -72,7 +72,7 @@ def mixed_dir(clip_dir: Path, percepiano_dir: Path, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="module")
 def mixed_cache(mixed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cache") / "c"
-    return extract(mixed_dir, out, allow_random=True, window_seconds=WINDOW_S, seed=0, progress=False,
+    return extract(mixed_dir, out, allow_random=True, window_seconds=WINDOW_S, seed=0,
                    encoder_config=MuQEncoderConfig.tiny())
 
 
@@ -135,15 +135,14 @@ def test_layer8_and_final_equal_an_independent_forward(mixed_cache: Path, mixed_
 
 def test_refuses_without_checkpoint(clip_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ExtractionError, match="no MuQ checkpoint") as err:
-        extract(clip_dir, tmp_path / "c", window_seconds=WINDOW_S, progress=False,
+        extract(clip_dir, tmp_path / "c", window_seconds=WINDOW_S,
                 encoder_config=MuQEncoderConfig.tiny())
     assert str(err.value) == NO_CHECKPOINT_MESSAGE
     assert not (tmp_path / "c" / "corpus.json").exists()
 
 
 def test_augment_writes_t4_twins_linked_to_clean(clip_dir: Path, tmp_path: Path) -> None:
-    root = extract(clip_dir, tmp_path / "c", allow_random=True, augment=2, window_seconds=WINDOW_S, seed=3,
-                   progress=False, encoder_config=MuQEncoderConfig.tiny())
+    root = extract(clip_dir, tmp_path / "c", allow_random=True, augment=2, window_seconds=WINDOW_S, seed=3, encoder_config=MuQEncoderConfig.tiny())
     corpus = open_cache(root)
     t1 = corpus.manifest("T1").set_index("segment_id")
     t4 = corpus.manifest("T4")
@@ -174,9 +173,9 @@ def test_loaded_checkpoint_changes_the_output(clip_dir: Path, tmp_path: Path) ->
     ckpt = tmp_path / "muq.pt"
     torch.save(state, ckpt)
 
-    random_root = extract(clip_dir, tmp_path / "r", allow_random=True, window_seconds=WINDOW_S, progress=False,
+    random_root = extract(clip_dir, tmp_path / "r", allow_random=True, window_seconds=WINDOW_S,
                           encoder_config=cfg)
-    loaded_root = extract(clip_dir, tmp_path / "l", muq_checkpoint=ckpt, window_seconds=WINDOW_S, progress=False,
+    loaded_root = extract(clip_dir, tmp_path / "l", muq_checkpoint=ckpt, window_seconds=WINDOW_S,
                           encoder_config=cfg)
     rc, lc = open_cache(random_root), open_cache(loaded_root)
     assert lc.meta.created_by["random_encoder"] is False and lc.meta.created_by["muq_checkpoint"] == "muq.pt"
@@ -205,28 +204,26 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     short.mkdir()
     sf.write(short / "tiny.wav", piano_tone_clip(1.0, 24000, [60], 0), 24000)
     with pytest.raises(ExtractionError, match=r"tiny\.wav: 1\.00 s is shorter than one window"):
-        extract(short, tmp_path / "c1", allow_random=True, window_seconds=WINDOW_S, progress=False,
+        extract(short, tmp_path / "c1", allow_random=True, window_seconds=WINDOW_S,
                 encoder_config=MuQEncoderConfig.tiny())
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "noise.wav").write_bytes(b"RIFF not really a wav file")
     with pytest.raises(ExtractionError, match=r"noise\.wav: cannot read audio"):
-        extract(broken, tmp_path / "c2", allow_random=True, window_seconds=WINDOW_S, progress=False,
+        extract(broken, tmp_path / "c2", allow_random=True, window_seconds=WINDOW_S,
                 encoder_config=MuQEncoderConfig.tiny())
     with pytest.raises(ExtractionError, match="no audio files"):
-        extract(tmp_path / "c1", tmp_path / "c3", allow_random=True, progress=False)
+        extract(tmp_path / "c1", tmp_path / "c3", allow_random=True)
 
 
 def test_labels_for_t1_rows(clip_dir: Path, tmp_path: Path) -> None:
     labels = {"etude_a": [0.1] * 19, "etude_b": [0.9] * 19}
-    root = extract(clip_dir, tmp_path / "c", allow_random=True, window_seconds=WINDOW_S, labels=labels,
-                   progress=False, encoder_config=MuQEncoderConfig.tiny())
+    root = extract(clip_dir, tmp_path / "c", allow_random=True, window_seconds=WINDOW_S, labels=labels, encoder_config=MuQEncoderConfig.tiny())
     corpus = open_cache(root)
     assert corpus.labels19["etude_b"].tolist() == pytest.approx([0.9] * 19)
     assert corpus.meta.label_names is not None and len(corpus.meta.label_names) == 19
     with pytest.raises(ExtractionError, match=r"etude_b\.wav: no label for segment 'etude_b'"):
-        extract(clip_dir, tmp_path / "d", allow_random=True, window_seconds=WINDOW_S, labels={"etude_a": [0.1] * 19},
-                progress=False, encoder_config=MuQEncoderConfig.tiny())
+        extract(clip_dir, tmp_path / "d", allow_random=True, window_seconds=WINDOW_S, labels={"etude_a": [0.1] * 19}, encoder_config=MuQEncoderConfig.tiny())
 
 
 def test_mel_filterbank_matches_librosa_htk() -> None:
@@ -238,4 +235,4 @@ def test_mel_filterbank_matches_librosa_htk() -> None:
 
 def test_window_length_must_be_whole_frames(clip_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ExtractionError, match="window_seconds 0.01"):
-        extract(clip_dir, tmp_path / "c", allow_random=True, window_seconds=0.01, progress=False)
+        extract(clip_dir, tmp_path / "c", allow_random=True, window_seconds=0.01)

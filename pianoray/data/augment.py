@@ -25,6 +25,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage, signal
 
+from pianoray.errors import InputError
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 NOISE_COLOURS: dict[str, float] = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power ~ 1 / f^exponent
 
@@ -88,7 +90,7 @@ def load_mono(path: Path, sample_rate: int) -> NDArray[np.float32]:
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises its own LibsndfileError, RuntimeError on old versions
-        raise ValueError(f"{path}: cannot read audio ({e})") from e
+        raise InputError(f"{path}: cannot read audio ({e})") from e
     mono = audio.mean(axis=1)
     return (soxr.resample(mono, sr, sample_rate) if sr != sample_rate else mono).astype(np.float32)
 
@@ -234,7 +236,7 @@ class WaveformAugmentor:
             path = self.noise_files[int(rng.integers(len(self.noise_files)))]
             clip = load_mono(path, sr)
             if clip.size == 0:
-                raise ValueError(f"{path}: empty noise file")
+                raise InputError(f"{path}: empty noise file")
             start = int(rng.integers(clip.size))
             clip = np.roll(clip, -start)
             clip = np.tile(clip, int(np.ceil(x.shape[-1] / clip.size)))[: x.shape[-1]]

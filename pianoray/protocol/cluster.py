@@ -120,7 +120,6 @@ def _short(value: Any, limit: int = 80) -> str:
 def schema_problems(config: dict[str, Any]) -> list[str]:
     """jsonschema errors of ``config`` against Ray's ``ray-schema.json``, one ``key.path: message`` each."""
     import jsonschema
-
     import ray.autoscaler
 
     schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"

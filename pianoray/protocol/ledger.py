@@ -33,9 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from pianoray.errors import InputError
 from pianoray.protocol.accounting import ResourceRecord
 from pianoray.protocol.storage import RunStorage
-from pianoray.records import validate_payload
+from pianoray.records import PAYLOADS, validate_payload
 
 EVENTS_DIR = "ledger/events"
 COMPACTED_DIR = "ledger/compacted"
@@ -139,6 +140,14 @@ class Event(BaseModel):
         validate_payload(self.kind, self.payload)  # records.PAYLOADS: one type per kind
         return self
 
+    @property
+    def data(self) -> Any:
+        """The payload as its kind's type (``records.PAYLOADS``: ``e.data.epoch``, ``e.data.metrics``), validated
+        on each read, so that events compacted to parquet (read without validation) are checked too. A kind
+        without a type gives the plain dict."""
+        model = PAYLOADS.get(self.kind)
+        return model.model_validate(self.payload) if model is not None else self.payload
+
     def relpath(self) -> str:
         return event_relpath(self.kind, self.event_id)
 
@@ -183,7 +192,7 @@ def events_from_parquet(data: bytes, source: str) -> list[Event]:
     try:
         rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     except pa.ArrowException as e:
-        raise ValueError(f"{source}: not a readable compacted ledger parquet: {e}") from None
+        raise InputError(f"{source}: not a readable compacted ledger parquet: {e}") from None
     # Rows were validated as Events when written; re-validating 10^4 payloads would dominate the read.
     return [Event.model_construct(**{**r, "payload": json.loads(r["payload"])}) for r in rows]
 
@@ -368,7 +377,7 @@ class Ledger:
             try:
                 self._loose[rel] = Event.model_validate(json.loads(data))
             except ValueError as e:
-                raise ValueError(f"{self.storage.path(rel)}: not a valid ledger event: {e}") from None
+                raise InputError(f"{self.storage.path(rel)}: not a valid ledger event: {e}") from None
         for rel in listed:
             e = self._loose.get(rel)
             if e is not None and (kind is None or e.kind == kind):
@@ -392,8 +401,8 @@ class Ledger:
         decided = [e for e in self.events("decision") if round is None or e.round == round]
         if as_decided:
             return decided
-        latest = {r.payload.get("decision_event"): r for r in self.rejudgements(round)}
-        return [e.model_copy(update={"payload": dict(latest[e.event_id].payload["decision"])})
+        latest = {r.data.decision_event: r for r in self.rejudgements(round)}
+        return [e.model_copy(update={"payload": dict(latest[e.event_id].data.decision)})
                 if e.event_id in latest else e for e in decided]
 
     def rejudgements(self, round: str | None = None) -> list[Event]:
@@ -411,15 +420,14 @@ class Ledger:
         previous value: the first report of each value is kept, the one the scheduler judged). A rung is
         judged on the value reported at the rung epoch: this is where a resumed run reads it back."""
         out: dict[str, dict[int, dict[str, Any]]] = {}
-        events = sorted(self.epochs(round=round, fold=fold), key=lambda e: int(e.payload.get("epoch", 0)))
-        for e in events:
-            metrics = e.payload.get("metrics", {})
-            value = e.payload.get("epoch") if key == "epoch" else metrics.get(key)
+        events = sorted(((e, e.data) for e in self.epochs(round=round, fold=fold)), key=lambda ep: ep[1].epoch)
+        for e, p in events:
+            metrics = p.metrics
+            value = p.epoch if key == "epoch" else metrics.get(key)
             if e.experiment is None or not isinstance(value, (int, float)):
                 continue
             by_value = out.setdefault(e.experiment, {})
-            by_value.setdefault(int(value), {**metrics, "epoch": e.payload.get("epoch"),
-                                             "trial_id": e.payload.get("trial")})
+            by_value.setdefault(int(value), {**metrics, "epoch": p.epoch, "trial_id": p.trial})
         return out
 
     def epochs(
@@ -435,22 +443,22 @@ class Ledger:
 
     def last_epoch(self, round: str, experiment: str, fold: int) -> int | None:
         """Highest epoch recorded for one (round, experiment, fold): where a resumed trial carries on."""
-        eps = [e.payload["epoch"] for e in self.epochs(experiment, round=round, fold=fold)]
+        eps = [e.data.epoch for e in self.epochs(experiment, round=round, fold=fold)]
         return max(eps) if eps else None
 
     def selected(self, name: str | None = None) -> dict[str, Any] | None:
         """Payload of the latest selection (or the one called ``name``); None before selection."""
-        sel = [e for e in self.events("selection") if name is None or e.payload.get("name") == name]
+        sel = [e for e in self.events("selection") if name is None or e.data.name == name]
         return dict(sel[-1].payload) if sel else None
 
     def resource_records(self) -> list[ResourceRecord]:
         return [
             ResourceRecord(
                 experiment=e.experiment or "",
-                trial=e.payload["trial"],
-                resource=e.payload["resource"],
-                amount_hours=e.payload["amount_hours"],
-                wall_seconds=e.payload["wall_seconds"],
+                trial=e.data.trial,
+                resource=e.data.resource,
+                amount_hours=e.data.amount_hours,
+                wall_seconds=e.data.wall_seconds,
                 round=e.round,
                 fold=e.fold,
             )

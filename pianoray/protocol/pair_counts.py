@@ -48,13 +48,13 @@ def read_pair_counts(ledger: Ledger, round: str, experiment: str, fold: int, epo
     event_id = pair_counts_event_id(round, experiment, fold, epoch)
     rel = event_relpath(KIND, event_id)
     try:
-        payload = ledger.storage.read_json(rel)["payload"]
+        counts = ledger.storage.read_json(rel)["payload"]["counts"]
     except FileNotFoundError:
         found = [e for e in ledger.events(KIND) if e.event_id == event_id]
         if not found:
             return None
-        payload = found[0].payload
-    return PairCounts.from_json(payload["counts"])
+        counts = found[0].data.counts
+    return PairCounts.from_json(counts)
 
 
 _LEDGERS: dict[tuple[str, str], Ledger] = {}

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
+from pianoray.feedback import Feedback, or_default
 from pianoray.records import ROUND1, ROUND2
 
 DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
@@ -383,66 +384,29 @@ def plan(
     return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)
 
 
-# -- rendering ---------------------------------------------------------------------------------------
-def _fmt_hours(h: Mapping[str, float]) -> str:
-    parts = [f"{h[k]:.2f} {k.upper()}-h" for k in ("gpu", "cpu") if h.get(k)]
-    return " + ".join(parts) or "0"
-
-
-def render_plan(p: Plan) -> list[Any]:
-    """Rich renderables: the per-trial cost model, then the rounds with both totals beside the seed's."""
-    from rich.table import Table
-    from rich.text import Text
-
-    trials = Table(title=f"plan · {p.config_name} · per experiment (one worker)")
-    for col in ("experiment", "resources", "samples/s", "train / val samples per epoch", "hours / epoch", "throughput source"):
-        trials.add_column(col)
-    for t in p.trials:
-        res = f"{t.cpu:g} CPU" + (f" + {t.gpu:g} GPU" if t.gpu else "")
-        trials.add_row(t.experiment, res, f"{t.samples_per_s:.4g} ({t.device})", f"{t.train_samples} / {t.eval_samples}",
-                       f"{t.epoch_hours:.4f} {t.device.upper()}-h", t.throughput_source)
-    rounds = Table(title="rounds")
-    for col in ("round", "jobs (upper / expected)", "epochs", "upper bound", "expected", "seed's estimate", "how"):
-        rounds.add_column(col)
-    for r in p.rounds:
-        seed = "-" if r.seed_gpu_hours is None else f"{r.seed_gpu_hours[0]:g}-{r.seed_gpu_hours[1]:g} GPU-h"
-        rounds.add_row(r.name, f"{r.jobs_upper} / {r.jobs_expected}", str(r.epochs), _fmt_hours(r.upper_hours),
-                       _fmt_hours(r.expected_hours), seed, "\n".join(r.notes))
-    lo = sum(r.seed_gpu_hours[0] for r in p.rounds if r.seed_gpu_hours)
-    hi = sum(r.seed_gpu_hours[1] for r in p.rounds if r.seed_gpu_hours)
-    rounds.add_row("total", "", "", _fmt_hours(p.total("upper")), _fmt_hours(p.total("expected")),
-                   f"{lo:g}-{hi:g} GPU-h", f"expected: {p.eliminated:.0%} of Round-1 trials eliminated")
-    sizes = ", ".join(f"{k} {v}" for k, v in sorted(p.sizes.items()))
-    note = Text(f"corpus: {sizes} segments ({p.sizes_source}). The seed's figures are for comparison only.",
-                style="dim")
-    return [trials, rounds, note]
-
-
-def print_plan(cfg: ProtocolConfig, console: Any, *, throughput: str | Path | None = None,
-               eliminated: float = 0.5, as_json: bool = False, calibrate: bool = False) -> Plan:
-    """What `pianoray plan` does: compute and print (rich tables, or one JSON object).
+def plan_for(cfg: ProtocolConfig, *, throughput: str | Path | None = None, eliminated: float = 0.5,
+             calibrate: bool = False, feedback: Feedback | None = None) -> tuple[Plan, dict[str, Any]]:
+    """What `pianoray plan` computes: (the plan, the calibration measured for it; empty without one).
 
     ``calibrate``: first measure every enabled experiment's throughput on this machine
     (:func:`calibrate_throughput`) and use it instead of the table's.
     """
-    import dataclasses
-
     measured = None
     if calibrate:
         from pianoray.validation import prepare_data
 
         # Calibration trains on real batches: make the data as `pianoray run` would (the demo corpus when
-        # absent, the symbolic feature cache), printing nothing in --json mode.
-        prepare_data(cfg, None if as_json else console)
-        progress = None if as_json else (lambda line: console.print(line, highlight=False))
-        measured = calibrate_throughput(cfg, progress=progress)
+        # absent, the symbolic feature cache).
+        prepare_data(cfg, feedback)
+        measured = calibrate_throughput(cfg, progress=or_default(feedback).say)
     p = plan(cfg, ThroughputTable.load(throughput or DEFAULT_THROUGHPUT), eliminated=eliminated,
              calibrated=measured)
-    if as_json:
-        print(json.dumps({**dataclasses.asdict(p), "total_upper": p.total("upper"),
-                          "total_expected": p.total("expected"),
-                          "calibration": {k: dataclasses.asdict(v) for k, v in (measured or {}).items()}}))
-    else:
-        for r in render_plan(p):
-            console.print(r)
-    return p
+    return p, measured or {}
+
+
+def plan_json(p: Plan, measured: Mapping[str, Any]) -> dict[str, Any]:
+    """`pianoray plan --json`: the plan, both totals and the calibration, as one JSON-able object."""
+    import dataclasses
+
+    return {**dataclasses.asdict(p), "total_upper": p.total("upper"), "total_expected": p.total("expected"),
+            "calibration": {k: dataclasses.asdict(v) for k, v in measured.items()}}

@@ -17,11 +17,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rich.console import Console
-from rich.live import Live
-
 from pianoray.config import ProtocolConfig
 from pianoray.errors import PianorayError
+from pianoray.feedback import Feedback, or_default
 from pianoray.models import registry
 from pianoray.protocol.accounting import resource_hours, scale_resources
 from pianoray.protocol.decisions import Decision
@@ -51,7 +49,7 @@ class RunContext:
     storage: RunStorage
     ledger: Ledger
     tracks: dict[str, tuple[str, str]]  # experiment -> (track, role)
-    console: Console
+    feedback: Feedback
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     session: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
     cpus: float = 2.0
@@ -157,18 +155,18 @@ def round1_history(ledger: Ledger, *, fold: int, epoch_key: str = "rung_epoch", 
     revived_at: dict[str, float] = {}
     revived: dict[str, int] = {}
     for e in rejudged:
-        new = e.payload.get("decision", {})
+        new = e.data.decision
         if e.experiment and new.get("decision") != "stop":
             revived[e.experiment] = max(revived.get(e.experiment, 0), int(new.get("rung", 0)))
             revived_at[e.experiment] = max(revived_at.get(e.experiment, e.time), e.time)
     ended_at: dict[str, float] = {}
     for e in ledger.events("trial"):
-        if e.round == round_ and e.experiment is not None and e.payload.get("state") in ("done", "eliminated"):
+        if e.round == round_ and e.experiment is not None and e.data.state in ("done", "eliminated"):
             ended_at[e.experiment] = max(ended_at.get(e.experiment, e.time), e.time)
     return Round1History(
         decisions=[Decision.from_dict(e.payload) for e in ledger.decisions(round_)],
         reports=ledger.rung_reports(round_, fold=fold, key=epoch_key),
-        errored={str(e.payload["errored"]) for e in rejudged if e.payload.get("errored")},
+        errored={e.data.errored for e in rejudged if e.data.errored},
         revived=revived,
         # a trial restarted by a re-judgement after its first trial ended has not ended yet
         ended={x for x, t in ended_at.items() if t > revived_at.get(x, float("-inf"))},
@@ -413,7 +411,7 @@ def round2_outcomes(ledger: Ledger, survivors: list[str]) -> dict[str, list[Fold
     return RunView.read(ledger).fold_outcomes(survivors)
 
 
-def pretrain_encoders(cfg: ProtocolConfig, console: Console, ledger: Ledger | None = None) -> ProtocolConfig:
+def pretrain_encoders(cfg: ProtocolConfig, feedback: Feedback | None = None, ledger: Ledger | None = None) -> ProtocolConfig:
     """Before Round 1: pretrain every enabled experiment that has a pretraining task, once (or once per fold
     under ``pretrain.per_fold``; cached by corpus hash and config, so a resumed run loads it), and point its
     trials at the weights. The ledger gets a ``pretrain`` event per experiment: what MIDI it read and whether
@@ -427,7 +425,7 @@ def pretrain_encoders(cfg: ProtocolConfig, console: Console, ledger: Ledger | No
     data = ExperimentData.from_config(cfg)
     folds = sorted({cfg.round1.fold, *range(cfg.round2.folds)})
     for name in names:
-        cfg, record = pretrain_for_folds(cfg, name, data, console, folds)
+        cfg, record = pretrain_for_folds(cfg, name, data, feedback, folds)
         if record is not None and ledger is not None:
             ledger.append(Event(kind="pretrain", event_id=f"pretrain/{name}", time=time.time(),
                                 experiment=name, payload=record))
@@ -461,12 +459,12 @@ def run_protocol(
     name: str | None = None,
     fresh: bool = False,
     address: str | None = None,
-    console: Console | None = None,
+    feedback: Feedback | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the protocol and return the run results (the report's input). An exception that is
     not the user's to fix (not a ``PianorayError``) is recorded in the ledger as a ``crash`` event, then
-    re-raised."""
-    console = console or Console()
+    re-raised. ``feedback`` hears the run's lines and draws its live board (None: logged, no board)."""
+    feedback = or_default(feedback)
     run_storage = RunStorage(storage or cfg.storage, name or cfg.name)
     if fresh:
         for rel in run_storage.list(""):
@@ -479,7 +477,7 @@ def run_protocol(
     check_same_config(run_storage, cfg)
     ledger = Ledger(run_storage)
     try:
-        return _run(cfg, run_storage, ledger, address, console)
+        return _run(cfg, run_storage, ledger, address, feedback)
     except PianorayError:
         raise  # the user's to fix (or an interruption); its one line says what
     except Exception as e:
@@ -491,37 +489,38 @@ def run_protocol(
 
 
 def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: str | None,
-         console: Console) -> dict[str, Any]:
+         feedback: Feedback) -> dict[str, Any]:
     """The protocol from pretraining to selection (:func:`run_protocol` without its crash record)."""
     from pianoray.protocol.session import start_ray
     from pianoray.protocol.view import build_results
 
-    cfg = pretrain_encoders(cfg, console, ledger)
+    cfg = pretrain_encoders(cfg, feedback, ledger)
     tracks = {}
     for n in cfg.enabled_experiments():
         spec = registry.get(cfg.encoder_name(n))
         tracks[n] = (spec.track, spec.role)
 
     session = start_ray(address)
-    console.print(f"run [bold]{run_storage.uri}[/bold]")
+    feedback.say(f"run {run_storage.uri}")
     if session.dashboard_url:
-        console.print(f"Ray dashboard: {session.dashboard_url}  (Train run pages; per-trial progress is below)")
-    ctx = RunContext(cfg, run_storage, ledger, tracks, console, cpus=session.cpus, gpus=session.gpus)
+        feedback.say(f"Ray dashboard: {session.dashboard_url}  (Train run pages; per-trial progress is below)")
+    ctx = RunContext(cfg, run_storage, ledger, tracks, feedback, cpus=session.cpus, gpus=session.gpus)
     folds = record_folds(cfg, run_storage)
-    console.print(folds["statement"], highlight=False)
+    feedback.say(folds["statement"])
     if not run_storage.exists("run.json"):
         run_storage.write_json("run.json", {"name": run_storage.name, "config": cfg.name,
                                             "dimensions": label_names(cfg), "tracks": tracks,
                                             "track_specs": [t.to_json() for t in registry.tracks()],
                                             "dashboard": session.dashboard_url, "folds": folds})
     board = ProgressBoard(tracks)
-    with Live(board.render(), console=console, refresh_per_second=2, transient=False) as live:
+    title = f"pianoray · {run_storage.name}"
+    with feedback.live(lambda: board.render(title)) as redraw:
         last = [0.0]
 
         def refresh() -> None:
             now = time.monotonic()
             if now - last[0] > 0.25:
-                live.update(board.render(f"pianoray · {run_storage.name}"))
+                redraw()
                 last[0] = now
 
         HOOKS[ctx.key] = _hooks(ctx, board, refresh)
@@ -529,7 +528,7 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
             experiments = {n: {"track": t, "role": r} for n, (t, r) in tracks.items()}
             if ledger.is_round_finished(ROUND1):
                 r1 = ledger.round_summary(ROUND1) or {}
-                console.print(f"round 1 already finished: promoted {', '.join(r1.get('promoted', []))}")
+                feedback.say(f"round 1 already finished: promoted {', '.join(r1.get('promoted', []))}")
             else:
                 ledger.round_started(ROUND1, {n: v for n, v in experiments.items() if not is_fitted(cfg, n)})
                 r1 = run_round1(ctx, refresh, board)
@@ -537,13 +536,13 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
                 ledger.compact(ROUND1)
             survivors = list(r1["promoted"])
             if ledger.is_round_finished(ROUND2):
-                console.print("round 2 already finished")
+                feedback.say("round 2 already finished")
             else:
                 ledger.round_started(ROUND2, {n: experiments[n] for n in survivors})
                 run_round2(ctx, survivors)
                 ledger.round_finished(ROUND2, {"experiments": survivors})
                 ledger.compact(ROUND2)
-            live.update(board.render(f"pianoray · {run_storage.name}"))
+            redraw()
         finally:
             HOOKS.pop(ctx.key, None)
 

@@ -73,7 +73,6 @@ from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from pianoray.objectives.metrics import PairCounts
 from pianoray.protocol.checkpoints import reconcile_trial_checkpoints, rung_checkpoint
-from pianoray.records import SELECTION_METRIC
 from pianoray.protocol.decisions import (
     ROLES,
     Decision,
@@ -85,6 +84,7 @@ from pianoray.protocol.decisions import (
     judge_rung,
     judge_trial,
 )
+from pianoray.records import SELECTION_METRIC
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController

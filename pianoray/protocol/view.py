@@ -121,8 +121,9 @@ class RunView:
                     decided[target] = {**decided[target], **dict(e.payload.get("decision", {})),
                                        "rejudged": {k: e.payload.get(k) for k in ("errored", "reason", "previous")}}
             elif e.kind == "resources":
-                resources.append(ResourceRecord(e.experiment or "", e.payload["trial"], e.payload["resource"],
-                                                e.payload["amount_hours"], e.payload["wall_seconds"], e.round, e.fold))
+                r = e.data
+                resources.append(ResourceRecord(e.experiment or "", r.trial, r.resource, r.amount_hours,
+                                                r.wall_seconds, e.round, e.fold))
             elif handler is not None:
                 handler(e, order)
         view.decisions = list(decided.values())
@@ -161,8 +162,7 @@ class RunView:
     def _on_epoch(self, e: Event, order: dict[str, int]) -> None:
         if not e.experiment:
             return
-        m = e.payload.get("metrics", {})
-        ep = int(e.payload.get("epoch", 0))
+        m, ep = e.data.metrics, e.data.epoch
         pw = _f(m.get(SELECTION_METRIC))
         rung_epoch = m.get("rung_epoch")  # the supervised epochs the scheduler counts; None in old ledgers
         self.curves.append({"round": e.round, "experiment": e.experiment, "fold": e.fold, "epoch": ep,
@@ -261,13 +261,14 @@ class RunView:
             folds = []
             for k in sorted(f for (r, n, f) in self.epochs if r == ROUND2 and n == name):
                 evs = self.epochs[(ROUND2, name, k)]
-                selectable = [e for e in evs if e.payload["metrics"].get("selectable", True)] or evs
-                best = max(selectable, key=lambda e: _num(e.payload["metrics"].get(SELECTION_METRIC)))
-                m = best.payload["metrics"]
+                epochs = [e.data for e in evs]
+                selectable = [p for p in epochs if p.metrics.get("selectable", True)] or epochs
+                best = max(selectable, key=lambda p: _num(p.metrics.get(SELECTION_METRIC)))
+                m = best.metrics
                 payload = self.folds.get((name, k)) or {}
                 val_counts, test_counts = fold_pair_counts(payload)
                 folds.append(FoldOutcome(k, _num(m.get(SELECTION_METRIC)), _num(m.get("val/r2")),
-                                         int(best.payload["epoch"]), max(int(e.payload["epoch"]) for e in evs),
+                                         best.epoch, max(p.epoch for p in epochs),
                                          m.get("val/pairwise_accuracy_per_dim"), payload.get("test", {}),
                                          val_counts, test_counts))
             if folds:

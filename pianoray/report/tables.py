@@ -200,6 +200,7 @@ METRIC_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "robustness.drop": ("Robustness", lambda x: fmt_percent(x)),
     "competition_rho": ("Competition rho", lambda x: fmt_number(x)),
     "stop_auc": ("STOP AUC", lambda x: fmt_number(x)),
+    "test.r2": ("Test R2", lambda x: fmt_number(x)),
     "test.pairwise_accuracy": ("Test pairwise", lambda x: fmt_percent(x)),
 }
 

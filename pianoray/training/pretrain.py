@@ -322,7 +322,7 @@ def cache_pretraining_features(files: list[Path], cache: Any) -> None:
         return
     from pianoray.data.symbolic.cache import build_symbolic_cache
 
-    build_symbolic_cache(files, cache.out_dir, workers=os.cpu_count() or 1, progress=False)
+    build_symbolic_cache(files, cache.out_dir, workers=os.cpu_count() or 1)
 
 
 def pretrain_experiment(cfg: Any, experiment: str, data: Any, *,

@@ -1,18 +1,15 @@
-"""``pianoray train``: one experiment, one fold, in-process, no Ray, with a live epoch table."""
+"""``pianoray train``: one experiment, one fold, in-process, no Ray; each epoch record goes to a callback
+(the CLI draws the live table), and pretraining around it."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Iterable
-
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+from typing import Any, Callable, Iterable
 
 from pianoray.config import ProtocolConfig
 from pianoray.errors import InputError, UnknownNameError
+from pianoray.feedback import Feedback, or_default
 from pianoray.records import EpochRecord
 from pianoray.training.checkpoint import TopKSink
 from pianoray.training.data import ExperimentData
@@ -34,17 +31,17 @@ def _summary(r: EpochRecord) -> dict[str, Any]:
 
 
 def ensure_pretrained(cfg: ProtocolConfig, experiment: str, data: ExperimentData,
-                      console: Console | None = None, folds: Iterable[int] | None = None) -> ProtocolConfig:
+                      feedback: Feedback | None = None, folds: Iterable[int] | None = None) -> ProtocolConfig:
     """Pretrain ``experiment``'s encoder when it has a task and no cached result exists; point the
     experiment's ``init_encoder`` (per fold: ``init_encoder_folds``) at the weights. Returns the (updated)
     config. folds: the folds it will be scored on (default: all)."""
-    return pretrain_for_folds(cfg, experiment, data, console, folds)[0]
+    return pretrain_for_folds(cfg, experiment, data, feedback, folds)[0]
 
 
-def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentData, console: Console | None = None,
+def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentData, feedback: Feedback | None = None,
                        folds: Iterable[int] | None = None) -> tuple[ProtocolConfig, dict[str, Any] | None]:
     """Pretrain (or load) ``experiment``'s encoder for ``folds``: once, or once per fold without that fold's
-    validation/test MIDI under ``pretrain.per_fold``. Prints and returns what it read relative to those folds
+    validation/test MIDI under ``pretrain.per_fold``. Says (through ``feedback``) and returns what it read relative to those folds
     (the record the run keeps in its ledger: :func:`pianoray.training.provenance.pretrain_record`), since a
     shared pretraining reads the evaluation folds' MIDI and a reader of the figures must know it.
 
@@ -53,19 +50,19 @@ def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentDat
     from pianoray.training.pretrain import pretrain_experiment
     from pianoray.training.provenance import describe, eval_midi, pretrain_record
 
-    console = console or Console(stderr=True)
+    feedback = or_default(feedback)
     folds = sorted({int(k) for k in (folds if folds is not None else range(cfg.data.k))})
     evals = eval_midi(data, folds)
     results: dict[int | None, Any] = {}
     for k in folds if cfg.pretrain.per_fold else [None]:
-        result = pretrain_experiment(cfg, experiment, data, on_epoch=_epoch_logger(console, experiment, k),
+        result = pretrain_experiment(cfg, experiment, data, on_epoch=_epoch_logger(feedback, experiment, k),
                                      exclude=evals[k] if k is not None else ())
         if result is None:
             return cfg, None
         how = "cached" if result.cached else f"trained {len(result.losses)} epochs"
         where = f" fold {k}" if k is not None else ""
-        console.print(f"pretrained {experiment}{where}: {how}, loss {result.losses[0]:.3f} -> "
-                      f"{result.losses[-1]:.3f} ({result.path})", highlight=False)
+        feedback.say(f"pretrained {experiment}{where}: {how}, loss {result.losses[0]:.3f} -> "
+                     f"{result.losses[-1]:.3f} ({result.path})")
         results[k] = result
     cfg = cfg.model_copy(deep=True)
     if cfg.pretrain.per_fold:
@@ -73,21 +70,21 @@ def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentDat
     else:
         cfg.experiments[experiment].init_encoder = results[None].path
     record = pretrain_record(cfg, experiment, results, evals)
-    console.print(describe(record), highlight=False, soft_wrap=True)
+    feedback.say(describe(record))
     return cfg, record
 
 
-def _epoch_logger(console: Console, experiment: str, fold: int | None):
+def _epoch_logger(feedback: Feedback, experiment: str, fold: int | None):
     where = f" fold {fold}" if fold is not None else ""
 
     def log(epoch: int, loss: float, parts: dict[str, float]) -> None:
         detail = ", ".join(f"{k} {v:.3f}" for k, v in parts.items() if k != "seconds")
-        console.print(f"  pretrain {experiment}{where} epoch {epoch}: loss {loss:.4f} ({detail})", highlight=False)
+        feedback.say(f"  pretrain {experiment}{where} epoch {epoch}: loss {loss:.4f} ({detail})")
 
     return log
 
 
-def prepare_symbolic(cfg: ProtocolConfig, experiment: str, console: Console) -> None:
+def prepare_symbolic(cfg: ProtocolConfig, experiment: str, feedback: Feedback | None = None) -> None:
     """Build the corpus's symbolic feature cache when absent, with the routine ``pianoray run`` uses
     (:func:`pianoray.validation.prepare_data`), so training reads stored features. Without it every segment's
     features would be recomputed through a 512-entry in-process memo, smaller than a real training set."""
@@ -96,23 +93,21 @@ def prepare_symbolic(cfg: ProtocolConfig, experiment: str, console: Console) -> 
     one = cfg.model_copy(deep=True)  # only this experiment's views, not every enabled one's
     for name, exp in one.experiments.items():
         exp.enabled = name == experiment
-    prepare_data(one, console)
+    prepare_data(one, feedback)
 
 
-def warn_if_uncached(cfg: ProtocolConfig, experiment: str, data: ExperimentData, console: Console) -> None:
+def warn_if_uncached(cfg: ProtocolConfig, experiment: str, data: ExperimentData, feedback: Feedback) -> None:
     """The in-process memo is a fallback, never a silent one: say so when training will compute features."""
     from pianoray.data.symbolic.prepare import SYMBOLIC_VIEWS
     from pianoray.models import registry
 
     symbolic = SYMBOLIC_VIEWS & set(registry.get(cfg.encoder_name(experiment)).views)
     if symbolic and getattr(data.corpus, "symbolic_cache", None) is None:
-        console.print(f"[yellow]warning:[/yellow] no symbolic cache for {cfg.data.root}: {experiment}'s "
-                      f"{', '.join(sorted(symbolic))} features are computed in this process (in-memory memo)",
-                      highlight=False, soft_wrap=True)
+        feedback.warn(f"no symbolic cache for {cfg.data.root}: {experiment}'s "
+                      f"{', '.join(sorted(symbolic))} features are computed in this process (in-memory memo)")
 
 
-def fit_one(cfg: ProtocolConfig, experiment: str, fold: int, data: ExperimentData, *, as_json: bool,
-            console: Console) -> dict[str, Any]:
+def fit_one(cfg: ProtocolConfig, experiment: str, fold: int, data: ExperimentData) -> dict[str, Any]:
     """``pianoray train`` for a fitted reference: one fit on the fold's training part, validation and test
     scored (no epochs, no checkpoints)."""
     from pianoray.training.reference import fit_and_score
@@ -124,18 +119,9 @@ def fit_one(cfg: ProtocolConfig, experiment: str, fold: int, data: ExperimentDat
                                      "per_dim": val["val/pairwise_accuracy_per_dim"]},
                "pairwise_accuracy_t0": val["val/pairwise_accuracy_t0"],
                "r2": {"mean": val["val/r2"], "ci": val["val/r2_ci"], "per_dim": val["val/r2_per_dim"]}}
-    result = {"experiment": experiment, "fold": fold, "labels": cfg.data.labels, "dimensions": data.label_names,
-              "kind": "fitted", "epochs_run": 1, "early_stopped": False, "best_epoch": 1, "best": summary,
-              "final": summary, "test": test, "seconds": time.perf_counter() - t0, "checkpoints": None}
-    if as_json:
-        print(json.dumps(result, default=float))
-    else:
-        lo, hi = summary["pairwise_accuracy"]["ci"]
-        pw, r2 = summary["pairwise_accuracy"]["mean"], summary["r2"]["mean"]
-        console.print(f"{experiment} fold {fold} (fitted once, {test['fit_seconds']:.1f} s): val pairwise "
-                      f"{pw:.3f} [{lo:.3f}, {hi:.3f}], R2 {r2:.3f}; "
-                      f"test pairwise {test['pairwise_accuracy']:.3f}, R2 {test['r2']:.3f}", highlight=False)
-    return result
+    return {"experiment": experiment, "fold": fold, "labels": cfg.data.labels, "dimensions": data.label_names,
+            "kind": "fitted", "epochs_run": 1, "early_stopped": False, "best_epoch": 1, "best": summary,
+            "final": summary, "test": test, "seconds": time.perf_counter() - t0, "checkpoints": None}
 
 
 def train_one(
@@ -146,50 +132,43 @@ def train_one(
     epochs: int | None = None,
     patience: int | None = None,
     out: Path | None = None,
-    as_json: bool = False,
-    console: Console | None = None,
+    feedback: Feedback | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    """Train (or fit, for a fitted reference) ``experiment`` on ``fold``; returns what ``pianoray train
+    --json`` prints. ``on_epoch`` receives every epoch record as it is made; ``out`` keeps checkpoints and
+    is resumed from when it holds some."""
+    feedback = or_default(feedback)
     if experiment not in cfg.experiments:
         known = ", ".join(cfg.experiments) or "(none)"
         raise UnknownNameError(f"--experiment: {experiment!r} is not in the config's experiments ({known})")
     if not 0 <= fold < cfg.data.k:
         raise InputError(f"--fold: must be in [0, {cfg.data.k}), got {fold}")
-    prepare_symbolic(cfg, experiment, console)
+    prepare_symbolic(cfg, experiment, feedback)
     data = ExperimentData.from_config(cfg)
     from pianoray.models import registry
 
     if registry.get(cfg.encoder_name(experiment)).kind == "fitted":
-        return fit_one(cfg, experiment, fold, data, as_json=as_json, console=console)
-    warn_if_uncached(cfg, experiment, data, console)
-    cfg = ensure_pretrained(cfg, experiment, data, console, folds=[fold])
+        return fit_one(cfg, experiment, fold, data)
+    warn_if_uncached(cfg, experiment, data, feedback)
+    cfg = ensure_pretrained(cfg, experiment, data, feedback, folds=[fold])
     budget = Budget(epochs or cfg.round2.epochs, patience if patience is not None else cfg.round2.patience)
     sink = TopKSink(out, k=cfg.round2.num_to_keep) if out is not None else None
     resume = sink.latest() if sink is not None else None
 
-    table = Table(title=f"{experiment} · fold {fold} · {len(data.label_names)} dims ({cfg.data.labels})")
-    for col in ("epoch", "stage", "train loss", "val pairwise [95% CI]", "val R2", "best", "s"):
-        table.add_column(col, justify="right")
     best: EpochRecord | None = None
     last: EpochRecord | None = None
     t0 = time.perf_counter()
-    with Live(table, console=console, refresh_per_second=4, transient=False):
-        for r in fit(cfg, experiment, data, fold, budget, tiers=[t for t in cfg.round2.tiers if t in data.corpus.tiers],
-                     sink=sink, resume_from=resume):
-            m = r.metrics
-            lo, hi = m["val/pairwise_accuracy_ci"]
-            mark = "*" if r.best_epoch == r.epoch else ""
-            table.add_row(
-                str(r.epoch), r.stage, f"{m.get('train/total', float('nan')):.4f}",
-                f"{m['val/pairwise_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['val/r2']:.3f}",
-                f"{r.best_metric:.3f}{mark}" if r.best_metric is not None else "-", f"{r.seconds:.1f}",
-            )
-            last = r
-            if r.best_epoch == r.epoch:
-                best = r
+    for r in fit(cfg, experiment, data, fold, budget, tiers=[t for t in cfg.round2.tiers if t in data.corpus.tiers],
+                 sink=sink, resume_from=resume):
+        if on_epoch is not None:
+            on_epoch(r)
+        last = r
+        if r.best_epoch == r.epoch:
+            best = r
     if last is None:
         raise InputError(f"nothing to train: {out} already holds a finished run of {budget.epochs} epochs")
-    result = {
+    return {
         "experiment": experiment,
         "fold": fold,
         "labels": cfg.data.labels,
@@ -202,13 +181,3 @@ def train_one(
         "seconds": time.perf_counter() - t0,
         "checkpoints": str(out) if out is not None else None,
     }
-    if as_json:
-        print(json.dumps(result, default=float))
-    else:
-        b = result["best"]
-        if b:
-            console.print(
-                f"best epoch {result['best_epoch']}: pairwise {b['pairwise_accuracy']['mean']:.3f} "
-                f"[{b['pairwise_accuracy']['ci'][0]:.3f}, {b['pairwise_accuracy']['ci'][1]:.3f}], R2 {b['r2']['mean']:.3f}"
-            )
-    return result

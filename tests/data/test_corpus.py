@@ -121,7 +121,7 @@ def test_check_label_keys_and_data_mismatch(copy):
     labels["ghost_segment"] = [0.5] * 19
     path.write_text(json.dumps(labels))
     problems = _open(copy).check()
-    assert any(p.endswith(f"label key without data: ghost_segment") for p in problems)
+    assert any(p.endswith("label key without data: ghost_segment") for p in problems)
     assert any(p.endswith(f"data without labels: {dropped}") for p in problems)
 
 

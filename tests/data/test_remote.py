@@ -3,7 +3,6 @@ loopback (tests/protocol/s3server.py). Uploads go through boto3, independent of 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

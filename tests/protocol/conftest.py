@@ -196,11 +196,9 @@ def e2e_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The e2e demo corpus, generated once per session (the CLI would otherwise race to generate it)."""
     from pianoray.config import load_config
     from pianoray.validation import prepare_data
-    from rich.console import Console
-
     root = tmp_path_factory.mktemp("e2e-data")
     cfg = load_config(E2E_YAML, {"data": {"root": str(root)}}, check_models=False)
-    prepare_data(cfg, Console(quiet=True))
+    prepare_data(cfg)
     return root
 
 

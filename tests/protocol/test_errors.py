@@ -47,7 +47,7 @@ def test_a_crashing_run_records_the_crash_and_reraises(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(run_module, "_run", boom)
     with pytest.raises(RuntimeError, match="a bug deep"):
-        run_module.run_protocol(_cfg(tmp_path), console=None)
+        run_module.run_protocol(_cfg(tmp_path), feedback=None)
     (crash,) = Ledger(RunStorage(tmp_path, "crash")).events("crash")
     assert crash.payload["type"] == "RuntimeError" and "boom" in crash.payload["traceback"]
 
@@ -58,5 +58,5 @@ def test_a_user_error_is_not_a_crash(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(run_module, "_run", refuse)
     with pytest.raises(InputError):
-        run_module.run_protocol(_cfg(tmp_path), console=None)
+        run_module.run_protocol(_cfg(tmp_path), feedback=None)
     assert Ledger(RunStorage(tmp_path, "crash")).events("crash") == []

@@ -7,13 +7,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from rich.console import Console
 
 from pianoray.config import load_config
 from pianoray.data.demo import generate_demo
+from pianoray.feedback import Feedback
 from pianoray.protocol.ledger import Ledger
 from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback
-from pianoray.protocol.view import build_results
 from pianoray.protocol.run import (
     DRIVER_CPU,
     ROUND2,
@@ -28,6 +27,7 @@ from pianoray.protocol.run import (
 from pianoray.protocol.selection import select_winners
 from pianoray.protocol.storage import RunStorage
 from pianoray.protocol.trials import fitted_fold
+from pianoray.protocol.view import build_results
 from pianoray.settings import PROJECT_ROOT
 
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
@@ -54,7 +54,7 @@ def test_round2_reports_reach_the_ledger_summaries_and_results(cfg, tmp_path) ->
     ledger = Ledger(storage)
     tracks = {"symbolic-gbm": ("symbolic", "reference")}
     storage.write_json("run.json", {"name": "run", "tracks": tracks, "dimensions": []})
-    ctx = RunContext(cfg, storage, ledger, tracks, Console(quiet=True), key="fitted-test")
+    ctx = RunContext(cfg, storage, ledger, tracks, Feedback(), key="fitted-test")
     board = ProgressBoard(tracks)
     HOOKS[ctx.key] = _hooks(ctx, board, lambda: None)
     try:

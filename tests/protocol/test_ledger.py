@@ -12,8 +12,8 @@ from pianoray.protocol.ledger import (
     Ledger,
     sanitise_event_id,
 )
-from pianoray.protocol.view import RunView
 from pianoray.protocol.storage import RunStorage
+from pianoray.protocol.view import RunView
 from pianoray.records import SELECTION_METRIC
 from tests.protocol.s3server import moto_s3, moto_server  # noqa: F401  (pytest fixtures)
 

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
+from pianoray.data.remote import S3Limits
 from pianoray.protocol.ledger import Ledger
+from pianoray.protocol.storage import RunStorage, StorageError
 from pianoray.protocol.view import RunView
 from pianoray.records import SELECTION_METRIC
-from pianoray.data.remote import S3Limits
-from pianoray.protocol.storage import RunStorage, StorageError
 from tests.protocol.s3server import MotoServer, moto_s3, moto_server, own_moto_s3  # noqa: F401  (fixtures)
 from tests.protocol.test_ledger import Clock, scripted_run
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from pianoray.protocol import schema
 from pianoray.protocol.ledger import Ledger
-from pianoray.protocol.view import build_results
 from pianoray.protocol.storage import RunStorage
+from pianoray.protocol.view import build_results
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "results-schema.md"
 # prefix of a documented key -> the model whose fields it lists

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 
 from pianoray.objectives.metrics import PairCounts
 from pianoray.protocol.selection import FoldOutcome, fold_pair_counts, mean_ci, select_winners, summarise

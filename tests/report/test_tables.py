@@ -53,22 +53,22 @@ def test_unmeasured_pairwise_sorts_last(run_results):
 
 
 def test_hours_column_is_cpu_when_no_gpu_was_used(run_results):
-    assert comparison_data(run_results, "audio").columns[5] == "GPU-hours"
+    assert comparison_data(run_results, "audio").columns[7] == "GPU-hours"
     for e in run_results["experiments"]:
         e["resource_hours"]["gpu_hours"] = 0.0
     assert hours_unit(run_results, "audio") == "CPU"
     data = comparison_data(run_results, "audio")
-    assert data.columns[5] == "CPU-hours"
-    assert data.rows[0][5] == "10.00"  # A1's CPU-hours, not its zero GPU-hours
+    assert data.columns[7] == "CPU-hours"
+    assert data.rows[0][7] == "10.00"  # A1's CPU-hours, not its zero GPU-hours
     assert "CPU-hours" in data.note
 
 
 def test_comparison_markdown_content(run_results):
     md = comparison_markdown(run_results, "symbolic")
     lines = md.strip().splitlines()
-    assert lines[0] == "| Experiment | R2 | Pairwise | Difficulty rho | Robustness | GPU-hours | Round | Status |"
-    assert lines[1].count("---") == 8
-    assert lines[2].startswith("| S2 | 0.450 ± 0.040 | 78.0% ± 3.0 | 0.550 | 21.0% | 0.90 | round2 | vetoed |")
+    assert lines[0] == "| Experiment | R2 | Pairwise | Difficulty rho | Robustness | Test R2 | Test pairwise | GPU-hours | Round | Status |"
+    assert lines[1].count("---") == 10
+    assert lines[2].startswith("| S2 | 0.450 ± 0.040 | 78.0% ± 3.0 | 0.550 | 21.0% | 0.430 | 77.0% | 0.90 | round2 | vetoed |")
     assert lines[3].startswith("| **S2H** |") and "**winner**" in lines[3]  # the winner is bold
     assert lines[4].startswith("| S1 (ref) |") and "| — |" in lines[4]  # no robustness measured
 
@@ -163,3 +163,15 @@ def test_a_tracks_recorded_metrics_pick_its_columns(run_results):
     assert "Robustness" not in data.note
     assert comparison_data(run_results, "audio").columns[3:5] == ["Difficulty rho", "Robustness"]
     assert "veto over 15%" in comparison_data(run_results, "audio").note
+
+
+def test_the_default_columns_show_the_held_out_figures(run_results):
+    """Without a track's own list, every comparison table shows test R2 and test pairwise (mean over the
+    Round-2 folds' held-out parts) beside the validation figures; rows without test scores show the dash."""
+    run_results.pop("tracks", None)
+    data = comparison_data(run_results, "symbolic")
+    assert data.columns[3:7] == ["Difficulty rho", "Robustness", "Test R2", "Test pairwise"]
+    tested = [e for e in run_results["experiments"] if e.get("track") == "symbolic" and e.get("test")]
+    assert tested, "the fixture has Round-2 test scores"
+    row = next(r for r in data.rows if r[0].split()[0] == tested[0]["name"])
+    assert row[5] == f"{tested[0]['test']['r2']['mean']:.3f}" and row[6].endswith("%")

@@ -119,8 +119,8 @@ def test_a_shared_pretraining_says_it_saw_the_evaluation_folds_midi(demo: Path, 
 
 def test_the_report_states_whether_pretraining_saw_the_evaluation_midi(tmp_path: Path) -> None:
     from pianoray.protocol.ledger import Event, Ledger
-    from pianoray.protocol.view import build_results
     from pianoray.protocol.storage import RunStorage
+    from pianoray.protocol.view import build_results
     from pianoray.report.document import build_blocks, render_html, render_markdown
 
     ledger = Ledger(RunStorage(tmp_path, "run", fsync=False))
@@ -146,8 +146,6 @@ def test_the_report_states_whether_pretraining_saw_the_evaluation_midi(tmp_path:
 
 
 def test_the_run_records_each_pretraining_in_its_ledger(demo: Path, tmp_path: Path) -> None:
-    from rich.console import Console
-
     from pianoray.protocol.ledger import Ledger
     from pianoray.protocol.run import pretrain_encoders
     from pianoray.protocol.storage import RunStorage
@@ -157,7 +155,7 @@ def test_the_run_records_each_pretraining_in_its_ledger(demo: Path, tmp_path: Pa
         exp.enabled = name == "S3"
     cfg.round2.folds = 2
     ledger = Ledger(RunStorage(tmp_path, "run", fsync=False))
-    out = pretrain_encoders(cfg, Console(quiet=True), ledger)
+    out = pretrain_encoders(cfg, None, ledger)
     (event,) = ledger.events("pretrain")
     assert event.experiment == "S3" and sorted(event.payload["folds"]) == ["0", "1"]  # Round 1's fold 0, Round 2's 0-1
     assert event.payload["saw_eval_midi"] is False

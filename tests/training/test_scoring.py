@@ -8,12 +8,12 @@ import pytest
 from pianoray.config import load_config
 from pianoray.data.demo import generate_demo
 from pianoray.objectives.metrics import PairCounts
+from pianoray.records import PAIR_COUNTS
 from pianoray.settings import PROJECT_ROOT
 from pianoray.training.checkpoint import TopKSink
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions
 from pianoray.training.loop import Budget, fit
-from pianoray.records import PAIR_COUNTS
 from pianoray.training.scoring import passage_counts, score_checkpoint
 
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"

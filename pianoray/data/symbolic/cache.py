@@ -43,6 +43,7 @@ from pianoray.data.symbolic.graphs import (
 )
 from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
+from pianoray.feedback import Feedback, or_default
 
 FEATURE_KINDS = ("remi", "graph", "hetero_graph", "curves")
 CACHE_FORMAT_VERSION = 1
@@ -236,7 +237,7 @@ def build_symbolic_cache(
     out_dir: str | Path,
     *,
     workers: int | None = os.cpu_count(),
-    progress: bool = True,
+    feedback: Feedback | None = None,
     config: SymbolicFeatureConfig | None = None,
     chunksize: int = 8,
 ) -> SymbolicCacheReport:
@@ -244,7 +245,8 @@ def build_symbolic_cache(
 
     Files whose content hash already has an entry are reused, not redone. Files are processed in chunks
     of ``chunksize`` across ``workers`` processes (1 = in this process). A file that cannot be read
-    (MidiError) is skipped and listed in ``report.failed`` with the reason naming it.
+    (MidiError) is skipped and listed in ``report.failed`` with the reason naming it. ``feedback`` shows
+    the build's progress (None: logged).
     """
     config = config or SymbolicFeatureConfig()
     out_dir = Path(out_dir)
@@ -289,23 +291,13 @@ def build_symbolic_cache(
             for k, sec in times.items():
                 seconds_by_kind[k] += sec
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("symbolic features"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("build", total=len(items))
+    with or_default(feedback).progress("symbolic features", len(items)) as advance:
         n_workers = max(1, min(workers or 1, len(chunks)))
         if n_workers == 1:
             _init_worker(config.model_dump_json())
             for chunk in chunks:
                 absorb(_build_chunk(chunk, str(out_dir)))
-                bar.advance(task, len(chunk))
+                advance(len(chunk))
         else:
             # forkserver: workers never inherit a parent's torch/OpenMP threads (fork-unsafe).
             with ProcessPoolExecutor(
@@ -317,7 +309,7 @@ def build_symbolic_cache(
                 futures = {pool.submit(_build_chunk, chunk, str(out_dir)): len(chunk) for chunk in chunks}
                 for fut in as_completed(futures):
                     absorb(fut.result())
-                    bar.advance(task, futures[fut])
+                    advance(futures[fut])
 
     return SymbolicCacheReport(
         out_dir=out_dir,

@@ -16,6 +16,7 @@ from typing import Any
 
 from pianoray.data.corpus import Corpus, open_corpus, symbolic_cache_dir
 from pianoray.data.symbolic.cache import FEATURE_KINDS, SymbolicCacheReport, build_symbolic_cache
+from pianoray.feedback import Feedback, or_default
 
 SYMBOLIC_VIEWS = frozenset(FEATURE_KINDS)  # each cached feature kind is the view of the same name
 
@@ -38,7 +39,7 @@ def ensure_symbolic_cache(
     needed_views: Iterable[str],
     corpus: Corpus | None = None,
     *,
-    console: Any = None,
+    feedback: Feedback | None = None,
     workers: int | None = None,
 ) -> SymbolicCacheReport | None:
     """Build the symbolic cache of ``data_cfg``'s corpus when ``needed_views`` holds a symbolic view.
@@ -46,7 +47,7 @@ def ensure_symbolic_cache(
     data_cfg: a ``pianoray.config.DataConfig`` (its ``symbolic_cache`` picks the folder).
     needed_views: the views the enabled experiments' encoders read.
     corpus: the opened corpus (opened from ``data_cfg`` when None).
-    console: a rich Console for a one-line summary and the progress bar (None: silent).
+    feedback: where the progress bar, the one-line summary and skipped files go (None: logged).
     workers: build processes (default: every core).
     Returns the build report, or None when no symbolic view is needed (nothing is built).
     """
@@ -56,14 +57,10 @@ def ensure_symbolic_cache(
     corpus = corpus if corpus is not None else open_corpus(data_cfg)
     folder = symbolic_cache_dir(data_cfg, corpus.root)
     files = corpus_midi_files(corpus)
-    quiet = console is None or getattr(console, "quiet", False)
-    report = build_symbolic_cache(files, folder, workers=workers or os.cpu_count() or 1, progress=not quiet)
-    if console is not None:
-        console.print(
-            f"symbolic cache {folder} ({', '.join(wanted)}): {report.n_files} MIDI files, "
-            f"{report.computed} computed, {report.reused} reused, {len(report.failed)} failed",
-            highlight=False,
-        )
-        for _path, reason in report.failed[:10]:  # the views will raise on these too, naming the file
-            console.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
+    feedback = or_default(feedback)
+    report = build_symbolic_cache(files, folder, workers=workers or os.cpu_count() or 1, feedback=feedback)
+    feedback.say(f"symbolic cache {folder} ({', '.join(wanted)}): {report.n_files} MIDI files, "
+                 f"{report.computed} computed, {report.reused} reused, {len(report.failed)} failed")
+    for _path, reason in report.failed[:10]:  # the views will raise on these too, naming the file
+        feedback.warn(f"skipped: {reason}")
     return report

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pianoray.data.midi import NoteTable, score_notes
+from pianoray.errors import InputError
 
 
 class RemiConfig(BaseModel):
@@ -153,10 +154,10 @@ class RemiTokenizer:
             payload = json.loads(path.read_text())
             config = RemiConfig.model_validate(payload["config"])
         except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a pianoray REMI tokenizer file ({e})") from None
+            raise InputError(f"{path}: not a pianoray REMI tokenizer file ({e})") from None
         tok = cls(config)
         if payload.get("vocab") != tok.vocab():
-            raise ValueError(f"{path}: saved vocabulary differs from this miditok's REMI vocabulary")
+            raise InputError(f"{path}: saved vocabulary differs from this miditok's REMI vocabulary")
         return tok
 
 

@@ -9,8 +9,8 @@ peft's default, which only applies when peft owns the whole model.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from peft import LoraConfig, inject_adapter_in_model
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 # MuQ Conformer attention projections (HF Wav2Vec2ConformerSelfAttention).

@@ -36,25 +36,25 @@ def test_build_is_incremental_and_lists_bad_files(tmp_path: Path) -> None:
     bad.write_bytes(b"MThd this is not midi")
     out = tmp_path / "cache"
 
-    first = build_symbolic_cache(paths + [bad], out, workers=1, progress=False)
+    first = build_symbolic_cache(paths + [bad], out, workers=1)
     assert (first.computed, first.reused) == (3, 0)
     assert [p for p, _ in first.failed] == [str(bad)] and "corrupt.mid" in first.failed[0][1]
     assert first.notes_computed == 30 + 31 + 32
     assert all(first.seconds_by_kind[k] > 0 for k in FEATURE_KINDS)
 
-    second = build_symbolic_cache(paths + [bad], out, workers=1, progress=False)
+    second = build_symbolic_cache(paths + [bad], out, workers=1)
     assert (second.computed, second.reused, second.notes_computed) == (0, 3, 0)
     assert len(second.failed) == 1
 
     # Rewriting one file with other notes changes its hash: only it is redone.
     make_midis(tmp_path / "other", 5)[4].replace(paths[1])
-    third = build_symbolic_cache(paths, out, workers=1, progress=False)
+    third = build_symbolic_cache(paths, out, workers=1)
     assert (third.computed, third.reused) == (1, 2)
 
 
 def test_cache_reads_every_kind(tmp_path: Path) -> None:
     paths = make_midis(tmp_path, 2)
-    report = build_symbolic_cache(paths, tmp_path / "cache", workers=1, progress=False)
+    report = build_symbolic_cache(paths, tmp_path / "cache", workers=1)
     cache = SymbolicCache(tmp_path / "cache")
     sha = file_sha256(paths[0])
     assert report.sha_by_path[str(paths[0])] == sha and cache.has(sha) and cache.n_notes(sha) == 30
@@ -73,18 +73,18 @@ def test_cache_reads_every_kind(tmp_path: Path) -> None:
 
 def test_other_config_is_refused(tmp_path: Path) -> None:
     paths = make_midis(tmp_path, 1)
-    build_symbolic_cache(paths, tmp_path / "cache", workers=1, progress=False)
+    build_symbolic_cache(paths, tmp_path / "cache", workers=1)
     with pytest.raises(ValueError, match="cache.json"):
         build_symbolic_cache(
-            paths, tmp_path / "cache", workers=1, progress=False,
+            paths, tmp_path / "cache", workers=1,
             config=SymbolicFeatureConfig(curves=CurveConfig(frame_rate=50.0)),
         )
 
 
 def test_process_pool_matches_in_process(tmp_path: Path) -> None:
     paths = make_midis(tmp_path / "midi", 4)
-    pooled = build_symbolic_cache(paths, tmp_path / "pooled", workers=2, progress=False, chunksize=1)
-    single = build_symbolic_cache(paths, tmp_path / "single", workers=1, progress=False)
+    pooled = build_symbolic_cache(paths, tmp_path / "pooled", workers=2, chunksize=1)
+    single = build_symbolic_cache(paths, tmp_path / "single", workers=1)
     assert pooled.computed == single.computed == 4 and not pooled.failed
     a, b = SymbolicCache(tmp_path / "pooled"), SymbolicCache(tmp_path / "single")
     for p in paths:

@@ -36,7 +36,7 @@ def ctx(corpus: FakeCorpus, path: Path, *, train: bool, max_len: int, seed: int 
 
 def test_views_from_cache_and_computed_agree(tmp_path: Path) -> None:
     p1, p2 = midi(tmp_path, 60), midi(tmp_path, 45)
-    build_symbolic_cache([p1, p2], tmp_path / "cache", workers=1, progress=False)
+    build_symbolic_cache([p1, p2], tmp_path / "cache", workers=1)
     cached = FakeCorpus(tmp_path, SymbolicCache(tmp_path / "cache"))
     plain = FakeCorpus(tmp_path, None)
     for name in ("remi", "graph", "hetero_graph", "curves"):
