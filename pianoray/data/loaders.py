@@ -15,6 +15,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
+from itertools import accumulate, groupby
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -481,6 +482,42 @@ def augmented_twins(
 # ------------------------------------------------------------------------------------ sampling
 
 
+Key = tuple[int, int, bool]  # (index, sample_seed, train): what a training batch sampler yields per item
+Slice = tuple[list[Key], int]  # consecutive members of one chunk in one batch, and each member's samples
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
+
+
+def assign_ranks(slices: Sequence[tuple[int, int]], world_size: int, capacity: int) -> list[int]:
+    """The rank of each item of a global batch, given as chunk-slices (n items, samples per item) in order.
+
+    Greedy: slices of two-sample items (T4 pairs) first, then larger slices first, each into the rank with the
+    most room left (the lowest on ties); a slice is split only when it fits nowhere, filling that rank and
+    carrying on with the rest. Pairs go first because only single samples can fill an odd gap: so every rank
+    gets exactly ``capacity`` samples whenever that is possible. It is not when ``capacity`` is odd and the
+    batch holds fewer single samples than ranks; a pair that fits nowhere then goes to the rank with the most
+    room, which ends one sample over while another ends one under (two ranks and a T4-only batch of 2: one
+    rank's batch is empty). Being greedy, it may split a chunk that an exhaustive packing would keep whole
+    (slices 3, 3, 2, 2, 2 into two ranks of 6).
+    """
+    starts = list(accumulate((n for n, _ in slices), initial=0))
+    owner = [0] * starts[-1]
+    room = [capacity] * world_size
+    for s in sorted(range(len(slices)), key=lambda s: (-slices[s][1], -slices[s][0])):
+        n, w = slices[s]
+        pos, end = starts[s], starts[s] + n
+        while pos < end:
+            r = max(range(world_size), key=room.__getitem__)
+            k = min(end - pos, max(1, room[r] // w))
+            owner[pos : pos + k] = [r] * k
+            room[r] -= k * w
+            pos += k
+    return owner
+
+
 class TierMixedBatchSampler:
     """Batches that mix the dataset's tiers in proportion, keeping group members together.
 
@@ -489,6 +526,14 @@ class TierMixedBatchSampler:
     shuffled. A batch takes its quota of items from each tier's stream in order, so a batch holds
     whole chunks: several members of one passage/round, hence ranking pairs. ``weights`` (tier ->
     share of samples) default to the tiers' sizes; a T4 item counts as two samples.
+
+    Data parallel (``world_size`` W > 1, e.g. DDP): ``batch_size`` is the global batch. Every rank builds the
+    same global batches, exactly those of W = 1 (same seed, order, sample seeds), and yields only its part,
+    batch_size / W samples (``assign_ranks`` says when that cannot be), so every rank runs ``len(self)``
+    steps and the results do not depend on W: with equal rank batches, DDP's gradient average is the
+    single-worker gradient of a loss that is a mean over samples. Batch-coupled losses (ranking pairs within
+    a passage or round, InfoNCE negatives) only see pairs inside one rank's batch, which is why chunks are
+    kept whole on one rank.
 
     Yields lists of (index, sample_seed, train). Deterministic given ``seed`` (set a new one per epoch).
     """
@@ -501,12 +546,20 @@ class TierMixedBatchSampler:
         train: bool = True,
         weights: Mapping[str | Tier, float] | None = None,
         group_chunk: int = 4,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        _check_rank(rank, world_size)
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} is not divisible by world_size={world_size}: the global "
+                             "batch must split into equal rank batches")
         self.dataset = dataset if isinstance(dataset, SplitDataset) else SplitDataset({dataset.tier: dataset})
         self.batch_size = batch_size
         self.seed = seed
         self.train = train
         self.group_chunk = max(1, group_chunk)
+        self.rank, self.world_size = rank, world_size
         parts = self.dataset.parts
         sizes = {t: len(p) * p.samples_per_item() for t, p in parts.items()}
         w = {parse_tier(k): float(v) for k, v in (weights or {}).items()} if weights else dict(sizes)
@@ -554,21 +607,33 @@ class TierMixedBatchSampler:
             out[max(self.shares, key=self.shares.get)] = 1
         return out
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+    def global_batches(self) -> Iterator[list[Slice]]:
+        """The W = 1 batches, as the chunk-slices they are made of: pending items carry their chunk's number,
+        and a batch's members of one chunk are consecutive (a chunk may straddle two batches)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, 7919]))
         streams = {t: self._stream(t, rng) for t in self.dataset.parts}
-        pending: dict[Tier, list[int]] = {t: [] for t in streams}
+        pending: dict[Tier, list[tuple[int, int]]] = {t: [] for t in streams}  # (item, chunk number)
+        n_chunks = 0
         for _ in range(self.n_batches):
-            batch: list[tuple[int, int, bool]] = []
+            batch: list[Slice] = []
             for t, q in self._quotas(rng).items():
-                start = self.dataset.starts[t]
+                start, weight = self.dataset.starts[t], self.dataset.parts[t].samples_per_item()
                 while len(pending[t]) < q:
                     if not streams[t]:
                         streams[t] = self._stream(t, rng)  # the tier cycles: a new epoch of its own
-                    pending[t] += streams[t].pop(0)
+                    pending[t] += [(i, n_chunks) for i in streams[t].pop(0)]
+                    n_chunks += 1
                 take, pending[t] = pending[t][:q], pending[t][q:]
-                batch += [(start + i, int(rng.integers(2**31)), self.train) for i in take]
+                tagged = [((start + i, int(rng.integers(2**31)), self.train), c) for i, c in take]
+                batch += [([k for k, _ in run], weight) for _, run in groupby(tagged, key=lambda kc: kc[1])]
             yield batch
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for batch in self.global_batches():
+            keys = [k for ks, _ in batch for k in ks]
+            capacity = self.batch_size // self.world_size
+            owner = assign_ranks([(len(ks), w) for ks, w in batch], self.world_size, capacity)
+            yield [k for k, r in zip(keys, owner) if r == self.rank]  # in global-batch order
 
 
 class SequentialBatchSampler:
@@ -682,6 +747,9 @@ def make_loader(
     weights: Mapping[str | Tier, float] | None = None,
     group_chunk: int = 4,
     windows: str = "all",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader yielding Batch. shuffle=True: tier-mixed, group-keeping batches; False: index order.
 
@@ -690,14 +758,20 @@ def make_loader(
     single pre-window crop per segment instead (first max_len items of symbolic views, centre of frames and
     notes), kept only to measure what whole segments change. Deterministic given ``seed``, with or without
     workers.
+
+    rank, world_size: data-parallel training. ``batch_size`` is the global batch and the loader yields this
+    rank's part of each, batch_size / world_size samples (``TierMixedBatchSampler``). Only shuffled (training)
+    batches are sharded: index-order (evaluation) loaders ignore both and yield the whole set, so validation is
+    computed on the full validation set, on every rank or on rank 0 alone, as the training loop decides.
     """
+    _check_rank(rank, world_size)
     if windows not in EVAL_WINDOWS:
         raise ValueError(f"windows={windows!r}: expected one of {', '.join(EVAL_WINDOWS)}")
     ds = dataset if isinstance(dataset, SplitDataset) else SplitDataset({dataset.tier: dataset})
     train = ds.train if train is None else train
     if shuffle:
         sampler: Any = TierMixedBatchSampler(ds, batch_size, seed=seed, train=train, weights=weights,
-                                             group_chunk=group_chunk)
+                                             group_chunk=group_chunk, rank=rank, world_size=world_size)
     elif train or windows == "crop":
         sampler = SequentialBatchSampler(len(ds), batch_size, seed=seed, train=train)
     else:

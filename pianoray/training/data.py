@@ -84,15 +84,21 @@ class ExperimentData:
         *,
         epoch: int,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Any:
         """Batches of one split. Training order and crops depend only on (seed, epoch), so a resumed run
-        sees exactly the batches an uninterrupted one would."""
+        sees exactly the batches an uninterrupted one would.
+
+        rank, world_size: a data-parallel worker's place, given by the caller. Training yields this rank's
+        batch_size / world_size part of each single-worker batch of ``batch_size``, so results do not depend on
+        the number of workers; evaluation splits are not sharded (see ``make_loader``)."""
         from pianoray.data.loaders import make_loader
 
         ds = self.dataset(fold, split, tiers, views)
         train = split == "train"
         return make_loader(ds, batch_size=batch_size, shuffle=train, seed=seed * 100_003 + epoch, train=train,
-                           windows=self.eval_windows)
+                           windows=self.eval_windows, rank=rank, world_size=world_size)
 
     def eval_loader(self, fold: int, split: str, views: Iterable[str], batch_size: int) -> Any:
         """The T1 segments of a split in a fixed order, whole (one sample per window; for scoring, any split)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from pianoray.data.loaders import (
     NOTE_FEATURES,
     NOTE_TABLES,
     SegmentDataset,
+    TierMixedBatchSampler,
+    assign_ranks,
     augmented_twins,
     build_split,
     collate,
@@ -22,6 +26,7 @@ from pianoray.data.loaders import (
     note_features,
 )
 from pianoray.data.midi import NoteTable
+from pianoray.data.tiers import Tier
 
 WIDTH, WINDOW = 4, 4
 
@@ -312,3 +317,108 @@ def test_predict_over_windows_sees_the_whole_segment(corpus):
     np.testing.assert_allclose(pred.scores, np.stack(full), rtol=1e-5)
     assert pred.groups.tolist() == ["T1:pa0", "T1:pa0", "T1:pb0"]
     np.testing.assert_allclose(pred.labels, np.stack([_labels(corpus)[s] for s in ids]))
+
+
+# ------------------------------------------------------------------------------------------ data parallel
+
+TRAIN_ALL = [f"{p}-{i}" for p in ("pa0", "pa1", "pb0") for i in range(4)]
+
+
+def _train_split(corpus, ids, tiers):
+    return build_split(corpus, {"train": list(ids), "val": [], "test": []}, "train", tiers=tiers, views=["frames"],
+                       labels=_labels(corpus))
+
+
+def _recorded(corpus):
+    """(dataset, sampler arguments, batches): what TierMixedBatchSampler yielded before it knew about ranks."""
+    for case in json.loads((Path(__file__).parent / "fixtures" / "tier_mixed_batches.json").read_text()):
+        kw = {k: case[k] for k in ("batch_size", "seed", "weights", "group_chunk")}
+        yield _train_split(corpus, case["train"], case["tiers"]), kw, [[tuple(k) for k in b] for b in case["batches"]]
+
+
+def _rank_batches(ds, world_size, **kw):
+    """Per rank, its sampler's batches."""
+    return [list(TierMixedBatchSampler(ds, rank=r, world_size=world_size, **kw)) for r in range(world_size)]
+
+
+def _samples(ds, keys):
+    return sum(2 if ds.locate(g)[0] is Tier.T4 else 1 for g, *_ in keys)
+
+
+def test_one_rank_gives_the_batches_of_before(corpus):
+    for ds, kw, before in _recorded(corpus):
+        assert list(TierMixedBatchSampler(ds, **kw)) == before
+        assert list(make_loader(ds, shuffle=True, world_size=1, **kw).batch_sampler) == before
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_out_each_global_batch(corpus, world_size):
+    cases = [c for c in _recorded(corpus) if c[1]["batch_size"] % world_size == 0]
+    assert len(cases) >= 2
+    for ds, kw, before in cases:
+        ranks = _rank_batches(ds, world_size, **kw)
+        lengths = [len(TierMixedBatchSampler(ds, rank=r, world_size=world_size, **kw)) for r in range(world_size)]
+        assert lengths == [len(before)] * world_size
+        assert all(len(batches) == len(before) for batches in ranks)
+        for step, whole in enumerate(before):
+            parts = [batches[step] for batches in ranks]
+            assert sorted(k for part in parts for k in part) == sorted(whole)  # disjoint, and all of it
+            assert [_samples(ds, part) for part in parts] == [kw["batch_size"] // world_size] * world_size
+        epoch = sorted(k for batches in ranks for b in batches for k in b)
+        assert epoch == sorted(k for b in before for k in b)
+
+
+def test_chunks_stay_whole_on_one_rank(corpus):
+    ds = _train_split(corpus, TRAIN_ALL, ["T1"])
+    # passages of 4 cut into chunks of 2; a global batch of 4 is two whole chunks, one per rank
+    kw = dict(batch_size=4, seed=1, group_chunk=2)
+    whole = list(TierMixedBatchSampler(ds, **kw).global_batches())
+    assert [[len(keys) for keys, _ in b] for b in whole] == [[2, 2]] * 3
+    ranks = _rank_batches(ds, 2, **kw)
+    for step, slices in enumerate(whole):
+        assert sorted(sorted(keys) for keys, _ in slices) == sorted(sorted(batches[step]) for batches in ranks)
+    assert all(len({ds[k][0].passage for k in b}) == 1 for batches in ranks for b in batches)  # a ranking pair each
+    # a chunk of 4 cannot fit one rank's 2 samples: split, 2 and 2
+    kw = dict(batch_size=4, seed=1, group_chunk=4)
+    assert [[len(keys) for keys, _ in b] for b in TierMixedBatchSampler(ds, **kw).global_batches()] == [[4]] * 3
+    assert all(len(b) == 2 for batches in _rank_batches(ds, 2, **kw) for b in batches)
+
+
+def test_a_chunk_is_split_only_when_it_fits_nowhere():
+    assert assign_ranks([(2, 1), (1, 1), (1, 1)], 2, 2) == [0, 0, 1, 1]  # largest first, all whole
+    assert assign_ranks([(3, 1), (3, 1), (2, 1)], 2, 4) == [0, 0, 0, 1, 1, 1, 0, 1]  # the 2 has to split
+    # pairs (2 samples) first, leaving the odd gaps to single samples: 3 samples per rank
+    assert assign_ranks([(2, 1), (1, 2), (1, 2)], 2, 3) == [0, 1, 0, 1]
+    # odd capacity without enough single samples: a pair lands where it overflows, 4 and 2 samples
+    assert assign_ranks([(3, 2)], 2, 3) == [0, 1, 0]
+
+
+def test_each_epoch_reorders_every_rank_and_evaluation_is_not_sharded(corpus):
+    from types import SimpleNamespace
+
+    from pianoray.training.data import ExperimentData
+
+    fold = SimpleNamespace(train=TRAIN_ALL[:8], val=["pb0-0", "pb0-1"], test=[])
+    names, labels = corpus.labels("percepiano19")
+    data = ExperimentData(corpus, list(names), labels, SimpleNamespace(folds=[fold], competition_rounds=None), 12, 64)
+
+    def ids(split, epoch, **shard):
+        return [b.segment_ids for b in data.loader(0, split, (Tier.T1, Tier.T2), ["frames"], 4, epoch=epoch, **shard)]
+
+    for rank in (0, 1):
+        assert ids("train", 1, rank=rank, world_size=2) != ids("train", 2, rank=rank, world_size=2)
+        assert all(len(b) == 2 for b in ids("train", 1, rank=rank, world_size=2))
+    whole = ids("val", 0)
+    assert {s for b in whole for s in b} == {"pb0-0", "pb0-1"}
+    assert ids("val", 0, rank=0, world_size=2) == ids("val", 0, rank=1, world_size=2) == whole
+
+
+def test_sharding_arguments_are_checked(corpus):
+    ds = _train_split(corpus, TRAIN_ALL, ["T1"])
+    with pytest.raises(ValueError, match="batch_size=6 is not divisible by world_size=4"):
+        TierMixedBatchSampler(ds, 6, world_size=4)
+    for rank, world_size in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match=f"rank={rank}, world_size={world_size}"):
+            make_loader(ds, 4, shuffle=True, rank=rank, world_size=world_size)
+    with pytest.raises(ValueError, match="rank=3"):
+        make_loader(ds, 4, shuffle=False, rank=3, world_size=2)  # checked even where nothing is sharded
