@@ -3,8 +3,11 @@
 Round 1: :func:`screen_trainable` is a Tune function trainable; it reports every epoch with a checkpoint
 through :class:`ReportSink`, and resumes from ``tune.get_checkpoint()`` after a PAUSE or a restore.
 Round 2: :func:`fold_trainable` is a driver-side Tune function trainable (0.1 CPU) that runs one fold as a
-Ray Train ``TorchTrainer`` with ``TuneReportCallback``; Ray's ``CheckpointConfig`` keeps the top-k. The fold's
-test part is scored once, from the best checkpoint, at the end. A fitted (non-neural) reference has no
+Ray Train ``TorchTrainer`` with ``TuneReportCallback``; Ray's ``CheckpointConfig`` keeps the top-k. With
+``round2.workers_per_fold`` W > 1 the fold is data parallel (:func:`fold_worker`: DDP through
+``ray.train.torch.prepare_model``, each rank a shard of every global batch). The fold's test part is scored
+once, from the best checkpoint, at the end of the Train job on its rank-0 worker (its GPU where it has one),
+and reported from there as the job's last report. A fitted (non-neural) reference has no
 epochs and no checkpoints: its fold trainable (holding the experiment's resources) fits and scores it in
 place (:func:`fitted_fold`), reporting the same keys as a neural fold.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -173,18 +177,64 @@ def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tup
 
 
 def fold_worker(config: dict[str, Any]) -> None:
-    """Inside a Ray Train worker: the full-budget fit of one fold, with early stopping."""
+    """Inside a Ray Train worker: the full-budget fit of one fold, with early stopping, then its test score.
+
+    Every rank trains (data parallel when the job has several workers) and reports each epoch, as Ray Train
+    requires; rank 0 alone writes the checkpoints and scores the best one on the test part, which the last
+    report carries (the other ranks report nothing new then). A job restored after its last epoch (a worker
+    or the driver died while scoring) goes straight to scoring, so the score is reported once per finished
+    job and the fold's ledger event is written once (the driver keys it by experiment and fold).
+    """
     import ray.train
+    from ray.train.torch import get_device, prepare_model
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, fold = config["experiment"], config["fold"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = experiment_data(cfg)
     extra = {"experiment": name, "fold": fold, "round": ROUND2}
-    sink = ReportSink(ray.train.report, ray.train.Checkpoint, extra)
-    budget = Budget(cfg.round2.epochs, cfg.round2.patience)
-    for _ in fit(cfg, name, data, fold, budget, tiers=cfg.round2.tiers, sink=sink,
-                 resume_from=_resume_dir(ray.train.get_checkpoint())):
-        pass
+    device = get_device()
+    resume = _resume_dir(ray.train.get_checkpoint())
+    if not _finished(resume):
+        if rank == 0:
+            sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra), ()
+        else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
+            sink, callbacks = None, (lambda r: ray.train.report(r.to_report(**extra)),)
+        wrap = None
+        if world > 1:
+            # find_unused_parameters: a stage may leave heads out of the loss (A2's self-supervised stage)
+            wrap = partial(prepare_model, move_to_device=False,
+                           parallel_strategy_kwargs={"find_unused_parameters": True})
+        budget = Budget(cfg.round2.epochs, cfg.round2.patience)
+        for _ in fit(cfg, name, data, fold, budget, tiers=cfg.round2.tiers, sink=sink, callbacks=callbacks,
+                     resume_from=resume, device=device, wrap_model=wrap):
+            pass
+    final: dict[str, Any] = {}
+    if rank == 0:
+        final = score_fold(cfg, name, fold, data, ray.train.get_all_reported_checkpoints(), device)
+    ray.train.report(final)
+
+
+def _finished(resume: Path | None) -> bool:
+    """Whether the checkpoint a job resumes from is its last epoch (its ``metrics.json`` says ``stop``)."""
+    if resume is None or not (resume / METRICS_FILE).is_file():
+        return False
+    return bool(json.loads((resume / METRICS_FILE).read_text()).get("stop", False))
+
+
+def score_fold(cfg: ProtocolConfig, name: str, fold: int, data: ExperimentData, reported: list[Any],
+               device: Any) -> dict[str, Any]:
+    """The fold's final report: the test scores of its best reported checkpoint (:func:`best_checkpoint`)."""
+    from pianoray.training.scoring import score_checkpoint
+
+    best = best_checkpoint([(r.checkpoint, r.metrics) for r in reported])
+    if best is None:
+        raise RuntimeError(f"round2 {name} fold {fold}: the Train run reported no checkpoint")
+    with best.as_directory() as d:
+        # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
+        test = score_checkpoint(cfg, name, data, fold, Path(d), n_boot=200, device=device)
+    return FoldScore.from_scores(name, fold, test).to_report()
 
 
 def fitted_fold(cfg: ProtocolConfig, name: str, fold: int, report: Callable[[dict[str, Any]], None]) -> None:
@@ -203,15 +253,16 @@ def fitted_fold(cfg: ProtocolConfig, name: str, fold: int, report: Callable[[dic
     report(FoldScore.from_scores(name, fold, test).to_report())
 
 
-def best_checkpoint(result: Any) -> Any:
-    """The fold's best checkpoint by validation pairwise accuracy among the epochs that select models (the
-    rule the ledger's Round-2 summaries apply: a self-supervised stage's epoch never stands for the fold);
-    any kept checkpoint when none is marked selectable; the last one when Ray kept no scored checkpoint."""
-    kept = [(c, m) for c, m in (result.best_checkpoints or [])
+def best_checkpoint(reported: list[tuple[Any, Mapping[str, Any]]]) -> Any:
+    """The fold's best checkpoint among ``reported`` (checkpoint, metrics) pairs, by validation pairwise
+    accuracy among the epochs that select models (the rule the ledger's Round-2 summaries apply: a
+    self-supervised stage's epoch never stands for the fold), the earliest on ties; any kept checkpoint when
+    none is marked selectable; the newest epoch's when none has a score; None when there is none."""
+    kept = [(c, m) for c, m in reported
             if isinstance(m.get(SELECTION_METRIC), (int, float)) and m[SELECTION_METRIC] == m[SELECTION_METRIC]]
     pool = [(c, m) for c, m in kept if m.get("selectable", True)] or kept
     if not pool:
-        return result.checkpoint
+        return max(reported, key=lambda cm: int(cm[1].get("epoch", 0)))[0] if reported else None
     return max(pool, key=lambda cm: (cm[1][SELECTION_METRIC], -int(cm[1].get("epoch", 0))))[0]
 
 
@@ -226,8 +277,6 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from pianoray.training.scoring import score_checkpoint
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, fold = config["experiment"], config["fold"]
@@ -257,11 +306,4 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
             callbacks=[TuneReportCallback()],
         ),
     )
-    result = trainer.fit()
-    best = best_checkpoint(result)
-    if best is None:
-        raise RuntimeError(f"round2 {name} fold {fold}: the Train run produced no checkpoint")
-    with best.as_directory() as d:
-        # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
-        test = score_checkpoint(cfg, name, experiment_data(cfg), fold, Path(d), n_boot=200)
-    tune.report(FoldScore.from_scores(name, fold, test).to_report())
+    trainer.fit()  # the fold's test score arrives as the job's last report (fold_worker)

@@ -6,6 +6,12 @@ on CPU), seed 42 and deterministic mode, early stopping on validation pairwise a
 config), checkpoints through the given sink, and resume from a checkpoint that gives the same result as an
 uninterrupted run.
 
+Data parallel: inside a ``torch.distributed`` process group of W > 1 ranks (Ray Train starts one; ``fit``
+reads only its rank and size, never ray), each rank trains on its shard of every global batch
+(``ExperimentData.loader``: ``optim.batch_size`` stays the global batch), through the model wrapper the
+caller gives (DDP). Every rank validates on the whole validation split and adopts rank 0's scores, so early
+stopping and the epoch records agree on every rank; only the rank given a sink writes checkpoints.
+
 ``fit`` is a short driver over three small state objects: :class:`StageOptimizer` (a fresh optimiser and
 schedule per stage, restored mid-stage), :class:`EarlyStopping` (best epoch and patience) and the checkpoint
 state (:func:`checkpoint_state`). Epochs are counted here (1-based), never taken from Ray's
@@ -32,6 +38,7 @@ from pianoray.objectives.losses import multitask_loss
 from pianoray.records import SELECTION_METRIC, EpochRecord
 from pianoray.training.checkpoint import CheckpointSink, read_state, rng_state, set_rng_state, write_state
 from pianoray.training.data import ExperimentData
+from pianoray.training.distributed import all_ranks_sum, dist_place, from_rank0
 from pianoray.training.evaluate import predict, validation_scores
 from pianoray.training.step import autocast, cosine_with_warmup, make_optimizer, train_step
 
@@ -108,13 +115,19 @@ def param_groups(model: PerformanceModel, lr: float) -> list[dict[str, Any]]:
 
 
 def supervised_step(model: torch.nn.Module, batch: Any, loss_cfg: Any, terms: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, grad_clip: float, device: torch.device) -> dict[str, float]:
+                    scheduler: Any, grad_clip: float, device: torch.device, *, distributed: bool = False) -> dict[str, float]:
     """One fine-tuning step on a batch already on ``device``: forward (bf16 autocast on CUDA), the multitask
     loss restricted to the stage's ``terms``, then :func:`~pianoray.training.step.train_step`. Returns the
-    loss parts (floats). ``model`` may be a wrapper (e.g. DDP) around a :class:`PerformanceModel`."""
+    loss parts (floats). ``model`` may be a wrapper (e.g. DDP) around a :class:`PerformanceModel`.
+
+    ``distributed``: a rank whose batch gives no gradient (none of the stage's terms) still backpropagates a
+    zero through the model, because DDP's gradient all-reduce needs every rank's backward; that rank then
+    contributes zeros to the average (the single-worker step would have been skipped)."""
     with autocast(device):
         out = model(batch)
         total, parts = multitask_loss(out.regression, out.scores, out.z, batch, loss_cfg, terms=terms)
+        if distributed and not total.requires_grad:
+            total = out.regression.float().sum() * 0.0
     train_step(total, optimizer, scheduler, model.parameters(), grad_clip)
     return {k: float(v) for k, v in parts.items()}
 
@@ -204,15 +217,17 @@ def fit(
     Model selection uses the fold's inner validation split only; the test part is never touched here.
     ``tiers`` are the round's training tiers (a stage may narrow them, e.g. A2's self-supervised stage).
     ``wrap_model``: applied to the model for the training forward/backward only (e.g. DDP, supplied by
-    ``protocol/`` so that this module never imports ray); validation and checkpoints use the bare model.
+    ``protocol/`` so that this module never imports ray); validation and checkpoints use the bare model. It is
+    applied again each epoch, after the encoder's ``on_epoch_start``, because DDP registers only the
+    parameters that require gradients when it wraps, and gradual unfreezing changes that set.
     """
     optim_cfg = cfg.optim_for(experiment)
     loss_cfg = cfg.loss_for(experiment)
     round_tiers = tuple(tiers) if tiers is not None else (Tier.T1,)
     dev = pick_device(device)
     seed_everything(cfg.seed)
+    rank, world = dist_place()
     model = build_model(cfg, experiment, data, fold).to(dev)
-    trained = wrap_model(model) if wrap_model is not None else model
     stages = plan_stages(model, budget.epochs)
     # Whole validation segments: one sample per window, merged per segment by ``predict``.
     val_batches = data.loader(fold, "val", (Tier.T1,), model.encoder.views, optim_cfg.batch_size, epoch=0)
@@ -232,14 +247,16 @@ def fit(
         si = int(np.searchsorted(bounds, epoch))  # index of the stage containing this (1-based) epoch
         stage = stages[si]
         stage_tiers = stage.tiers if stage.tiers is not None else round_tiers
-        train_batches = data.loader(
-            fold, "train", stage_tiers, model.encoder.views, optim_cfg.batch_size, epoch=epoch, seed=cfg.seed
-        )
+        train_batches = data.loader(fold, "train", stage_tiers, model.encoder.views, optim_cfg.batch_size,
+                                    epoch=epoch, seed=cfg.seed, rank=rank, world_size=world)
         opt.enter(si, stage, len(train_batches))
         if restored is not None:
             set_rng_state(restored["rng"])  # after model/optimizer building, which may draw from the RNG
             restored = None
+        if world > 1:  # each rank its own dropout stream, a function of the epoch: resumes stay exact
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
         model.encoder.on_epoch_start(epoch - 1, budget.epochs)
+        trained = wrap_model(model) if wrap_model is not None else model
 
         model.train()
         sums: dict[str, float] = {}
@@ -247,15 +264,19 @@ def fit(
         for batch in train_batches:
             b = batch.to(dev)
             parts = supervised_step(trained, b, loss_cfg, stage.terms, opt.optimizer, opt.scheduler,
-                                    optim_cfg.grad_clip, dev)
+                                    optim_cfg.grad_clip, dev, distributed=world > 1)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1
             samples += b.size
+        if world > 1:
+            sums, n_batches, samples = all_ranks_sum(sums, n_batches, samples, dev)
         metrics: dict[str, Any] = {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}
         metrics["lr"] = float(opt.scheduler.get_last_lr()[0])
         scores, counts = validation_scores(predict(model, val_batches, dev), threshold=loss_cfg.rank_threshold,
                                            seed=cfg.seed)
+        if world > 1:
+            scores, counts = from_rank0((scores, counts))
         metrics.update(scores)
 
         patience_out = early.update(epoch, metrics[SELECTION_METRIC], stage.select)

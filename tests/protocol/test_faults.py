@@ -219,3 +219,31 @@ def test_killed_workers_restart_from_their_last_checkpoint(fault_run_factory):
     assert r2_last >= 1
     assert_epochs_contiguous(run, ROUND2, {("A1", 0): 4})
     assert run.events("selection")
+
+
+def test_a_two_worker_fold_survives_a_killed_worker(fault_run_factory):
+    """Round 2 data parallel (``workers_per_fold: 2``, DDP over gloo): SIGKILL one Ray Train worker mid-fold;
+    ``FailureConfig`` restarts the group from the last checkpoint (rank 0's), the fold completes with every
+    epoch trained once, and its test score, made on the job's rank-0 worker, reaches the ledger once."""
+    # 0.9 CPU per worker: two workers and the fold's 0.1-CPU launcher fit on this machine's 2 CPUs.
+    run = fault_run_factory("ddp2", ["audio-frozen"], resources={"cpu": 0.9}, round1={"epochs": 2, "rungs": [1]},
+                            round2={"epochs": 6, "patience": 6, "folds": 1, "num_to_keep": 20, "max_failures": 1,
+                                    "workers_per_fold": 2})
+    cli = run.start()
+    cli.wait_until("round 2 epoch 2", lambda: len(run.epochs(ROUND2).get(("audio-frozen", 0)) or []) >= 2,
+                   timeout=RUN_TIMEOUT, poll=0.1)
+    workers = ray_processes(cli.proc.pid, "ray::RayTrainWorker")
+    assert len(workers) == 2, f"expected the fold's two Train workers, found {len(workers)}"
+    workers[-1].kill()
+    assert cli.wait(RUN_TIMEOUT) == 0, cli.tail()
+
+    trained = [ep for ep, _ in checkpoint_epochs(run.dir / "round2-train" / "round2-audio-frozen-fold0")]
+    assert trained == list(range(1, 7)), f"round-2 checkpoints {trained}: an epoch was trained twice or lost"
+    assert_epochs_contiguous(run, ROUND2, {("audio-frozen", 0): 6})
+    rows = run.tune_results(ROUND2, "audio-frozen", 0)
+    assert_no_repeated_report(rows, "round2 audio-frozen fold 0")
+    assert sum(1 for r in rows if r.get("final")) == 1, "the fold's test score was reported more than once"
+    (fold_event,) = run.events("fold")
+    assert 0.0 <= fold_event["payload"]["test"]["pairwise_accuracy"] <= 1.0
+    (billed,) = [e for e in run.events("resources") if e.get("round") == ROUND2]
+    assert billed["payload"]["resource"] == "cpu"

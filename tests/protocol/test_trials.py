@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from pianoray.protocol.trials import best_checkpoint
 
 
@@ -14,7 +12,7 @@ def test_best_checkpoint_skips_epochs_that_select_nothing() -> None:
             ("e3", {"val/pairwise_accuracy": 0.7, "selectable": True, "epoch": 3}),
             ("e2", {"val/pairwise_accuracy": 0.7, "selectable": True, "epoch": 2}),
             ("nan", {"val/pairwise_accuracy": float("nan"), "selectable": True, "epoch": 4})]
-    assert best_checkpoint(SimpleNamespace(best_checkpoints=kept, checkpoint="last")) == "e2"
-    only_ssl = SimpleNamespace(best_checkpoints=kept[:1], checkpoint="last")
-    assert best_checkpoint(only_ssl) == "ssl"
-    assert best_checkpoint(SimpleNamespace(best_checkpoints=[], checkpoint="last")) == "last"
+    assert best_checkpoint(kept) == "e2"
+    assert best_checkpoint(kept[:1]) == "ssl"
+    assert best_checkpoint(kept[3:]) == "nan"  # no scored epoch: the newest
+    assert best_checkpoint([]) is None

@@ -49,7 +49,8 @@ class SyntheticData:
     def data_spec(self) -> DataSpec:
         return DataSpec(n_dims=self.n_dims, frame_width=self.width)
 
-    def loader(self, fold, split, tiers, views, batch_size, *, epoch, seed=0):
+    def loader(self, fold, split, tiers, views, batch_size, *, epoch, seed=0, rank=0, world_size=1):
+        assert world_size == 1, "the synthetic stand-in is single-process"
         idx = self._split[split].copy()
         if split == "train":
             rng = np.random.default_rng(seed * 100_003 + epoch)
