@@ -44,6 +44,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
             # Python process fewer per fold job; on a cluster it stays on).
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ctx = ray.init(
+                address="local",  # a head of our own, even with RAY_ADDRESS set or another cluster running
                 num_cpus=num_cpus,
                 include_dashboard=dashboard,
                 dashboard_host="127.0.0.1",
