@@ -257,9 +257,10 @@ def _protocol(tmp_path: Path, workers: int, experiments: dict[str, Any] | None =
 
 
 @pytest.mark.parametrize("path", [AWS, GCP], ids=["aws", "gcp"])
-def test_a_fold_job_on_one_whole_node_fits(tmp_path: Path, path: Path) -> None:
-    """8 workers x 1 GPU on 8-GPU nodes: no warning."""
-    protocol = _protocol(tmp_path, 8)
+def test_a_fold_job_on_one_whole_node_fits(path: Path) -> None:
+    """experiments/protocol-8gpu.yaml: 8 workers x 1 GPU on 8-GPU nodes, no warning."""
+    protocol = REPO / "experiments" / "protocol-8gpu.yaml"
+    assert load_config(protocol).round2.workers_per_fold == 8
     assert fold_placement_warnings(path, load_config(protocol), str(protocol)) == []
 
 

@@ -65,7 +65,7 @@ def test_budget_equals_the_hand_computed_value():
         p.total("upper"))
 
 
-@pytest.mark.parametrize("yaml_name", ["protocol.yaml", "demo.yaml"])
+@pytest.mark.parametrize("yaml_name", ["protocol.yaml", "protocol-8gpu.yaml", "demo.yaml"])
 def test_trial_counts_of_the_shipped_configs(yaml_name):
     cfg = load_config(PROJECT_ROOT / "experiments" / yaml_name, check_models=False)
     # fitted references (symbolic-gbm) have no Round-1 trial and no epochs: one fit per fold in Round 2
@@ -80,7 +80,7 @@ def test_trial_counts_of_the_shipped_configs(yaml_name):
     assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == ((n + f) * cfg.round2.folds,
                                                             (n - n // 2 + f) * cfg.round2.folds, cfg.round2.epochs)
     assert any("symbolic-gbm" in note for note in r2.notes)
-    device = "gpu" if yaml_name == "protocol.yaml" else "cpu"  # protocol.yaml asks for 1 GPU per trial
+    device = "cpu" if yaml_name == "demo.yaml" else "gpu"  # the protocol configs ask for 1 GPU per trial
     assert {t.device for t in p.trials} == {device}
     assert 0 < sum(p.total("expected").values()) <= sum(p.total("upper").values())
 
@@ -222,3 +222,14 @@ def test_bad_data_parallel_tables_name_the_file_and_field(tmp_path, data_paralle
     bad.write_text(json.dumps({**SCRIPTED.model_dump(), "data_parallel": data_parallel}))
     with pytest.raises(InputError, match=rf"t\.json: {field}"):
         ThroughputTable.load(bad)
+
+
+def test_the_8_gpu_config_charges_round2_the_assumed_node_efficiency():
+    """protocol-8gpu.yaml is protocol.yaml with 8 workers per fold: Round 1 alike, Round 2 / the table's
+    assumed gpu efficiency for 8 workers."""
+    one = plan(load_config(PROJECT_ROOT / "experiments" / "protocol.yaml"), sizes=SIZES)
+    eight = plan(load_config(PROJECT_ROOT / "experiments" / "protocol-8gpu.yaml"), sizes=SIZES)
+    e = ThroughputTable.load().scaling("gpu", 8)
+    assert (e.workers, e.source.split(":")[0]) == (8, "assumed")
+    assert eight.rounds[0].upper_hours == pytest.approx(one.rounds[0].upper_hours)
+    assert eight.rounds[1].upper_hours["gpu"] == pytest.approx(one.rounds[1].upper_hours["gpu"] / e.efficiency)
