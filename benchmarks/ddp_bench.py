@@ -173,13 +173,13 @@ def combine(records: list[dict]) -> dict:
             "global_batch": records[0]["batch_size"], "comm_share": share}
 
 
-def prepare(args: argparse.Namespace) -> Any:
-    """The demo config restricted to the benchmarked experiments, its corpus and symbolic cache made."""
+def prepare(args: argparse.Namespace, root: Path) -> Any:
+    """The demo config restricted to the benchmarked experiments, its corpus (at ``root``) and symbolic cache
+    made."""
     from pianoray.config import load_config
     from pianoray.data.demo import generate_demo
     from pianoray.validation import prepare_data
 
-    root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="ddp_bench-")) / "demo"
     if not (root / "corpus.json").is_file():
         generate_demo(root, seed=0, scale=DEMO_SCALE)
     names = load_config(DEMO_YAML, check_models=False).experiments
@@ -192,10 +192,11 @@ def prepare(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def measure(args: argparse.Namespace, say: Any) -> dict:
-    """Every (experiment, worker count) job within ``--seconds``; the figures as one JSON-able dict."""
+def measure(args: argparse.Namespace, root: Path, say: Any) -> dict:
+    """Every (experiment, worker count) job on the demo corpus at ``root`` within ``--seconds``; the figures
+    as one JSON-able dict."""
     deadline = time.time() + args.seconds
-    cfg = prepare(args)
+    cfg = prepare(args, root)
     cfg_json = json.loads(cfg.model_dump_json())
     jobs = [(x, w) for x in args.experiments for w in (1, args.workers)]
     results: dict[str, dict] = {x: {} for x in args.experiments}
@@ -258,7 +259,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.workers < 2 or args.steps < 1 or args.warmup < 1 or args.threads < 1:
         raise SystemExit("--workers must be >= 2, --steps, --warmup and --threads >= 1")
-    out = measure(args, lambda line: print(line, file=sys.stderr))
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.data:
+        out = measure(args, Path(args.data), say)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ddp_bench-") as tmp:
+            out = measure(args, Path(tmp) / "demo", say)
     if args.json:
         print(json.dumps(out))
     else:
