@@ -540,20 +540,42 @@ cluster_app = typer.Typer(help="Cluster YAMLs for `ray up`.", no_args_is_help=Tr
 app.add_typer(cluster_app, name="cluster")
 
 
+def _default_cluster_config() -> Path:
+    """The protocol YAML that docs/cluster.md runs on the cluster."""
+    from pianoray.settings import PROJECT_ROOT
+
+    return PROJECT_ROOT / "experiments" / "protocol.yaml"
+
+
 @cluster_app.command("check")
 def cluster_check(
     file: Path = typer.Argument(..., help="cluster.yaml or cluster-gcp.yaml"),
     ready: bool = typer.Option(False, "--ready", help="Also fail on placeholders (REPLACEME) left to fill in."),
+    config: Optional[Path] = typer.Option(None, "--config",
+                                          help="Protocol YAML whose Round-2 fold jobs should fit on one node "
+                                               "(default: experiments/protocol.yaml)."),
 ) -> None:
-    """Validate a cluster YAML offline (Ray's schema and checks) and against our security rules."""
-    from pianoray.protocol.cluster import check_cluster_yaml
+    """Validate a cluster YAML offline (Ray's schema and checks) and against our security rules; warn when a
+    Round-2 fold job needs more GPUs than one node has (a warning: exit code 0)."""
+    from pianoray.protocol.cluster import check_cluster_yaml, fold_placement_warnings
 
+    protocol = config or _default_cluster_config()
+    if config is None and not protocol.is_file():
+        warnings = [f"{protocol} not found: Round-2 fold jobs not checked against a protocol config (give --config)"]
+        checked = ""
+    else:
+        with user_errors():
+            warnings = fold_placement_warnings(file, load_config(protocol), str(protocol))
+        checked = f"Round-2 fold jobs checked against {protocol}"
     problems = check_cluster_yaml(file, require_filled=ready)
+    for w in warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     for p in problems:
         err.print(f"[red]error:[/red] {p}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_USAGE)
-    console.print(f"[green]ok[/green]: {file}")
+    notes = [n for n in (checked, f"{len(warnings)} warning(s)" if warnings else "") if n]
+    console.print(f"[green]ok[/green]: {file} ({'; '.join(notes)})", highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------- symbolic

@@ -17,6 +17,10 @@ the internet, so :func:`check_cluster_yaml` finds what it can without a cloud ac
 
 Each problem is one line: ``<file>: <key path>: <what is wrong>`` (or ``<file>:<line>:`` for text found in
 comments). An empty list means the file passed.
+
+:func:`fold_placement_warnings` reads the cluster beside a protocol config: a Round-2 fold job holds
+``round2.workers_per_fold`` x ``resources.gpu`` GPUs, and one that needs more than a node has spans nodes, so
+DDP's gradient all-reduce leaves NVLink for the network. Ray Train still runs it, hence a warning, not an error.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
+
+if TYPE_CHECKING:
+    from pianoray.config import ProtocolConfig
 
 #: Ray's ports that must never face the internet: GCS (6379), dashboard + job API (8265), Ray Client (10001).
 RAY_PORTS: dict[int, str] = {6379: "GCS", 8265: "dashboard", 10001: "Ray Client"}
@@ -347,3 +354,49 @@ def placeholder_problems(raw: dict[str, Any]) -> list[str]:
     """Values the user must fill in before ``ray up`` (anything containing ``REPLACEME``)."""
     return [f"{_key_path(parts)}: placeholder {_short(value)} not filled in"
             for parts, value in _walk(raw) if isinstance(value, str) and "REPLACEME" in value]
+
+
+# ------------------------------------------------------------------------------------------ fold placement
+
+
+def fold_placement_warnings(path: str | Path, cfg: ProtocolConfig, config_name: str) -> list[str]:
+    """Warnings, one line each, for Round-2 fold jobs of ``cfg`` (the protocol YAML ``config_name``) that need
+    more GPUs (``round2.workers_per_fold`` x the experiment's ``resources.gpu``) than the largest node type of
+    the cluster YAML at ``path`` advertises. Fitted references run no Train workers and are left out. A file
+    that cannot be read or parsed gives none (:func:`check_cluster_yaml` reports it)."""
+    from pianoray.models import registry
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    node_gpus = _node_gpus(raw)
+    workers = cfg.round2.workers_per_fold
+    needs: dict[float, list[str]] = {}  # GPUs per fold job -> experiments
+    for name in cfg.enabled_experiments():
+        gpu = cfg.resources_for(name).gpu
+        if gpu > 0 and registry.get(cfg.encoder_name(name)).kind != "fitted":
+            needs.setdefault(workers * gpu, []).append(name)
+    largest = max(node_gpus, key=node_gpus.__getitem__, default=None)
+    most = node_gpus[largest] if largest is not None else 0.0
+    out = []
+    for job_gpus, names in sorted(needs.items()):
+        if job_gpus > most:
+            per = job_gpus / workers
+            out.append(f"{path}: available_node_types: a Round-2 fold job of {', '.join(names)} needs "
+                       f"round2.workers_per_fold {workers} x {per:g} GPU = {job_gpus:g} GPUs ({config_name}), more "
+                       f"than the largest node type ({largest or 'none'}: {most:g} GPUs) has; it spans nodes and "
+                       f"its gradient all-reduce crosses the network")
+    return out
+
+
+def _node_gpus(raw: Any) -> dict[str, float]:
+    """GPUs each node type of a parsed cluster YAML advertises (``resources.GPU``; 0 when absent or not a
+    number: the schema check reports malformed values)."""
+    types = raw.get("available_node_types") if isinstance(raw, dict) else None
+    out = {}
+    for name, node_type in (types if isinstance(types, dict) else {}).items():
+        resources = node_type.get("resources") if isinstance(node_type, dict) else None
+        gpu = resources.get("GPU", 0) if isinstance(resources, dict) else 0
+        out[str(name)] = float(gpu) if isinstance(gpu, (int, float)) else 0.0
+    return out

@@ -10,8 +10,12 @@ experiment holds GPUs, else CPU-hours)::
 where ``sps`` is the measured or assumed training throughput of one worker (``benchmarks/throughput.json``,
 or, with ``pianoray plan --calibrate``, measured on this machine's device by
 :func:`calibrate_throughput`)
-and ``units`` the GPUs (or CPUs) one worker holds. A Round-2 job with W workers runs W times faster on W
-times the resources (linear data-parallel scaling assumed), so its resource-hours do not depend on W.
+and ``units`` the GPUs (or CPUs) one worker holds. A Round-2 job of W workers (``round2.workers_per_fold``)
+holds W x the units and finishes in single-worker time / (W x e), where e in (0, 1] is the data-parallel
+efficiency of W workers on that hardware (the table's ``data_parallel``: measured by
+``benchmarks/ddp_bench.py`` on CPUs, or assumed, each entry saying which), so its resource-hours are the
+single-worker hours / e. One worker has e = 1. For a W the table does not list, the entry of the largest
+listed count below W is used; with none, e = 1 ("assumed linear"), said in the Round-2 notes.
 
 Two totals: the upper bound (nobody is eliminated, every job runs its whole budget) and the expected
 (a fraction ``eliminated`` of the trials stops at the first rung and does not reach Round 2).
@@ -25,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -51,13 +55,37 @@ class ThroughputEntry(BaseModel):
     source: str = ""
 
 
+class DataParallelEntry(BaseModel):
+    """Scaling of one worker count W: samples/s of W workers / (W x samples/s of one worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+    efficiency: float = Field(gt=0, le=1)
+    source: str = Field(min_length=1)  # "measured: ..." or "assumed: ...": the plan quotes it
+
+
+# Listed worker counts start at 2: one worker has efficiency 1 by definition.
+WorkerCount = Annotated[int, Field(ge=2)]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The efficiency a plan applies to a job of ``workers`` workers: it finishes in single-worker time /
+    (workers x efficiency), so its resource-hours are the single-worker hours / efficiency."""
+
+    workers: int
+    efficiency: float
+    source: str
+
+
 class ThroughputTable(BaseModel):
-    """``benchmarks/throughput.json``: device kind ("cpu"/"gpu") -> experiment (or "default") -> entry."""
+    """``benchmarks/throughput.json``: device kind ("cpu"/"gpu") -> experiment (or "default") -> entry, and
+    ``data_parallel``: device kind -> worker count (>= 2) -> efficiency."""
 
     model_config = ConfigDict(extra="forbid")
     about: str = ""
     eval_speedup: float = Field(3.0, gt=0)  # forward-only evaluation vs a training step
     devices: dict[str, dict[str, ThroughputEntry]]
+    data_parallel: dict[str, dict[WorkerCount, DataParallelEntry]] = Field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_THROUGHPUT) -> "ThroughputTable":
@@ -81,6 +109,25 @@ class ThroughputTable(BaseModel):
             if n in table:
                 return table[n]
         raise UnknownNameError(f"throughput table: device {device!r} has none of {list(names)} and no 'default'")
+
+    def scaling(self, device: str, workers: int) -> Scaling:
+        """The data-parallel efficiency of ``workers`` workers on ``device``: the entry of the largest listed
+        worker count <= ``workers`` (efficiency usually falls as workers are added, so a count above the
+        measured one is, if anything, planned too cheap: the source says so); 1 for one worker, and 1,
+        labelled "assumed linear", when the device lists no count <= ``workers``."""
+        if workers == 1:
+            return Scaling(1, 1.0, "one worker: no data-parallel overhead")
+        table = self.data_parallel.get(device, {})
+        listed = [w for w in table if w <= workers]
+        if not listed:
+            where = f" at <= {workers} workers (listed: {sorted(table)})" if table else ""
+            return Scaling(workers, 1.0, f"assumed linear (no measurement for this hardware{where})")
+        w = max(listed)
+        entry = table[w]
+        if w == workers:
+            return Scaling(workers, entry.efficiency, entry.source)
+        return Scaling(workers, entry.efficiency, f"{entry.source}; the entry for {w} workers, the largest listed "
+                                                  f"count <= {workers}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +159,7 @@ class RoundPlan:
     expected_hours: dict[str, float]
     notes: list[str] = field(default_factory=list)
     seed_gpu_hours: tuple[float, float] | None = None
+    scaling: dict[str, Scaling] = field(default_factory=dict)  # device kind -> efficiency applied to its jobs
 
 
 @dataclass(frozen=True)
@@ -304,7 +352,8 @@ def plan(
     ``eliminated``: the share of Round-1 trials expected to stop at the first rung (for the expected
     total; the upper bound assumes none). ``sizes``: segments per tier (default: the corpus manifests,
     else an estimate). ``calibrated``: measured throughput (:func:`calibrate_throughput`) that replaces
-    the table's for the experiments it names.
+    the table's for the experiments it names. Round-2 jobs of ``round2.workers_per_fold`` workers are
+    charged the single-worker hours / the table's data-parallel efficiency (:meth:`ThroughputTable.scaling`).
     """
     if not 0 <= eliminated < 1:
         raise InputError(f"eliminated must lie in [0, 1), got {eliminated}")
@@ -365,8 +414,10 @@ def plan(
         SEED_GPU_HOURS[ROUND1],
     )
     fitted_cpu_h = sum(cfg.resources_for(x).cpu for x in fitted) * r2.folds * FITTED_SECONDS_PER_FOLD / 3600
-    upper2 = hours({x: t.epoch_hours * r2.epochs * r2.folds for x, t in p2.items()})
-    expected2 = hours({x: t.epoch_hours * r2.epochs * r2.folds * keep for x, t in p2.items()})
+    scaling = {dev: throughput.scaling(dev, r2.workers_per_fold) for dev in sorted({t.device for t in p2.values()})}
+    fold_hours = {x: t.epoch_hours * r2.epochs * r2.folds / scaling[t.device].efficiency for x, t in p2.items()}
+    upper2 = hours(fold_hours)
+    expected2 = hours({x: h * keep for x, h in fold_hours.items()})
     for h in (upper2, expected2):
         if fitted:
             h["cpu"] = h.get("cpu", 0.0) + fitted_cpu_h
@@ -374,12 +425,16 @@ def plan(
               f"tiers {[t.name for t in r2.tiers]}",
               f"full budget {r2.epochs} epochs (early stopping, patience {r2.patience}, can only lower it); "
               f"top-{r2.num_to_keep} checkpoints"]
+    for dev, s in scaling.items():
+        if s.workers > 1:
+            notes2.append(f"{s.workers} workers per fold on {dev.upper()}: efficiency {s.efficiency:.2f}, so a fold "
+                          f"costs one worker's hours / {s.efficiency:.2f} ({s.source})")
     if fitted:
         notes2.append(f"fitted references ({', '.join(fitted)}): no Round-1 trial, one fit per fold on every fold "
                       f"(~{FITTED_SECONDS_PER_FOLD:g} s each, estimated)")
     round2 = RoundPlan(
         ROUND2, r2.epochs, (n + len(fitted)) * r2.folds, (survivors + len(fitted)) * r2.folds,
-        upper2, expected2, notes2, SEED_GPU_HOURS[ROUND2],
+        upper2, expected2, notes2, SEED_GPU_HOURS[ROUND2], scaling,
     )
     return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)
 

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from pianoray.protocol.cluster import check_cluster_yaml, prepare_with_ray, schema_problems
+from pianoray.config import load_config
+from pianoray.protocol.cluster import check_cluster_yaml, fold_placement_warnings, prepare_with_ray, schema_problems
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = REPO / "cluster.yaml"
@@ -237,3 +238,64 @@ def test_credentials_in_file_mounts(tmp_path: Path, remote: str, local: str) -> 
 def test_plain_file_mount_is_fine(tmp_path: Path) -> None:
     path = _mutated(tmp_path, AWS, lambda c: c["file_mounts"].update({"/home/ubuntu/bench": "./benchmarks"}))
     assert check_cluster_yaml(path) == []
+
+
+# ------------------------------------------------------------------------------------------ fold placement
+
+PROTOCOL = REPO / "experiments" / "protocol.yaml"
+
+
+def _protocol(tmp_path: Path, workers: int, experiments: dict[str, Any] | None = None) -> Path:
+    """The shipped protocol config with ``round2.workers_per_fold`` (and experiment blocks) replaced."""
+    config = _load(PROTOCOL)
+    config["round2"]["workers_per_fold"] = workers
+    for name, block in (experiments or {}).items():
+        config["experiments"][name] = block
+    out = tmp_path / "protocol.yaml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+@pytest.mark.parametrize("path", [AWS, GCP], ids=["aws", "gcp"])
+def test_a_fold_job_on_one_whole_node_fits(path: Path) -> None:
+    """experiments/protocol-8gpu.yaml: 8 workers x 1 GPU on 8-GPU nodes, no warning."""
+    protocol = REPO / "experiments" / "protocol-8gpu.yaml"
+    assert load_config(protocol).round2.workers_per_fold == 8
+    assert fold_placement_warnings(path, load_config(protocol), str(protocol)) == []
+
+
+def test_a_fold_job_wider_than_a_node_warns_once_per_gpu_count(tmp_path: Path) -> None:
+    """16 workers x 1 GPU > 8; S1 at 2 GPUs a worker makes a second line; the fitted reference (1 job, no
+    Train workers) is left out even when it holds a GPU."""
+    protocol = _protocol(tmp_path, 16, {"S1": {"resources": {"cpu": 8, "gpu": 2}},
+                                        "symbolic-gbm": {"resources": {"cpu": 4, "gpu": 1}}})
+    one, two = fold_placement_warnings(AWS, load_config(protocol), "p.yaml")
+    assert one.startswith(f"{AWS}: available_node_types: a Round-2 fold job of audio-frozen, symbolic-features, A1,")
+    assert "S1" not in one.split("needs")[0] and "symbolic-gbm" not in one + two
+    assert "round2.workers_per_fold 16 x 1 GPU = 16 GPUs (p.yaml)" in one
+    assert "largest node type (gpu_spot: 8 GPUs)" in one
+    assert two.split(" needs")[0].endswith("fold job of S1") and "16 x 2 GPU = 32 GPUs" in two
+
+
+def test_cluster_check_prints_the_warning_and_exits_0(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pianoray.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["cluster", "check", str(AWS), "--config", str(_protocol(tmp_path, 16))])
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "16 GPUs" in warnings[0], r.output
+    assert f"ok: {AWS} (Round-2 fold jobs checked against" in r.output and "1 warning(s)" in r.output
+    r = runner.invoke(app, ["cluster", "check", str(AWS)])  # the default: experiments/protocol.yaml
+    assert r.exit_code == 0 and "warning:" not in r.output and str(PROTOCOL) in r.output, r.output
+    r = runner.invoke(app, ["cluster", "check", str(AWS), "--config", str(tmp_path / "absent.yaml")])
+    assert r.exit_code == 2 and "absent.yaml" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_fold_placement_reads_a_malformed_node_type_as_no_gpus(tmp_path: Path) -> None:
+    path = _mutated(tmp_path, AWS, lambda c: c["available_node_types"]["gpu_spot"].update(resources={"GPU": "8"}))
+    config = load_config(_protocol(tmp_path, 8))
+    assert fold_placement_warnings(path, config, "p.yaml") == []  # gpu_ondemand still has 8
+    assert _only(check_cluster_yaml(path), "available_node_types.gpu_spot.resources.GPU")

@@ -4,6 +4,7 @@ import pytest
 from rich.console import Console
 
 from pianoray.config import load_config
+from pianoray.errors import InputError
 from pianoray.models import registry
 from pianoray.protocol.plan import (
     DEFAULT_THROUGHPUT,
@@ -24,12 +25,12 @@ SCRIPTED = ThroughputTable.model_validate({
 SIZES = {"T1": 100, "T2": 40, "T3": 20, "T4": 12}
 
 
-def scripted_config():
+def scripted_config(workers: int = 2):
     return load_config(None, {
         "name": "scripted",
         "data": {"k": 4, "val_fraction": 0.2},
         "round1": {"epochs": 10, "rungs": [4], "tiers": ["T1", "T2"]},
-        "round2": {"epochs": 20, "folds": 4, "workers_per_fold": 2},
+        "round2": {"epochs": 20, "folds": 4, "workers_per_fold": workers},
         "experiments": {"X": {"encoder": "audio-frozen", "resources": {"cpu": 8, "gpu": 1}},
                         "Y": {"encoder": "symbolic-features", "resources": {"cpu": 2}},
                         "Z": {"encoder": "audio-frozen", "enabled": False}},
@@ -54,7 +55,8 @@ def test_budget_equals_the_hand_computed_value():
     assert r1.upper_hours == pytest.approx({"gpu": 95 / 3600, "cpu": 950 / 3600})
     # Expected: both pay up to rung 4, half of the remaining 6 epochs: 7 epochs each.
     assert r1.expected_hours == pytest.approx({"gpu": 66.5 / 3600, "cpu": 665 / 3600})
-    # Round 2 per epoch: X (114/10 + 0.5) s; Y (114/2 + 2.5) s x 2; x 20 epochs x 4 folds (workers cancel out).
+    # Round 2 per epoch: X (114/10 + 0.5) s; Y (114/2 + 2.5) s x 2; x 20 epochs x 4 folds (the table has no
+    # data-parallel entry: linear scaling assumed, so the 2 workers cancel out).
     assert r2.upper_hours == pytest.approx({"gpu": 11.9 * 80 / 3600, "cpu": 119 * 80 / 3600})
     assert r2.expected_hours == pytest.approx({"gpu": 11.9 * 40 / 3600, "cpu": 119 * 40 / 3600})
     assert p.total("upper")["gpu"] == pytest.approx((95 + 952) / 3600)
@@ -63,7 +65,7 @@ def test_budget_equals_the_hand_computed_value():
         p.total("upper"))
 
 
-@pytest.mark.parametrize("yaml_name", ["protocol.yaml", "demo.yaml"])
+@pytest.mark.parametrize("yaml_name", ["protocol.yaml", "protocol-8gpu.yaml", "demo.yaml"])
 def test_trial_counts_of_the_shipped_configs(yaml_name):
     cfg = load_config(PROJECT_ROOT / "experiments" / yaml_name, check_models=False)
     # fitted references (symbolic-gbm) have no Round-1 trial and no epochs: one fit per fold in Round 2
@@ -78,7 +80,7 @@ def test_trial_counts_of_the_shipped_configs(yaml_name):
     assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == ((n + f) * cfg.round2.folds,
                                                             (n - n // 2 + f) * cfg.round2.folds, cfg.round2.epochs)
     assert any("symbolic-gbm" in note for note in r2.notes)
-    device = "gpu" if yaml_name == "protocol.yaml" else "cpu"  # protocol.yaml asks for 1 GPU per trial
+    device = "cpu" if yaml_name == "demo.yaml" else "gpu"  # the protocol configs ask for 1 GPU per trial
     assert {t.device for t in p.trials} == {device}
     assert 0 < sum(p.total("expected").values()) <= sum(p.total("upper").values())
 
@@ -86,6 +88,9 @@ def test_trial_counts_of_the_shipped_configs(yaml_name):
 def test_shipped_throughput_table_loads_and_falls_back_to_default():
     table = ThroughputTable.load(DEFAULT_THROUGHPUT)
     assert table.lookup("cpu", "A1").samples_per_s == pytest.approx(0.45)
+    cpu2, gpu8 = table.scaling("cpu", 2), table.scaling("gpu", 8)
+    assert 0 < cpu2.efficiency <= 1 and cpu2.source.startswith("measured: benchmarks/ddp_bench.py")
+    assert gpu8.source.startswith("assumed:") and "gpu_check.py" in gpu8.source
     assert table.lookup("gpu", "no-such", "also-not") == table.devices["gpu"]["default"]
     with pytest.raises(KeyError, match="tpu"):
         table.lookup("tpu", "A1")
@@ -154,3 +159,77 @@ def test_calibration_on_the_demo_corpus_feeds_the_plan(tmp_path):
     # Without calibration the table's number is used.
     table = plan(cfg, sizes=SIZES).trials[0]
     assert not table.throughput_source.startswith("calibrated")
+
+
+def with_data_parallel(data_parallel: dict) -> ThroughputTable:
+    return ThroughputTable.model_validate({**SCRIPTED.model_dump(), "data_parallel": data_parallel})
+
+
+def test_round2_hours_are_one_worker_hours_over_the_efficiency():
+    table = with_data_parallel({"gpu": {"2": {"efficiency": 0.8, "source": "measured: X"}},
+                                "cpu": {"2": {"efficiency": 0.5, "source": "assumed: Y"}}})
+    one = plan(scripted_config(workers=1), table, eliminated=0.5, sizes=SIZES)
+    two = plan(scripted_config(workers=2), table, eliminated=0.5, sizes=SIZES)
+    # A fold of 2 workers holds 2x the units for 1 / (2 e) of the time: one worker's hours / e.
+    assert two.rounds[1].upper_hours == pytest.approx({"gpu": 11.9 * 80 / 3600 / 0.8, "cpu": 119 * 80 / 3600 / 0.5})
+    for which in ("upper_hours", "expected_hours"):
+        h1, h2 = getattr(one.rounds[1], which), getattr(two.rounds[1], which)
+        assert h2 == pytest.approx({"gpu": h1["gpu"] / 0.8, "cpu": h1["cpu"] / 0.5})
+    assert two.rounds[0] == one.rounds[0]  # Round 1: one worker per trial
+    assert one.rounds[1].scaling["gpu"].efficiency == 1.0
+    notes = "\n".join(two.rounds[1].notes)
+    assert "2 workers per fold on GPU: efficiency 0.80" in notes and "(measured: X)" in notes
+    assert "2 workers per fold on CPU: efficiency 0.50" in notes and "(assumed: Y)" in notes
+    assert not any("workers per fold on" in n for n in one.rounds[1].notes)
+
+
+def test_scaling_lookup_takes_the_largest_listed_count_not_above_the_request():
+    table = with_data_parallel({"gpu": {"2": {"efficiency": 0.9, "source": "measured: two"},
+                                        "8": {"efficiency": 0.7, "source": "assumed: eight"}}})
+    assert (table.scaling("gpu", 1).efficiency, table.scaling("gpu", 2).source) == (1.0, "measured: two")
+    four = table.scaling("gpu", 4)
+    assert (four.workers, four.efficiency) == (4, 0.9)
+    assert four.source == "measured: two; the entry for 2 workers, the largest listed count <= 4"
+    assert (table.scaling("gpu", 8).efficiency, table.scaling("gpu", 16).efficiency) == (0.7, 0.7)
+    only8 = with_data_parallel({"gpu": {"8": {"efficiency": 0.7, "source": "assumed: eight"}}})
+    assert only8.scaling("gpu", 4).efficiency == 1.0
+    assert only8.scaling("gpu", 4).source == ("assumed linear (no measurement for this hardware at <= 4 workers "
+                                              "(listed: [8]))")
+
+
+def test_no_measurement_is_labelled_assumed_linear_in_the_notes_and_the_json():
+    p = plan(scripted_config(workers=2), SCRIPTED, sizes=SIZES)
+    r2 = p.rounds[1]
+    assert {d: (s.workers, s.efficiency) for d, s in r2.scaling.items()} == {"cpu": (2, 1.0), "gpu": (2, 1.0)}
+    for dev in ("GPU", "CPU"):
+        assert any(n.startswith(f"2 workers per fold on {dev}: efficiency 1.00") and
+                   "assumed linear (no measurement for this hardware)" in n for n in r2.notes), r2.notes
+    out = json.loads(json.dumps(plan_json(p, {})))
+    assert out["rounds"][1]["scaling"]["gpu"] == {
+        "workers": 2, "efficiency": 1.0, "source": "assumed linear (no measurement for this hardware)"}
+    assert out["rounds"][0]["scaling"] == {}
+
+
+@pytest.mark.parametrize(("data_parallel", "field"), [
+    ({"cpu": {"2": {"efficiency": 0.0, "source": "s"}}}, r"data_parallel\.cpu\.2\.efficiency: .*greater than 0"),
+    ({"cpu": {"2": {"efficiency": 1.2, "source": "s"}}}, r"data_parallel\.cpu\.2\.efficiency: .*less than or equal"),
+    ({"cpu": {"1": {"efficiency": 0.9, "source": "s"}}}, r"data_parallel\.cpu\.1\.\[key\]: .*greater than or equal"),
+    ({"cpu": {"two": {"efficiency": 0.9, "source": "s"}}}, r"data_parallel\.cpu\.two\.\[key\]: .*valid integer"),
+    ({"gpu": {"8": {"efficiency": 0.9}}}, r"data_parallel\.gpu\.8\.source: Field required"),
+])
+def test_bad_data_parallel_tables_name_the_file_and_field(tmp_path, data_parallel, field):
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({**SCRIPTED.model_dump(), "data_parallel": data_parallel}))
+    with pytest.raises(InputError, match=rf"t\.json: {field}"):
+        ThroughputTable.load(bad)
+
+
+def test_the_8_gpu_config_charges_round2_the_assumed_node_efficiency():
+    """protocol-8gpu.yaml is protocol.yaml with 8 workers per fold: Round 1 alike, Round 2 / the table's
+    assumed gpu efficiency for 8 workers."""
+    one = plan(load_config(PROJECT_ROOT / "experiments" / "protocol.yaml"), sizes=SIZES)
+    eight = plan(load_config(PROJECT_ROOT / "experiments" / "protocol-8gpu.yaml"), sizes=SIZES)
+    e = ThroughputTable.load().scaling("gpu", 8)
+    assert (e.workers, e.source.split(":")[0]) == (8, "assumed")
+    assert eight.rounds[0].upper_hours == pytest.approx(one.rounds[0].upper_hours)
+    assert eight.rounds[1].upper_hours["gpu"] == pytest.approx(one.rounds[1].upper_hours["gpu"] / e.efficiency)
