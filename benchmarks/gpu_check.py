@@ -138,7 +138,7 @@ def fold_job(workers: int, gpu: bool, root: str, storage: str) -> dict:
     t0 = time.perf_counter()
     TorchTrainer(
         fold_worker,
-        train_loop_config={"protocol": config_dict(cfg), "experiment": "A3", "fold": 0},
+        train_loop_config={"protocol": config_dict(cfg), "experiment": "A3", "folds": [0]},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu,
                                                resources_per_worker={"CPU": 1.0, **({"GPU": 1.0} if gpu else {})}),

@@ -191,8 +191,19 @@ class Round2Config(Strict):
     num_to_keep: int = Field(3, ge=1)
     max_failures: int = Field(2, ge=0)
     workers_per_fold: int = Field(1, ge=1)
+    # How Round-2 folds map to Ray Train jobs. per_fold: one job per (experiment, fold), the cluster layout
+    # (folds run in parallel on separate nodes). per_experiment: one job per experiment running its folds in
+    # sequence, checkpoints, resume and scores still per fold; on a laptop a demo fold trains for seconds and
+    # Ray Train's start-up would dominate. auto: per_experiment on a local head, per_fold with --address.
+    fold_jobs: Literal["auto", "per_fold", "per_experiment"] = "auto"
 
     _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
+
+    def fold_groups(self, local: bool) -> list[list[int]]:
+        """The folds of each Round-2 job, in order (``fold_jobs`` resolved for a local head or a cluster)."""
+        folds = list(range(self.folds))
+        grouped = self.fold_jobs == "per_experiment" or (self.fold_jobs == "auto" and local)
+        return [folds] if grouped else [[k] for k in folds]
 
 
 class SelectionConfig(Strict):

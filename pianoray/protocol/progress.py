@@ -93,7 +93,9 @@ class ProtocolCallback(Callback):
     """Driver-side Tune callback: every report becomes a ledger epoch event and a table update.
 
     Round-1 trials report epochs directly; Round-2 fold trainables forward their Train workers' reports
-    (``TuneReportCallback``) and end with one ``final`` report holding the fold's test metrics.
+    (``TuneReportCallback``), each fold ending with one ``final`` report holding its test metrics. A Round-2
+    trial may run several folds in sequence (``round2.fold_jobs``): its reports name their fold, each fold is
+    a row of its own, and a fold's row ends (and is billed, from the previous fold's end) at its final report.
     """
 
     def __init__(self, run_key: str, round_: str, budget: int) -> None:
@@ -112,21 +114,38 @@ class ProtocolCallback(Callback):
     def refresh(self) -> None:
         self.hooks.refresh()
 
-    def _row(self, trial: Any) -> Row:
+    @staticmethod
+    def _folds(trial: Any) -> list[int]:
         cfg = trial.config
-        row = self.board.row(self.round, cfg["experiment"], int(cfg.get("fold", 0)))
+        return [int(k) for k in cfg["folds"]] if "folds" in cfg else [int(cfg.get("fold", 0))]
+
+    def _row(self, trial: Any, fold: int | None = None) -> Row:
+        """The row of ``fold`` (default: the trial's current one: its first fold whose row has not ended)."""
+        if fold is None:
+            folds = self._folds(trial)
+            fold = next((k for k in folds if self._open(trial, k)), folds[-1])
+        row = self.board.row(self.round, trial.config["experiment"], fold)
         row.budget = self.budget
         return row
 
+    def _open(self, trial: Any, fold: int) -> bool:
+        row = self.board.rows.get((self.round, trial.config["experiment"], fold))
+        return row is None or row.ended is None
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        row.status = "RUNNING"
+        row.status, row.started = "RUNNING", time.time()
         self.refresh()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        row = self._row(trial)
+        row = self._row(trial, int(result["fold"]) if "fold" in result else None)
+        if row.status == "PENDING":  # the next fold of a multi-fold job: it starts where the previous ended
+            ended = [r.ended for r in self._trial_rows(trial) if r.ended is not None]
+            row.status, row.started = "RUNNING", max(ended, default=row.started)
         if result.get("final"):
             self.hooks.on_final(self.round, row.experiment, row.fold, result)
+            if len(self._folds(trial)) > 1:
+                self._end_row(row, trial, "DONE")
         elif EpochRecord.is_report(result):
             row.epoch = int(result["epoch"])
             row.metric = float(result[SELECTION_METRIC])
@@ -144,12 +163,22 @@ class ProtocolCallback(Callback):
                 row.status = trial.status
         self.refresh()
 
-    def _end(self, trial: Any, status: str) -> None:
-        row = self._row(trial)
+    def _trial_rows(self, trial: Any) -> list[Row]:
+        return [r for k in self._folds(trial) if (r := self.board.rows.get((self.round, trial.config["experiment"], k)))]
+
+    def _end_row(self, row: Row, trial: Any, status: str) -> None:
         if row.ended is None:
             row.ended = time.time()
         row.status = status
         self.hooks.on_trial_end(self.round, row, trial)
+
+    def _end(self, trial: Any, status: str) -> None:
+        if len(self._folds(trial)) == 1:
+            self._end_row(self._row(trial), trial, status)
+        else:  # a multi-fold job: its scored folds ended at their final reports; the one it stopped in ends now
+            for row in self._trial_rows(trial):
+                if row.status not in ("DONE", "ERROR"):
+                    self._end_row(row, trial, status)
         self.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

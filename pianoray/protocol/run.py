@@ -54,6 +54,7 @@ class RunContext:
     session: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
     cpus: float = 2.0
     gpus: float = 0.0
+    local: bool = True  # a head this run started (not --address): Round 2 then groups folds (fold_jobs: auto)
     # (round, experiment, fold) whose trial ended in an earlier session of this run: its trial-end and
     # resource rows are in the ledger already, and a restored Tune trial that merely ends again adds none.
     ended_before: set[tuple[str, str, int]] = field(default_factory=set)
@@ -368,7 +369,7 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
         concurrent = min(concurrent, int(ctx.gpus // per_job_gpu))
     param_space = {
         "experiment": tune.grid_search(todo),
-        "fold": tune.grid_search(folds),
+        "folds": tune.grid_search(cfg.round2.fold_groups(ctx.local)),
         "protocol": config_dict(cfg),
         "storage_path": ctx.storage.uri + "/" + ROUND2 + "-train",
     }
@@ -382,7 +383,7 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
     run_config = tune.RunConfig(name=ROUND2, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures))
     grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
-    failed = [f"{r.config['experiment']} fold {r.config['fold']}: {r.error}" for r in grid if r.error is not None]
+    failed = [f"{r.config['experiment']} folds {r.config['folds']}: {r.error}" for r in grid if r.error is not None]
     if failed:
         raise ProtocolError("round 2 fold jobs failed:\n" + "\n".join(failed))
     if missing := round2_missing(ctx.ledger, survivors, folds):
@@ -504,7 +505,8 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
     feedback.say(f"run {run_storage.uri}")
     if session.dashboard_url:
         feedback.say(f"Ray dashboard: {session.dashboard_url}  (Train run pages; per-trial progress is below)")
-    ctx = RunContext(cfg, run_storage, ledger, tracks, feedback, cpus=session.cpus, gpus=session.gpus)
+    ctx = RunContext(cfg, run_storage, ledger, tracks, feedback, cpus=session.cpus, gpus=session.gpus,
+                     local=session.local)
     folds = record_folds(cfg, run_storage)
     feedback.say(folds["statement"])
     if not run_storage.exists("run.json"):

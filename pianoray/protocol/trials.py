@@ -177,50 +177,61 @@ def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tup
 
 
 def fold_worker(config: dict[str, Any]) -> None:
-    """Inside a Ray Train worker: the full-budget fit of one fold, with early stopping, then its test score.
+    """Inside a Ray Train worker: the folds of one job (``config["folds"]``, in order), each a full-budget fit
+    with early stopping, then its test score.
 
     Every rank trains (data parallel when the job has several workers) and reports each epoch, as Ray Train
-    requires; rank 0 alone writes the checkpoints and scores the best one on the test part, which the last
-    report carries (the other ranks report nothing new then). A job restored after its last epoch (a worker
-    or the driver died while scoring) goes straight to scoring, so the score is reported once per finished
-    job and the fold's ledger event is written once (the driver keys it by experiment and fold).
+    requires; rank 0 alone writes the checkpoints and scores each fold's best one on the test part, which that
+    fold's last report carries (the other ranks report nothing new then), so the driver writes each fold's ledger
+    event once. Resume: the job's latest checkpoint names its fold, epoch and whether it was the fold's last
+    (``metrics.json``). Folds before it trained earlier in this job, and folds the driver has a score for
+    (``config["finished"]``) are skipped; an earlier fold the driver has no score for (it died between the
+    report and the ledger) is scored again from its checkpoints; the checkpoint's own fold resumes from it, or
+    goes straight to scoring after its last epoch.
     """
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
-    name, fold = config["experiment"], config["fold"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    name, folds, finished = config["experiment"], list(config["folds"]), set(config.get("finished", ()))
+    rank = ray.train.get_context().get_world_rank()
     data = experiment_data(cfg)
-    extra = {"experiment": name, "fold": fold, "round": ROUND2}
     device = get_device()
     resume = _resume_dir(ray.train.get_checkpoint())
-    if not _finished(resume):
+    at = _checkpoint_place(resume, folds[0])
+    wrap = None
+    if ray.train.get_context().get_world_size() > 1:
+        # find_unused_parameters: a stage may leave heads out of the loss (A2's self-supervised stage)
+        wrap = partial(prepare_model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+    for fold in folds:
+        if fold in finished:
+            continue
+        trained_before = at is not None and folds.index(fold) < folds.index(at[0])
+        if not trained_before and not (at is not None and fold == at[0] and at[1]):
+            extra = {"experiment": name, "fold": fold, "round": ROUND2}
+            if rank == 0:
+                sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra), ()
+            else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
+                sink, callbacks = None, (lambda r, extra=extra: ray.train.report(r.to_report(**extra)),)
+            start = resume if at is not None and fold == at[0] else None
+            for _ in fit(cfg, name, data, fold, Budget(cfg.round2.epochs, cfg.round2.patience), tiers=cfg.round2.tiers,
+                         sink=sink, callbacks=callbacks, resume_from=start, device=device, wrap_model=wrap):
+                pass
+        final: dict[str, Any] = {}
         if rank == 0:
-            sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra), ()
-        else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
-            sink, callbacks = None, (lambda r: ray.train.report(r.to_report(**extra)),)
-        wrap = None
-        if world > 1:
-            # find_unused_parameters: a stage may leave heads out of the loss (A2's self-supervised stage)
-            wrap = partial(prepare_model, move_to_device=False,
-                           parallel_strategy_kwargs={"find_unused_parameters": True})
-        budget = Budget(cfg.round2.epochs, cfg.round2.patience)
-        for _ in fit(cfg, name, data, fold, budget, tiers=cfg.round2.tiers, sink=sink, callbacks=callbacks,
-                     resume_from=resume, device=device, wrap_model=wrap):
-            pass
-    final: dict[str, Any] = {}
-    if rank == 0:
-        final = score_fold(cfg, name, fold, data, ray.train.get_all_reported_checkpoints(), device)
-    ray.train.report(final)
+            reported = [r for r in ray.train.get_all_reported_checkpoints() if r.metrics.get("fold") == fold]
+            final = score_fold(cfg, name, fold, data, reported, device)
+        ray.train.report(final)
 
 
-def _finished(resume: Path | None) -> bool:
-    """Whether the checkpoint a job resumes from is its last epoch (its ``metrics.json`` says ``stop``)."""
+def _checkpoint_place(resume: Path | None, first_fold: int) -> tuple[int, bool] | None:
+    """(fold, whether it was that fold's last epoch) of the checkpoint a job resumes from (its
+    ``metrics.json``; a checkpoint written before folds were recorded there is a one-fold job's, the job's
+    first); None for a job starting afresh."""
     if resume is None or not (resume / METRICS_FILE).is_file():
-        return False
-    return bool(json.loads((resume / METRICS_FILE).read_text()).get("stop", False))
+        return None
+    metrics = json.loads((resume / METRICS_FILE).read_text())
+    return int(metrics.get("fold", first_fold)), bool(metrics.get("stop", False))
 
 
 def score_fold(cfg: ProtocolConfig, name: str, fold: int, data: ExperimentData, reported: list[Any],
@@ -267,11 +278,14 @@ def best_checkpoint(reported: list[tuple[Any, Mapping[str, Any]]]) -> Any:
 
 
 def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> None:
-    """Round 2, one (experiment, fold): a TorchTrainer run under a fixed name, so that rerunning it resumes.
+    """Round 2, one job: an experiment's ``config["folds"]`` (one fold on a cluster, all of them on a local
+    head: ``round2.fold_jobs``), as a TorchTrainer run under a fixed name, so that rerunning it resumes.
 
     Ray Train V2 resumes a job only when it is rerun with the same ``RunConfig(name, storage_path)``.
     ``finished``: ``"<experiment>/<fold>"`` of folds scored in an earlier session (their ``fold`` ledger
-    event exists); if Tune restores one as unfinished, it ends at once instead of starting Train again.
+    event exists); they are skipped, and a job whose folds are all scored ends at once instead of starting
+    Train again. A job of several folds keeps every checkpoint: Ray's top-k ranks checkpoints across the
+    whole job, and would drop a weaker fold's best before it is scored.
     """
     import ray.train
     from ray import tune
@@ -279,26 +293,29 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
-    name, fold = config["experiment"], config["fold"]
-    if f"{name}/{fold}" in finished:
+    name, folds = config["experiment"], list(config["folds"])
+    done = [k for k in folds if f"{name}/{k}" in finished]
+    if len(done) == len(folds):
         return
     if registry.get(cfg.encoder_name(name)).kind == "fitted":
-        fitted_fold(cfg, name, fold, tune.report)
+        for k in folds:
+            if k not in done:
+                fitted_fold(cfg, name, k, tune.report)
         return
     res = cfg.resources_for(name)
     trainer = TorchTrainer(
         fold_worker,
-        train_loop_config={"protocol": config["protocol"], "experiment": name, "fold": fold},
+        train_loop_config={"protocol": config["protocol"], "experiment": name, "folds": folds, "finished": done},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.round2.workers_per_fold,
             use_gpu=res.gpu > 0,
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu > 0 else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=f"round2-{name}-fold{fold}",
+            name=train_run_name(name, folds),
             storage_path=config["storage_path"],
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.round2.num_to_keep,
+                num_to_keep=cfg.round2.num_to_keep if len(folds) == 1 else None,
                 checkpoint_score_attribute=SELECTION_METRIC,
                 checkpoint_score_order="max",
             ),
@@ -306,4 +323,11 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
             callbacks=[TuneReportCallback()],
         ),
     )
-    trainer.fit()  # the fold's test score arrives as the job's last report (fold_worker)
+    trainer.fit()  # each fold's test score arrives as its last report (fold_worker)
+
+
+def train_run_name(experiment: str, folds: list[int]) -> str:
+    """The Ray Train run (and storage folder) of a Round-2 job: ``round2-A1-fold1``, ``round2-A1-folds0-3``."""
+    if len(folds) == 1:
+        return f"round2-{experiment}-fold{folds[0]}"
+    return f"round2-{experiment}-folds{folds[0]}-{folds[-1]}"

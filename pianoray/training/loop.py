@@ -287,8 +287,9 @@ def fit(
         )
         if sink is not None:
             directory = sink.staging_dir()
+            # the fold in the checkpoint's metrics.json: a job running several folds resumes the right one
             write_state(directory, checkpoint_state(model, opt, early, epoch, stage, cfg, experiment, data),
-                        result.flat(), pair_counts=counts.to_json())
+                        {**result.flat(), "fold": fold}, pair_counts=counts.to_json())
             result.checkpoint = sink.commit(directory, result.flat())
         for cb in callbacks:
             cb(result)

@@ -165,10 +165,11 @@ class FaultRun:
         rows = []
         for d in (self.dir / round_).glob("*_trainable_*"):
             params = json.loads((d / "params.json").read_text())
-            if params["experiment"] != experiment or (fold is not None and params.get("fold") != fold):
+            folds = params.get("folds", [params.get("fold")])  # a Round-2 job may run several folds
+            if params["experiment"] != experiment or (fold is not None and fold not in folds):
                 continue
             for line in (d / "result.json").read_text().splitlines() if (d / "result.json").exists() else []:
-                if line.strip():
+                if line.strip() and (fold is None or json.loads(line).get("fold", fold) == fold):
                     rows.append(json.loads(line))
         return sorted(rows, key=lambda r: r["timestamp"])
 

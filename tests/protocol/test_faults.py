@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pianoray.protocol.trials import train_run_name
 from tests.protocol.conftest import FaultRun, session_processes
 
 pytestmark = pytest.mark.slow
@@ -60,12 +61,15 @@ def written_after(run: FaultRun, kind: str, t: float) -> list[str]:
     return [e["event_id"] for e in run.events(kind) if e["time"] > t]
 
 
-def checkpoint_epochs(folder: Path) -> list[tuple[int, float]]:
-    """(epoch, mtime) of every checkpoint under ``folder`` (our metrics.json holds the epoch)."""
+def checkpoint_epochs(folder: Path, fold: int | None = None) -> list[tuple[int, float]]:
+    """(epoch, mtime) of every checkpoint under ``folder`` (our metrics.json holds the epoch and the fold),
+    of one ``fold`` when given (a job running several folds keeps all of theirs in one folder)."""
     out = []
     for m in folder.glob("checkpoint_*/metrics.json"):
         try:
-            out.append((int(json.loads(m.read_text())["epoch"]), m.stat().st_mtime))
+            metrics = json.loads(m.read_text())
+            if fold is None or int(metrics["fold"]) == fold:
+                out.append((int(metrics["epoch"]), m.stat().st_mtime))
         except (OSError, ValueError, KeyError):
             continue
     return sorted(out)
@@ -139,19 +143,22 @@ def test_kill_driver_mid_round1_resumes_without_rerunning(fault_run_factory):
     assert_no_checkpoint_errors(run)
 
 
-def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_factory):
+@pytest.mark.parametrize("fold_jobs", ["per_fold", "per_experiment"])
+def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_factory, fold_jobs):
     # One fast experiment, two folds, enough epochs that the kill lands inside fold 1.
-    # 1 CPU per fold job: on 2 CPUs the folds then run one after the other, so fold 0 is done when 1 starts.
+    # per_fold (the cluster layout): 1 CPU per fold job, so on 2 CPUs the folds run one after the other and
+    # fold 0 is done when 1 starts. per_experiment (a local head's): one job runs fold 0, then fold 1.
     run = fault_run_factory("r2kill", ["audio-frozen"], resources={"cpu": 1.0},
-                            round2={"epochs": 8, "patience": 8, "folds": 2, "num_to_keep": 20})
+                            round2={"epochs": 8, "patience": 8, "folds": 2, "num_to_keep": 20,
+                                    "fold_jobs": fold_jobs})
     cli = run.start()
     cli.wait_until("round 2 fold 1 started", lambda: run.epochs(ROUND2).get(("audio-frozen", 1)),
                    timeout=RUN_TIMEOUT, poll=0.1)
     kill_t = cli.kill()
     fold1_before = [e["payload"]["epoch"] for e in run.epochs(ROUND2)[("audio-frozen", 1)]]
     assert fold1_before[-1] < 8, f"fold 1 had finished ({fold1_before}) before the kill"
-    train_dir = run.dir / "round2-train" / "round2-audio-frozen-fold1"
-    ckpt_before = checkpoint_epochs(train_dir)
+    train_dir = run.dir / "round2-train" / train_run_name("audio-frozen", [1] if fold_jobs == "per_fold" else [0, 1])
+    ckpt_before = checkpoint_epochs(train_dir, fold=1)
     assert ckpt_before, f"no Train checkpoint of fold 1 in {train_dir} at the kill"
     fold_events_before = {e["event_id"]: e["time"] for e in run.events("fold")}
     assert list(fold_events_before) == ["fold/audio-frozen/fold0"]
@@ -176,7 +183,7 @@ def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_f
     # Train resumes from the last checkpoint its controller had registered. A worker may have stored the
     # next one just before the kill, unregistered (a race inside Ray Train): that one epoch is trained
     # again (deterministically), but the fold never starts over and no epoch is skipped.
-    after_kill = sorted(ep for ep, mtime in checkpoint_epochs(train_dir) if mtime > kill_t)
+    after_kill = sorted(ep for ep, mtime in checkpoint_epochs(train_dir, fold=1) if mtime > kill_t)
     last_before = max(ep for ep, _ in ckpt_before)
     assert after_kill and 1 < after_kill[0] <= last_before + 1, \
         f"fold 1 checkpoints after the restart {after_kill}, before {sorted(ckpt_before)}: not resumed"
