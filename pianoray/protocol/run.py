@@ -96,7 +96,9 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
         hours = resource_hours(used, wall)
         ctx.ledger.resources(row.experiment, f"{trial.trial_id}@{ctx.session}", hours.resource,
                              hours.amount_hours, wall, round=round_, fold=row.fold)
-        ctx.ledger.trial(round_, row.experiment, f"{trial.trial_id}@{ctx.session}", row.status.lower(),
+        # A Round-2 trial may run several folds (round2.fold_jobs): each fold's end is its own event.
+        where = f"/fold{row.fold}" if round_ == ROUND2 else ""
+        ctx.ledger.trial(round_, row.experiment, f"{trial.trial_id}@{ctx.session}{where}", row.status.lower(),
                          fold=row.fold, epoch=row.epoch)
 
     def on_final(round_: str, experiment: str, fold: int, result: dict[str, Any]) -> None:

@@ -183,11 +183,10 @@ def fold_worker(config: dict[str, Any]) -> None:
     Every rank trains (data parallel when the job has several workers) and reports each epoch, as Ray Train
     requires; rank 0 alone writes the checkpoints and scores each fold's best one on the test part, which that
     fold's last report carries (the other ranks report nothing new then), so the driver writes each fold's ledger
-    event once. Resume: the job's latest checkpoint names its fold, epoch and whether it was the fold's last
-    (``metrics.json``). Folds before it trained earlier in this job, and folds the driver has a score for
-    (``config["finished"]``) are skipped; an earlier fold the driver has no score for (it died between the
-    report and the ledger) is scored again from its checkpoints; the checkpoint's own fold resumes from it, or
-    goes straight to scoring after its last epoch.
+    event once. Resume: folds the driver has a score for (``config["finished"]``) are skipped. The job's latest
+    checkpoint names its fold and whether it was that fold's last epoch (``metrics.json``): that fold resumes
+    from it (or goes straight to scoring); a fold before it trained earlier in this job, so without a score it
+    is only scored again from its checkpoints (the driver died between the report and the ledger).
     """
     import ray.train
     from ray.train.torch import get_device, prepare_model
