@@ -186,7 +186,9 @@ def fold_worker(config: dict[str, Any]) -> None:
     event once. Resume: folds the driver has a score for (``config["finished"]``) are skipped. The job's latest
     checkpoint names its fold and whether it was that fold's last epoch (``metrics.json``): that fold resumes
     from it (or goes straight to scoring); a fold before it trained earlier in this job, so without a score it
-    is only scored again from its checkpoints (the driver died between the report and the ledger).
+    is only scored again from its checkpoints (the driver died between the report and the ledger), or, when
+    the job has since let them go (:func:`fold_checkpoint_config`), trained again from the start: training is
+    deterministic, so the score is the one it would have had.
     """
     import ray.train
     from ray.train.torch import get_device, prepare_model
@@ -205,22 +207,44 @@ def fold_worker(config: dict[str, Any]) -> None:
     for fold in folds:
         if fold in finished:
             continue
-        trained_before = at is not None and folds.index(fold) < folds.index(at[0])
-        if not trained_before and not (at is not None and fold == at[0] and at[1]):
+        mine = at is not None and fold == at[0]
+        trained_before = at is not None and folds.index(fold) < folds.index(at[0]) and bool(_reported(fold))
+        if not trained_before and not (mine and at[1]):
             extra = {"experiment": name, "fold": fold, "round": ROUND2}
             if rank == 0:
                 sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra), ()
             else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
                 sink, callbacks = None, (lambda r, extra=extra: ray.train.report(r.to_report(**extra)),)
-            start = resume if at is not None and fold == at[0] else None
+            start = resume if mine else None
             for _ in fit(cfg, name, data, fold, Budget(cfg.round2.epochs, cfg.round2.patience), tiers=cfg.round2.tiers,
                          sink=sink, callbacks=callbacks, resume_from=start, device=device, wrap_model=wrap):
                 pass
         final: dict[str, Any] = {}
         if rank == 0:
-            reported = [r for r in ray.train.get_all_reported_checkpoints() if r.metrics.get("fold") == fold]
-            final = score_fold(cfg, name, fold, data, reported, device)
+            final = score_fold(cfg, name, fold, data, _reported(fold), device)
         ray.train.report(final)
+
+
+def _reported(fold: int) -> list[Any]:
+    """The checkpoints of ``fold`` that this Train job still keeps (what every rank may ask its controller)."""
+    import ray.train
+
+    return [r for r in ray.train.get_all_reported_checkpoints() if r.metrics.get("fold") == fold]
+
+
+def fold_checkpoint_config(cfg: ProtocolConfig, n_folds: int) -> Any:
+    """Which checkpoints a Round-2 job keeps. One fold: the top ``round2.num_to_keep`` by validation pairwise
+    accuracy. Several folds in one job: Ray ranks checkpoints across the whole job, so top-k could drop a weaker
+    fold's best before it is scored; the most recent ``patience + 1`` (at least ``num_to_keep``) are kept
+    instead, which always hold the running fold's best (early stopping ends a fold ``patience`` epochs after
+    its best) and its latest (for resume), and let each scored fold's checkpoints go as the next fold trains."""
+    import ray.train
+
+    r2 = cfg.round2
+    if n_folds == 1:
+        return ray.train.CheckpointConfig(num_to_keep=r2.num_to_keep, checkpoint_score_attribute=SELECTION_METRIC,
+                                          checkpoint_score_order="max")
+    return ray.train.CheckpointConfig(num_to_keep=max(r2.num_to_keep, r2.patience + 1))
 
 
 def _checkpoint_place(resume: Path | None, first_fold: int) -> tuple[int, bool] | None:
@@ -283,8 +307,7 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     Ray Train V2 resumes a job only when it is rerun with the same ``RunConfig(name, storage_path)``.
     ``finished``: ``"<experiment>/<fold>"`` of folds scored in an earlier session (their ``fold`` ledger
     event exists); they are skipped, and a job whose folds are all scored ends at once instead of starting
-    Train again. A job of several folds keeps every checkpoint: Ray's top-k ranks checkpoints across the
-    whole job, and would drop a weaker fold's best before it is scored.
+    Train again. Checkpoints kept: :func:`fold_checkpoint_config`.
     """
     import ray.train
     from ray import tune
@@ -313,11 +336,7 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
         run_config=ray.train.RunConfig(
             name=train_run_name(name, folds),
             storage_path=config["storage_path"],
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.round2.num_to_keep if len(folds) == 1 else None,
-                checkpoint_score_attribute=SELECTION_METRIC,
-                checkpoint_score_order="max",
-            ),
+            checkpoint_config=fold_checkpoint_config(cfg, len(folds)),
             failure_config=ray.train.FailureConfig(max_failures=cfg.round2.max_failures),
             callbacks=[TuneReportCallback()],
         ),
