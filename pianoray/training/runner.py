@@ -41,9 +41,10 @@ def ensure_pretrained(cfg: ProtocolConfig, experiment: str, data: ExperimentData
 def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentData, feedback: Feedback | None = None,
                        folds: Iterable[int] | None = None) -> tuple[ProtocolConfig, dict[str, Any] | None]:
     """Pretrain (or load) ``experiment``'s encoder for ``folds``: once, or once per fold without that fold's
-    validation/test MIDI under ``pretrain.per_fold``. Says (through ``feedback``) and returns what it read relative to those folds
-    (the record the run keeps in its ledger: :func:`pianoray.training.provenance.pretrain_record`), since a
-    shared pretraining reads the evaluation folds' MIDI and a reader of the figures must know it.
+    validation/test MIDI under ``pretrain.per_fold``. Says (through ``feedback``) and returns what it read
+    relative to those folds (the record the run keeps in its ledger:
+    :func:`pianoray.training.provenance.pretrain_record`), since a shared pretraining reads the evaluation
+    folds' MIDI and a reader of the figures must know it.
 
     Returns (config pointing at the weights, record); (cfg, None) when the encoder does not pretrain.
     """
