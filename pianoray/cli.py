@@ -301,8 +301,9 @@ def pretrain(
             raise UserError(f"--experiment: {experiment} has no pretraining task")
         from pianoray.validation import prepare_data
 
-        prepare_data(cfg, _feedback())
-        cfg = ensure_pretrained(cfg, experiment, ExperimentData.from_config(cfg), _feedback())
+        feedback = _feedback()
+        prepare_data(cfg, feedback)
+        cfg = ensure_pretrained(cfg, experiment, ExperimentData.from_config(cfg), feedback)
     exp = cfg.experiments[experiment]
     for fold, path in sorted(exp.init_encoder_folds.items()):
         console.print(f"encoder weights, fold {fold}: {path}")

@@ -11,6 +11,7 @@ per evaluation window (``SegmentDataset.windows``), tagged with its window index
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from pianoray.data.batch import Batch
 from pianoray.data.tiers import Tier, parse_tier
 from pianoray.data.views import SegmentContext, View, consecutive_windows, get_view, register_view
 from pianoray.errors import InputError, UnknownNameError
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------ views
 
@@ -629,10 +632,22 @@ class TierMixedBatchSampler:
             yield batch
 
     def __iter__(self) -> Iterator[list[Key]]:
+        capacity = self.batch_size // self.world_size
+        uneven = False
         for batch in self.global_batches():
             keys = [k for ks, _ in batch for k in ks]
-            capacity = self.batch_size // self.world_size
-            owner = assign_ranks([(len(ks), w) for ks, w in batch], self.world_size, capacity)
+            if self.world_size == 1:
+                yield keys
+                continue
+            slices = [(len(ks), w) for ks, w in batch]
+            owner = assign_ranks(slices, self.world_size, capacity)
+            if not uneven:
+                weights = [w for n, w in slices for _ in range(n)]
+                mine = sum(w for w, r in zip(weights, owner) if r == self.rank)
+                if mine != capacity:  # T4 pairs that fit no rank's odd room: said once per epoch
+                    uneven = True
+                    log.warning("rank %d of %d: a batch of %d samples instead of %d (T4 pairs cannot split an "
+                                "odd per-rank batch; see assign_ranks)", self.rank, self.world_size, mine, capacity)
             yield [k for k, r in zip(keys, owner) if r == self.rank]  # in global-batch order
 
 

@@ -17,6 +17,7 @@ Epochs are counted by ``fit`` (stored in the checkpoint), never by ``training_it
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from functools import partial
@@ -30,6 +31,8 @@ from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC, EpochRecord, Fold
 from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import Budget, fit
+
+logger = logging.getLogger(__name__)
 
 _DATA: dict[str, ExperimentData] = {}
 
@@ -208,7 +211,11 @@ def fold_worker(config: dict[str, Any]) -> None:
         if fold in finished:
             continue
         mine = at is not None and fold == at[0]
-        trained_before = at is not None and folds.index(fold) < folds.index(at[0]) and bool(_reported(fold))
+        trained_before = at is not None and folds.index(fold) < folds.index(at[0])
+        if trained_before and not _reported(fold):
+            trained_before = False
+            logger.warning("round2 %s fold %d: no score in the ledger and its checkpoints are gone; training it "
+                           "again from the start (deterministic: the same score)", name, fold)
         if not trained_before and not (mine and at[1]):
             extra = {"experiment": name, "fold": fold, "round": ROUND2}
             if rank == 0:

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,23 +23,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.net import free_ports
 from tests.protocol.conftest import REPO, write_fault_config
 
 pytestmark = pytest.mark.slow
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 RUN_TIMEOUT = 420
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _cluster_processes(marker: str) -> list[psutil.Process]:
@@ -59,7 +48,7 @@ def _cluster_processes(marker: str) -> list[psutil.Process]:
 def two_node_cluster():
     """(address, env for clients, temp dir): a head and one worker node on 127.0.0.1, 1 CPU each."""
     temp = Path(tempfile.mkdtemp(prefix="prc-", dir="/tmp"))  # short: Ray's unix sockets live under it
-    gcs, dash, client, agent1, agent2 = _free_ports(5)
+    gcs, dash, client, agent1, agent2 = free_ports(5)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_TRAIN_V2_ENABLED": "1", "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)

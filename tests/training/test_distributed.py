@@ -12,7 +12,6 @@ sampler keeps groups whole on one rank; their runs are not expected to match a s
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from pianoray.data.tiers import Tier
 from pianoray.settings import PROJECT_ROOT
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import Budget, fit
+from tests.net import free_ports
 
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
 EPOCHS = 2
@@ -63,15 +63,9 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, loss: dict | 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ddp(root: Path, out: Path, loss: dict | None = None) -> list[list[dict]]:
     out.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), str(root), str(out), loss), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_ports()[0], str(root), str(out), loss), nprocs=2, join=True)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
