@@ -81,12 +81,13 @@ class CliRun:
         return "\n".join(line for line in lines[-n:] if "sample_from functions" not in line)
 
     def kill(self) -> float:
-        """kill -9 the driver and everything it started; returns the kill time (Unix seconds)."""
+        """kill -9 the driver and everything it started; returns the time (Unix seconds) when none of it is
+        left. Not the time the kill began: killing a session takes a moment, and what its workers write in
+        that moment (a checkpoint, an epoch event) is the dead run's, not the rerun's."""
         assert self.proc is not None
-        t = time.time()
         kill_session(self.proc.pid)
         self.proc.wait(timeout=10)
-        return t
+        return time.time()
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None

@@ -61,18 +61,41 @@ def written_after(run: FaultRun, kind: str, t: float) -> list[str]:
     return [e["event_id"] for e in run.events(kind) if e["time"] > t]
 
 
-def checkpoint_epochs(folder: Path, fold: int | None = None) -> list[tuple[int, float]]:
-    """(epoch, mtime) of every checkpoint under ``folder`` (our metrics.json holds the epoch and the fold),
-    of one ``fold`` when given (a job running several folds keeps all of theirs in one folder)."""
+def checkpoint_metrics(folder: Path, fold: int | None = None) -> list[tuple[int, float, dict[str, Any]]]:
+    """(epoch, mtime, metrics) of every checkpoint under ``folder`` (our metrics.json holds the epoch and the
+    fold), of one ``fold`` when given (a job running several folds keeps all of theirs in one folder)."""
     out = []
     for m in folder.glob("checkpoint_*/metrics.json"):
         try:
             metrics = json.loads(m.read_text())
             if fold is None or int(metrics["fold"]) == fold:
-                out.append((int(metrics["epoch"]), m.stat().st_mtime))
+                out.append((int(metrics["epoch"]), m.stat().st_mtime, metrics))
         except (OSError, ValueError, KeyError):
             continue
-    return sorted(out)
+    return sorted(out, key=lambda c: (c[0], c[1]))
+
+
+def checkpoint_epochs(folder: Path, fold: int | None = None) -> list[tuple[int, float]]:
+    return [(epoch, mtime) for epoch, mtime, _ in checkpoint_metrics(folder, fold)]
+
+
+def assert_trained_once_or_identically(folder: Path, epochs: int, fold: int | None = None) -> None:
+    """Every epoch 1..``epochs`` has a checkpoint, and an epoch trained twice was trained identically.
+
+    Ray Train resumes from the last checkpoint its controller registered. A worker killed after storing the
+    next checkpoint but before the controller registered it (a race inside Ray Train) leaves that checkpoint
+    orphaned on disk, and the restarted group trains that epoch again from the registered one. That is
+    allowed only when the retrained epoch is the same epoch: every metric equal (the run decides exactly as
+    it would have); only the epoch's wall time may differ.
+    """
+    by_epoch: dict[int, list[dict[str, Any]]] = {}
+    for epoch, _, metrics in checkpoint_metrics(folder, fold):
+        by_epoch.setdefault(epoch, []).append({k: v for k, v in metrics.items() if k != "epoch_seconds"})
+    assert sorted(by_epoch) == list(range(1, epochs + 1)), f"{folder.name}: checkpoints of epochs {sorted(by_epoch)}"
+    for epoch, runs in by_epoch.items():
+        for again in runs[1:]:
+            differ = {k: (runs[0][k], again.get(k)) for k in runs[0] if runs[0][k] != again.get(k)}
+            assert not differ, f"{folder.name}: epoch {epoch} trained twice, differently: {differ}"
 
 
 def ray_processes(sid: int, prefix: str) -> list[Any]:
@@ -188,6 +211,7 @@ def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_f
     assert after_kill and 1 < after_kill[0] <= last_before + 1, \
         f"fold 1 checkpoints after the restart {after_kill}, before {sorted(ckpt_before)}: not resumed"
     assert after_kill == list(range(after_kill[0], 9)), f"fold 1 checkpoints after the restart: {after_kill}"
+    assert_trained_once_or_identically(train_dir, 8, fold=1)
     assert_no_repeated_report(run.tune_results(ROUND2, "audio-frozen", 1), "round2 fold 1")
     assert run.events("selection"), "the resumed run made no selection"
 
@@ -221,8 +245,7 @@ def test_killed_workers_restart_from_their_last_checkpoint(fault_run_factory):
     assert_epochs_contiguous(run, ROUND1, {("A1", 0): 4})
 
     assert_no_repeated_report(run.tune_results(ROUND2, "A1", 0), "round2 A1 fold 0")
-    trained = [ep for ep, _ in checkpoint_epochs(run.dir / "round2-train" / "round2-A1-fold0")]
-    assert trained == [1, 2, 3, 4], f"round-2 Train checkpoints {trained}: an epoch was trained twice or lost"
+    assert_trained_once_or_identically(run.dir / "round2-train" / "round2-A1-fold0", 4)
     assert r2_last >= 1
     assert_epochs_contiguous(run, ROUND2, {("A1", 0): 4})
     assert run.events("selection")
@@ -244,8 +267,7 @@ def test_a_two_worker_fold_survives_a_killed_worker(fault_run_factory):
     workers[-1].kill()
     assert cli.wait(RUN_TIMEOUT) == 0, cli.tail()
 
-    trained = [ep for ep, _ in checkpoint_epochs(run.dir / "round2-train" / "round2-audio-frozen-fold0")]
-    assert trained == list(range(1, 7)), f"round-2 checkpoints {trained}: an epoch was trained twice or lost"
+    assert_trained_once_or_identically(run.dir / "round2-train" / "round2-audio-frozen-fold0", 6)
     assert_epochs_contiguous(run, ROUND2, {("audio-frozen", 0): 6})
     rows = run.tune_results(ROUND2, "audio-frozen", 0)
     assert_no_repeated_report(rows, "round2 audio-frozen fold 0")
