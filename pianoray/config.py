@@ -124,6 +124,71 @@ class PretrainConfig(Strict):
     per_fold: bool = False
 
 
+class SearchParam(Strict):
+    """One searched hyper-parameter: an Optuna distribution (``IntDistribution``, ``FloatDistribution``,
+    ``CategoricalDistribution``). ``low``/``high`` bound int and float (``log``: sampled on a log scale,
+    ``step``: a grid); ``choices`` lists a categorical's values."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SearchParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a categorical parameter takes 'choices' only (no low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"an {self.type} parameter takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"an {self.type} parameter needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range must be positive (low is {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("'log' and 'step' cannot be combined (Optuna samples one or the other)")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int parameter needs integer low and high")
+        return self
+
+    def extremes(self) -> list[Any]:
+        """The range's ends (or every choice): what load-time validation applies to the field."""
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+# What a search may vary: an experiment's own fields (``model.<field>`` is the encoder's config).
+SEARCHABLE = ("model", "optim", "loss")
+
+
+class SearchConfig(Strict):
+    """An experiment's Round-1 search (pianoray.protocol.search): ``configs`` configurations drawn by a
+    seeded Optuna TPE sampler over ``space`` (dotted field paths of the experiment, e.g. ``optim.lr`` or
+    ``model.lora.rank``), each screened as its own Round-1 trial under the track-gap scheduler."""
+
+    configs: int = Field(ge=1)
+    seed: int | None = None  # None: the protocol's seed
+    space: dict[str, SearchParam] = Field(min_length=1)
+
+    @field_validator("space")
+    @classmethod
+    def _paths(cls, v: dict[str, SearchParam]) -> dict[str, SearchParam]:
+        for path in v:
+            head, _, rest = path.partition(".")
+            if head not in SEARCHABLE or not rest:
+                raise ValueError(f"{path!r}: a searched field is one of {', '.join(h + '.<field>' for h in SEARCHABLE)}")
+        return v
+
+
 class ExperimentConfig(Strict):
     """One experiment: a registered encoder with its sizes and (optionally) its own optimiser/loss."""
 
@@ -138,6 +203,7 @@ class ExperimentConfig(Strict):
     # shared by every fold, or per fold (fold -> weights) under ``pretrain.per_fold``.
     init_encoder: Path | None = None
     init_encoder_folds: dict[int, Path] = Field(default_factory=dict)
+    search: SearchConfig | None = None  # Round 1 screens several configurations of this experiment
 
 
 class Round1Config(Strict):
@@ -196,6 +262,9 @@ class Round2Config(Strict):
     # sequence, checkpoints, resume and scores still per fold; on a laptop a demo fold trains for seconds and
     # Ray Train's start-up would dominate. auto: per_experiment on a local head, per_fold with --address.
     fold_jobs: Literal["auto", "per_fold", "per_experiment"] = "auto"
+    # A searched experiment sends its best this-many Round-1 configurations (by the rung each reached, then
+    # validation pairwise accuracy there, then R2); the best keeps the experiment's name, the others theirs.
+    configs_per_experiment: int = Field(1, ge=1)
 
     _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
 
@@ -335,8 +404,52 @@ def _validate_models(source: str, cfg: ProtocolConfig) -> None:
             for e in err.errors():
                 loc = ".".join(str(p) for p in e["loc"])
                 problems.append(f"{source}: experiments.{name}.model.{loc}: {e['msg']}")
+            continue
+        if exp.search is not None:
+            problems += _search_problems(source, cfg, name, spec)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def searched_experiment(cfg: ProtocolConfig, name: str, params: dict[str, Any]) -> ExperimentConfig:
+    """Experiment ``name`` with the searched ``params`` (dotted paths -> values) set: its model dict, and its
+    optimiser/loss (the protocol's where the experiment has none of its own), without its ``search``. Raises
+    pydantic's ValidationError when a value does not fit its field (the model dict is the encoder's to check:
+    :func:`model_config`), ValueError when a path runs through a value that is not a group of fields."""
+    exp = cfg.experiments[name]
+    raw: dict[str, Any] = {**exp.model_dump(exclude={"search"}), "optim": cfg.optim_for(name).model_dump(),
+                           "loss": cfg.loss_for(name).model_dump()}
+    for path, value in params.items():
+        node = raw
+        *parents, leaf = path.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"{part} is not a group of fields")
+            node = child
+        node[leaf] = value
+    return ExperimentConfig.model_validate({**raw, "encoder": cfg.encoder_name(name)})
+
+
+def _search_problems(source: str, cfg: ProtocolConfig, name: str, spec: Any) -> list[str]:
+    """A search space whose fields do not exist, or whose values do not fit them (checked with each range's
+    ends or each choice), named by path."""
+    search = cfg.experiments[name].search
+    where = f"{source}: experiments.{name}.search.space"
+    problems = []
+    for path, param in search.space.items():
+        for value in param.extremes():
+            try:
+                spec.config_cls.model_validate(searched_experiment(cfg, name, {path: value}).model)
+            except ValidationError as err:
+                problems += [f"{where}.{path}: {value!r}: {e['msg']}" for e in err.errors()]
+                break
+            except ValueError as e:
+                problems.append(f"{where}.{path}: {e}")
+                break
+    return problems
 
 
 def model_config(cfg: ProtocolConfig, name: str) -> Any:

@@ -225,6 +225,15 @@ class PretrainPayload(_Payload):
     experiment: str
 
 
+class SearchPayload(_Payload):
+    """``search``: a searched experiment's configurations, drawn before Round 1 (``protocol.search``):
+    ``configs`` each ``{"id", "experiment", "number", "params"}``; ``space`` the search block as configured."""
+
+    experiment: str
+    configs: list[dict[str, Any]]
+    space: dict[str, Any] = {}
+
+
 class CrashPayload(_Payload):
     """``crash``: an exception that was not the user's to fix ended the driver."""
 
@@ -236,7 +245,7 @@ class CrashPayload(_Payload):
 PAYLOADS: dict[str, type[_Payload]] = {
     "epoch": EpochPayload, "decision": DecisionPayload, "rejudged": RejudgedPayload, "round": RoundPayload,
     "selection": SelectionPayload, "trial": TrialPayload, "resources": ResourcesPayload, "fold": FoldPayload,
-    "paircounts": PairCountsPayload, "pretrain": PretrainPayload, "crash": CrashPayload,
+    "paircounts": PairCountsPayload, "pretrain": PretrainPayload, "crash": CrashPayload, "search": SearchPayload,
 }
 
 

@@ -27,6 +27,7 @@ from pianoray.protocol.ledger import Event, Ledger
 from pianoray.protocol.monitoring import monitoring_callbacks
 from pianoray.protocol.pair_counts import counts_source
 from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, Row, RunHooks
+from pianoray.protocol.search import Candidate, StudyJournals
 from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
 from pianoray.protocol.storage import RunStorage
 from pianoray.records import ROUND1, ROUND2, FoldScore
@@ -58,6 +59,9 @@ class RunContext:
     # (round, experiment, fold) whose trial ended in an earlier session of this run: its trial-end and
     # resource rows are in the ledger already, and a restored Tune trial that merely ends again adds none.
     ended_before: set[tuple[str, str, int]] = field(default_factory=set)
+    # Round 1's configurations of searched experiments (pianoray.protocol.search), each an experiment of cfg
+    candidates: list[Candidate] = field(default_factory=list)
+    journals: StudyJournals | None = None
 
 
 def config_dict(cfg: ProtocolConfig) -> dict[str, Any]:
@@ -313,7 +317,46 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
                              "was promoted. Rerun the same command to resume.")
     if not survivors:
         raise ProtocolError(f"round 1 ended with no survivor (errored: {errored or 'none'}); see the ledger")
-    return {"promoted": sorted(survivors + exempt), "eliminated": stopped, "errored": errored, "exempt": exempt}
+    summary = {"promoted": sorted(survivors + exempt), "eliminated": stopped, "errored": errored, "exempt": exempt}
+    if ctx.candidates:
+        summary = _with_search(ctx, summary, scheduler.decisions)
+    return summary
+
+
+def _with_search(ctx: RunContext, summary: dict[str, Any], decisions: list[Decision]) -> dict[str, Any]:
+    """Round 1's summary with its searched experiments resolved: every candidate's outcome told to its study
+    and listed under ``search``; each experiment promoted under its own name with its best surviving
+    configuration (``round2.configs_per_experiment`` > 1: the next ones under theirs), or eliminated when none
+    of its configurations survived."""
+    from pianoray.protocol import search
+
+    cfg = ctx.cfg
+    stops: dict[str, int] = {}
+    for d in decisions:
+        if d.stopped:
+            stops[d.experiment] = min(stops.get(d.experiment, d.rung), d.rung)
+    reports = ctx.ledger.rung_reports(ROUND1, fold=cfg.round1.fold, key="rung_epoch")
+    results = search.outcomes(ctx.candidates, cfg.round1.intermediate_rungs, cfg.round1.final_rung_epoch, reports,
+                              stops, summary["errored"])
+    if ctx.journals is not None:
+        search.tell(ctx.journals, results)
+    promoted = search.promotions(results, cfg.round2.configs_per_experiment)
+    of = {c.name: c.experiment for c in ctx.candidates}
+    experiments = sorted(set(of.values()))
+    kept = [n for n in summary["promoted"] if n not in of]
+    return {**summary, "promoted": sorted(kept + list(promoted)),
+            "eliminated": sorted(summary["eliminated"] + [x for x in experiments if x not in promoted]),
+            "search": {x: {"configs": [o.to_json() for o in results if o.candidate.experiment == x],
+                           "promoted": {u: c for u, c in promoted.items() if of[c] == x}}
+                       for x in experiments}}
+
+
+def round2_config(cfg: ProtocolConfig, round1: dict[str, Any]) -> ProtocolConfig:
+    """Round 2's config: Round 1's, with each searched experiment's promoted configurations in place."""
+    from pianoray.protocol.search import with_promoted
+
+    promoted = {u: c for s in (round1.get("search") or {}).values() for u, c in s.get("promoted", {}).items()}
+    return with_promoted(cfg, promoted) if promoted else cfg
 
 
 def round1_unfinished(results: Any, survivors: list[str]) -> list[str]:
@@ -414,6 +457,26 @@ def round2_outcomes(ledger: Ledger, survivors: list[str]) -> dict[str, list[Fold
     return RunView.read(ledger).fold_outcomes(survivors)
 
 
+def draw_configurations(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger,
+                        feedback: Feedback) -> tuple[StudyJournals | None, list[Candidate]]:
+    """Round 1's configurations of every searched experiment, from their Optuna studies (drawn on the first
+    session, read back on the next), each recorded in the ledger (a ``search`` event per experiment); the
+    configurations become experiments of Round 1's config (:func:`pianoray.protocol.search.with_candidates`)."""
+    from pianoray.protocol import search
+
+    if not search.searched(cfg):
+        return None, []
+    journals = search.StudyJournals(run_storage)
+    candidates = search.draw_all(cfg, journals)
+    for name in search.searched(cfg):
+        mine = [c.to_json() for c in candidates if c.experiment == name]
+        space = {k: v.model_dump(exclude_defaults=True) for k, v in cfg.experiments[name].search.space.items()}
+        ledger.append(Event(kind="search", event_id=f"search/{name}", time=time.time(), experiment=name,
+                            payload={"experiment": name, "configs": mine, "space": space}))
+        feedback.say(f"{name}: {len(mine)} configurations to screen ({', '.join(space)}); study {journals.path(name)}")
+    return journals, candidates
+
+
 def pretrain_encoders(cfg: ProtocolConfig, feedback: Feedback | None = None, ledger: Ledger | None = None) -> ProtocolConfig:
     """Before Round 1: pretrain every enabled experiment that has a pretraining task, once (or once per fold
     under ``pretrain.per_fold``; cached by corpus hash and config, so a resumed run loads it), and point its
@@ -477,6 +540,7 @@ def run_protocol(
             import shutil
 
             shutil.rmtree(local)
+        StudyJournals(run_storage).clear()
     check_same_config(run_storage, cfg)
     ledger = Ledger(run_storage)
     try:
@@ -497,9 +561,14 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
     from pianoray.protocol.session import start_ray
     from pianoray.protocol.view import build_results
 
+    journals, candidates = draw_configurations(cfg, run_storage, ledger, feedback)
+    if candidates:
+        from pianoray.protocol.search import with_candidates
+
+        cfg = with_candidates(cfg, candidates)
     cfg = pretrain_encoders(cfg, feedback, ledger)
     tracks = {}
-    for n in cfg.enabled_experiments():
+    for n in cfg.enabled_experiments() + sorted({c.experiment for c in candidates}):
         spec = registry.get(cfg.encoder_name(n))
         tracks[n] = (spec.track, spec.role)
 
@@ -508,7 +577,7 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
     if session.dashboard_url:
         feedback.say(f"Ray dashboard: {session.dashboard_url}  (Train run pages; per-trial progress is below)")
     ctx = RunContext(cfg, run_storage, ledger, tracks, feedback, cpus=session.cpus, gpus=session.gpus,
-                     local=session.local)
+                     local=session.local, candidates=candidates, journals=journals)
     folds = record_folds(cfg, run_storage)
     feedback.say(folds["statement"])
     if not run_storage.exists("run.json"):
@@ -539,6 +608,7 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
                 ledger.round_finished(ROUND1, r1)
                 ledger.compact(ROUND1)
             survivors = list(r1["promoted"])
+            ctx.cfg = cfg = round2_config(cfg, r1)
             if ledger.is_round_finished(ROUND2):
                 feedback.say("round 2 already finished")
             else:

@@ -38,6 +38,25 @@ class Round1Summary(_Open):
     reason: Optional[str]
 
 
+class SearchConfigRow(_Open):
+    id: str  # the configuration's Round-1 name, A1.c3 (c3: trial 3 of the experiment's Optuna study)
+    number: int
+    params: dict[str, Any]
+    state: str  # complete | pruned (stopped at a rung) | failed | running
+    rung: Optional[int]  # the last rung it reached
+    value: Optional[float]  # its validation pairwise accuracy there
+    stopped_at: Optional[int]
+    epochs: int  # Round-1 epochs it trained (its budget used)
+    resource_hours: ResourceHours
+
+
+class SearchSummary(_Open):
+    space: dict[str, Any]
+    configs: list[SearchConfigRow]
+    best: Optional[str]  # the configuration Round 2 took under the experiment's name (None: none survived)
+    promoted: dict[str, str]  # Round-2 name -> configuration
+
+
 class ExperimentRow(_Open):
     name: str
     track: str
@@ -54,6 +73,7 @@ class ExperimentRow(_Open):
     competition_rho: Optional[Any]
     robustness: Optional[dict[str, Any]]
     folds: Optional[list[Any]]
+    search: Optional[SearchSummary] = None  # a searched experiment's Round-1 configurations
 
 
 class DecisionRow(_Open):

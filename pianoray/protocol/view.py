@@ -90,6 +90,7 @@ class RunView:
     folds: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (experiment, fold) -> payload
     epochs: dict[tuple[str, str, int], list[Event]] = field(default_factory=dict)  # (round, exp, fold) -> events
     pretraining: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)  # experiment -> its search event's payload
 
     # ------------------------------------------------------------------------------------------ reading
     @classmethod
@@ -194,6 +195,10 @@ class RunView:
     def _on_pretrain(self, e: Event, order: dict[str, int]) -> None:
         if e.experiment:
             self.pretraining[e.experiment] = dict(e.payload)
+
+    def _on_search(self, e: Event, order: dict[str, int]) -> None:
+        if e.experiment:
+            self.search[e.experiment] = dict(e.payload)
 
     def _settle(self, order: dict[str, int], resources: list[ResourceRecord]) -> None:
         """Statuses, from the strongest fact down: winner, vetoed, eliminated (a stop as it stands), promoted,
@@ -300,23 +305,39 @@ class RunView:
                 "final": bool(d.get("final", False)), "epoch": d.get("epoch"),
                 "decision": d.get("decision"), "reason": d.get("reason"), "time": _iso(d.get("time"))})
 
+        searches = {x: self.search_summary(x) for x in self.search}
+        # a configuration has a row of its own only when Round 2 took it under its own name
+        folded = {c["id"] for x in searches.values() for c in x["configs"]} - round2_names
         experiments = []
         for name, (track, role) in sorted(self.tracks().items()):
+            if name in folded:
+                continue
             x = self.experiments[name]
-            stop = stop_rung.get(name) or {}
+            search = searches.get(name)
+            # a searched experiment's Round 1 is its best configuration's (the one promoted, else the furthest)
+            r1 = x
+            if search and search["configs"]:
+                lead = search["best"] or max(search["configs"], key=lambda c: (_num(c["rung"]), _num(c["value"])))["id"]
+                r1 = self.experiments.get(lead, x)
+            stop = stop_rung.get(r1.name) or {}
+            gpu, cpu = x.gpu_hours, x.cpu_hours
+            if search:
+                gpu += sum(c["resource_hours"]["gpu_hours"] for c in search["configs"])
+                cpu += sum(c["resource_hours"]["cpu_hours"] for c in search["configs"])
             exp: dict[str, Any] = {
                 "name": name, "track": track, "role": role,
                 "furthest_round": ROUND2 if name in round2_names else ROUND1,
                 "status": x.status,
-                "resource_hours": {"gpu_hours": x.gpu_hours, "cpu_hours": x.cpu_hours},
-                "round1": {"epochs": x.round1_epochs, "best_metric": x.round1_best,
+                "resource_hours": {"gpu_hours": gpu, "cpu_hours": cpu},
+                "round1": {"epochs": r1.round1_epochs, "best_metric": r1.round1_best,
                            "eliminated_at": stop.get("rung"), "reason": stop.get("reason")},
+                "search": search,
             }
             s = summaries.get(name)
             if s is not None:
                 exp.update(s)  # selection.summarise's figures, as selection recorded them
             else:  # Round-1 figures only (fold 0)
-                exp.update({"pairwise_accuracy": {"mean": x.round1_best, "ci": [None, None], "per_dim": None},
+                exp.update({"pairwise_accuracy": {"mean": r1.round1_best, "ci": [None, None], "per_dim": None},
                             "r2": None, "test": None, "difficulty_rho": None, "stop_auc": None,
                             "competition_rho": None, "robustness": None, "folds": []})
             experiments.append(exp)
@@ -349,6 +370,32 @@ class RunView:
             # experiment -> what its self-supervised pretraining read (pianoray.training.provenance's record)
             "pretraining": self.pretraining,
         }
+
+
+    def search_summary(self, experiment: str) -> dict[str, Any]:
+        """A searched experiment's configurations (the public ``search`` object): their outcomes as Round 1's
+        summary recorded them, or, while Round 1 runs, as the ledger stands (state running, or pruned at the
+        rung of a stop decision), with each configuration's resource-hours, in the order they were drawn."""
+        drawn = self.search[experiment]
+        r1 = ((self.round_summaries.get(ROUND1) or {}).get("search") or {}).get(experiment)
+        stops = self.stopped(ROUND1)
+        hours = {n: (x.gpu_hours, x.cpu_hours) for n, x in self.experiments.items()}
+        if r1 is not None:
+            configs = [dict(c) for c in r1.get("configs", [])]
+        else:
+            configs = []
+            for c in drawn.get("configs", []):
+                x = self.experiments.get(c["id"])
+                stop = stops.get(c["id"])
+                configs.append({**c, "state": "pruned" if stop else "running", "rung": None, "value": None,
+                                "r2": None, "stopped_at": (stop or {}).get("rung"),
+                                "epochs": (x.round1_epochs if x else None) or 0, "rungs": {}})
+        for c in configs:
+            gpu, cpu = hours.get(c["id"], (0.0, 0.0))
+            c["resource_hours"] = {"gpu_hours": gpu, "cpu_hours": cpu}
+        promoted = dict((r1 or {}).get("promoted", {}))
+        return {"space": drawn.get("space", {}), "configs": configs, "best": promoted.get(experiment),
+                "promoted": promoted}
 
 
 def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = None) -> dict[str, Any]:

@@ -25,6 +25,9 @@ class LoraSettings(BaseModel):
     rank: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
+    # rsLoRA (peft's use_rslora): scale by alpha/sqrt(rank), not alpha/rank, so that a rank search does not
+    # also change the adapters' effective learning rate (Kalajdzievski 2023).
+    rslora: bool = False
     target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
 
 
@@ -37,6 +40,7 @@ def apply_lora(module: nn.Module, settings: LoraSettings) -> nn.Module:
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
+        use_rslora=settings.rslora,
         target_modules=list(settings.target_modules),
         bias="none",
     )

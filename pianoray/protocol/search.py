@@ -1,0 +1,327 @@
+"""Round-1 search: several configurations of an experiment, drawn from its own Optuna study, each screened as
+its own Round-1 trial under the track-gap scheduler.
+
+An experiment with a ``search:`` block (:class:`pianoray.config.SearchConfig`) becomes ``configs`` candidates
+``<experiment>.c<k>``, ``k`` the Optuna trial number in the experiment's study (study name = experiment). A
+candidate is an experiment of Round 1's config like any other (:func:`with_candidates`): the scheduler, the
+ledger and resume key everything by that name, so they need nothing new.
+
+**When the configurations are drawn.** All of them are asked from the study before Round 1 starts. Tune would
+ask a searcher for every trial at once anyway (it keeps up to ``max(16, CPUs)`` trials pending, and the sync
+scheduler judges a rung among the trials it knows), and a TPE sampler samples independently at random until
+``n_startup_trials`` (10) trials have completed, so at a few configurations per experiment asking later would
+change nothing but the bookkeeping. What it buys: the set of configurations is fixed in the journal before any
+trial runs, so a kill -9 at any point resumes with the same configurations, none lost or repeated, and the
+studies never hold a trial Ray does not know.
+
+**Determinism across kills.** Each ask uses a sampler seeded by (search seed, trial number): the k-th
+configuration is the same whether it is drawn in the first session or in a resumed one after a kill between
+two asks (a sampler seeded once would restart its random stream and propose the first configurations again).
+
+**The studies as a record.** When Round 1 ends, each candidate's outcome (:func:`outcomes`, read from the
+ledger: its reports at the rungs, the stop decisions as they stand, errors) is told to its study: its
+validation pairwise accuracy at every rung it reached as intermediate values, stepped by the rung epoch (the
+supervised epochs the scheduler counts, never Tune's ``training_iteration``, which restarts on resume); then
+PRUNED when the scheduler stopped it (Tune would report a stopped trial as complete with its low-budget value,
+which would skew TPE), FAIL when it errored, else COMPLETE with its last rung's value. Telling is idempotent,
+so a resumed run tells what a killed one had not. Each study is an Optuna journal, ``<run>/optuna/<experiment>
+.journal``, which ``optuna-dashboard`` opens. With ``s3://`` storage the journal lives on the driver's disk
+(:data:`JOURNAL_CACHE`) and is copied to ``<run>/optuna/`` after every change, and restored from there on
+resume (the longer of the two wins: a journal only grows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pianoray.config import ProtocolConfig, SearchConfig, SearchParam, searched_experiment
+from pianoray.protocol.storage import RunStorage
+from pianoray.records import SELECTION_METRIC
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_SEP = ".c"  # A1.c3: experiment A1, its study's trial 3
+JOURNAL_DIR = "optuna"
+JOURNAL_CACHE = Path("~/.cache/pianoray/optuna")  # local journals of runs in object storage
+
+STATES = ("complete", "pruned", "failed", "running")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of a searched experiment: Round 1's trial ``name`` (``A1.c3``)."""
+
+    name: str
+    experiment: str
+    number: int
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.name, "experiment": self.experiment, "number": self.number, "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
+        return cls(d["id"], d["experiment"], int(d["number"]), dict(d["params"]))
+
+
+def candidate_name(experiment: str, number: int) -> str:
+    return f"{experiment}{CANDIDATE_SEP}{number}"
+
+
+def searched(cfg: ProtocolConfig) -> list[str]:
+    """Enabled experiments with a ``search:`` block, in config order."""
+    return [n for n in cfg.enabled_experiments() if cfg.experiments[n].search is not None]
+
+
+def distribution(p: SearchParam) -> Any:
+    """The Optuna distribution of one searched parameter."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if p.type == "categorical":
+        return CategoricalDistribution(p.choices)
+    if p.type == "int":
+        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+def space(search: SearchConfig) -> dict[str, Any]:
+    return {path: distribution(p) for path, p in search.space.items()}
+
+
+def _sampler_seed(seed: int, number: int) -> int:
+    """The seed of the sampler that draws trial ``number``: a function of the search seed and the number only."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{number}".encode()).digest()[:4], "little")
+
+
+class StudyJournals:
+    """The run's Optuna studies, one journal file per searched experiment (see the module docstring)."""
+
+    def __init__(self, storage: RunStorage, cache: Path = JOURNAL_CACHE) -> None:
+        self.storage = storage
+        local = storage.local_dir()
+        self.remote = local is None
+        key = hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
+        self.dir = local / JOURNAL_DIR if local is not None else cache.expanduser() / key
+
+    def rel(self, experiment: str) -> str:
+        return f"{JOURNAL_DIR}/{experiment}.journal"
+
+    def path(self, experiment: str) -> Path:
+        return self.dir / f"{experiment}.journal"
+
+    def restore(self, experiment: str) -> None:
+        """Object storage: bring the stored journal to this disk when it is longer than the local one."""
+        if not self.remote or not self.storage.exists(self.rel(experiment)):
+            return
+        data = self.storage.read_bytes(self.rel(experiment))
+        path = self.path(experiment)
+        if not path.is_file() or path.stat().st_size < len(data):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+
+    def save(self, experiment: str) -> None:
+        """Object storage: copy the journal to ``<run>/optuna/``."""
+        path = self.path(experiment)
+        if self.remote and path.is_file():
+            self.storage.write_bytes(self.rel(experiment), path.read_bytes())
+
+    def clear(self) -> None:
+        """``--fresh``: forget the local copies of an object-storage run's journals."""
+        if self.remote and self.dir.is_dir():
+            for p in self.dir.glob("*.journal"):
+                p.unlink()
+
+    def study(self, experiment: str, sampler: Any = None) -> Any:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the run output
+        self.dir.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(self.path(experiment))))
+        return optuna.create_study(study_name=experiment, storage=storage, direction="maximize",
+                                   sampler=sampler, load_if_exists=True)
+
+
+def draw(cfg: ProtocolConfig, journals: StudyJournals, experiment: str) -> list[Candidate]:
+    """The configurations of ``experiment``: those its study holds, then new asks until it has ``configs``."""
+    from optuna.samplers import TPESampler
+
+    search = cfg.experiments[experiment].search
+    assert search is not None, experiment
+    seed = cfg.seed if search.seed is None else search.seed
+    dists = space(search)
+    journals.restore(experiment)
+    study = journals.study(experiment)
+    asked = False
+    while (n := len(study.get_trials(deepcopy=False))) < search.configs:
+        journals.study(experiment, TPESampler(seed=_sampler_seed(seed, n))).ask(dists)
+        asked = True
+    if asked:
+        journals.save(experiment)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[: search.configs]
+    return [Candidate(candidate_name(experiment, t.number), experiment, t.number, dict(t.params)) for t in trials]
+
+
+def draw_all(cfg: ProtocolConfig, journals: StudyJournals) -> list[Candidate]:
+    return [c for name in searched(cfg) for c in draw(cfg, journals, name)]
+
+
+def with_candidates(cfg: ProtocolConfig, candidates: Iterable[Candidate]) -> ProtocolConfig:
+    """Round 1's config: each searched experiment replaced, in place, by its candidates (the experiment itself
+    stays, disabled, for Round 2 to take its best configuration's settings under its name)."""
+    by_experiment: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_experiment.setdefault(c.experiment, []).append(c)
+    experiments = {}
+    for name, exp in cfg.experiments.items():
+        if name in by_experiment:
+            experiments[name] = exp.model_copy(update={"enabled": False})
+            for c in by_experiment[name]:
+                if c.name in cfg.experiments:
+                    raise ValueError(f"experiment {c.name!r} clashes with a configuration of {name}")
+                experiments[c.name] = searched_experiment(cfg, name, c.params)
+        else:
+            experiments[name] = exp
+    return cfg.model_copy(update={"experiments": experiments})
+
+
+def with_promoted(cfg: ProtocolConfig, promoted: Mapping[str, str]) -> ProtocolConfig:
+    """Round 2's config: each promoted name (the experiment's own for its best configuration, the candidate's
+    for the others) set to its candidate's settings, enabled."""
+    experiments = dict(cfg.experiments)
+    for unit, candidate in promoted.items():
+        experiments[unit] = cfg.experiments[candidate].model_copy(update={"enabled": True})
+    return cfg.model_copy(update={"experiments": experiments})
+
+
+# ------------------------------------------------------------------------------------------- outcomes
+
+
+@dataclass
+class ConfigOutcome:
+    """How a candidate ended Round 1. ``rungs``: rung epoch -> validation pairwise accuracy it reported there
+    (the final rung at its last report); ``rung``: the last rung it reached; ``value``/``r2``: its figures there;
+    ``stopped_at``: the rung of the stop decision that ended it, as it stands; ``epochs``: epochs it trained."""
+
+    candidate: Candidate
+    state: str
+    rungs: dict[int, float] = field(default_factory=dict)
+    rung: int | None = None
+    value: float | None = None
+    r2: float | None = None
+    stopped_at: int | None = None
+    epochs: int = 0
+
+    @property
+    def rank_key(self) -> tuple[float, float, float]:
+        """Best first when sorted descending: the furthest rung, then pairwise accuracy there, then R2."""
+        def num(x: float | None) -> float:
+            return -math.inf if x is None or x != x else x
+        return (num(self.rung), num(self.value), num(self.r2))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.candidate.to_json(), **{k: v for k, v in asdict(self).items() if k != "candidate"},
+                "rungs": {str(k): v for k, v in self.rungs.items()}}
+
+
+def outcomes(candidates: Iterable[Candidate], rungs: Iterable[int], final_rung: int | None,
+             reports: Mapping[str, Mapping[int, Mapping[str, Any]]], stopped: Mapping[str, int],
+             errored: Iterable[str]) -> list[ConfigOutcome]:
+    """Each candidate's outcome from what the ledger recorded: ``reports`` (name -> rung epoch -> the metrics
+    reported there with the ledger's ``epoch``, ``Ledger.rung_reports(..., key="rung_epoch")``), ``stopped``
+    (name -> rung of its stop, as the decisions stand), ``errored`` (names whose trial errored for good). A
+    candidate whose last report says ``stop`` (budget spent or early-stopped) reached the final rung there."""
+    errored = set(errored)
+    out = []
+    for c in candidates:
+        reported = {int(e): m for e, m in (reports.get(c.name) or {}).items()}
+        values = {r: float(reported[r][SELECTION_METRIC]) for r in rungs if r in reported
+                  and isinstance(reported[r].get(SELECTION_METRIC), (int, float))}
+        last = reported[max(reported)] if reported else None
+        finished = last is not None and bool(last.get("stop"))
+        if finished and final_rung is not None and isinstance(last.get(SELECTION_METRIC), (int, float)):
+            values[final_rung] = float(last[SELECTION_METRIC])
+        state = ("pruned" if c.name in stopped else "failed" if c.name in errored
+                 else "complete" if finished else "running")
+        rung = max(values) if values else None
+        at = reported.get(rung) if rung in reported else last if rung == final_rung else None
+        r2 = (at or {}).get("val/r2")
+        out.append(ConfigOutcome(c, state, values, rung, values.get(rung), float(r2) if isinstance(r2, (int, float))
+                                 else None, stopped.get(c.name),
+                                 max((int(m.get("epoch", 0)) for m in reported.values()), default=0)))
+    return out
+
+
+def best(results: Iterable[ConfigOutcome], k: int = 1) -> list[ConfigOutcome]:
+    """The ``k`` best configurations that survived Round 1 (state complete), best first (:attr:`rank_key`)."""
+    return sorted((o for o in results if o.state == "complete"), key=lambda o: o.rank_key, reverse=True)[:k]
+
+
+def promotions(results: Iterable[ConfigOutcome], k: int) -> dict[str, str]:
+    """Round-2 name -> candidate, per searched experiment: its best survivor under the experiment's own name,
+    the next ``k - 1`` under theirs."""
+    by_experiment: dict[str, list[ConfigOutcome]] = {}
+    for o in results:
+        by_experiment.setdefault(o.candidate.experiment, []).append(o)
+    out: dict[str, str] = {}
+    for name, group in by_experiment.items():
+        for i, o in enumerate(best(group, k)):
+            out[name if i == 0 else o.candidate.name] = o.candidate.name
+    return out
+
+
+def tell(journals: StudyJournals, results: Iterable[ConfigOutcome]) -> None:
+    """Record ended candidates in their studies (module docstring); candidates still running are left so."""
+    import optuna
+    from optuna.trial import TrialState
+
+    by_experiment: dict[str, list[ConfigOutcome]] = {}
+    for o in results:
+        by_experiment.setdefault(o.candidate.experiment, []).append(o)
+    for name, group in by_experiment.items():
+        journals.restore(name)
+        study = journals.study(name)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        changed = False
+        for o in group:
+            t = trials.get(o.candidate.number)
+            if t is None or t.state != TrialState.RUNNING or o.state == "running":
+                continue
+            live = optuna.trial.Trial(study, t._trial_id)  # the storage id (what optuna's own integrations use)
+            for step, value in sorted(o.rungs.items()):
+                if step not in t.intermediate_values:
+                    live.report(value, step)
+            if o.state == "complete" and o.value is not None:
+                study.tell(o.candidate.number, o.value)
+            else:
+                study.tell(o.candidate.number, state=TrialState.PRUNED if o.state == "pruned" else TrialState.FAIL)
+            changed = True
+        if changed:
+            journals.save(name)
+
+
+def importances(journals: StudyJournals, experiment: str) -> dict[str, float] | None:
+    """``optuna.importance.get_param_importances`` over the study's completed trials (fANOVA); None when fewer
+    than two completed or no parameter varied."""
+    import optuna
+    from optuna.trial import TrialState
+
+    journals.restore(experiment)
+    if not journals.path(experiment).is_file():
+        return None
+    study = journals.study(experiment)
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return None
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError) as e:  # e.g. every completed trial had the same value
+        logger.info("%s: no parameter importances (%s)", experiment, e)
+        return None
