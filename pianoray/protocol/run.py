@@ -347,7 +347,8 @@ def _with_search(ctx: RunContext, summary: dict[str, Any], decisions: list[Decis
     return {**summary, "promoted": sorted(kept + list(promoted)),
             "eliminated": sorted(summary["eliminated"] + [x for x in experiments if x not in promoted]),
             "search": {x: {"configs": [o.to_json() for o in results if o.candidate.experiment == x],
-                           "promoted": {u: c for u, c in promoted.items() if of[c] == x}}
+                           "promoted": {u: c for u, c in promoted.items() if of[c] == x},
+                           "importance": search.importances(ctx.journals, x) if ctx.journals else None}
                        for x in experiments}}
 
 

@@ -55,6 +55,7 @@ class SearchSummary(_Open):
     configs: list[SearchConfigRow]
     best: Optional[str]  # the configuration Round 2 took under the experiment's name (None: none survived)
     promoted: dict[str, str]  # Round-2 name -> configuration
+    importance: Optional[dict[str, float]] = None  # optuna.importance over completed configurations
 
 
 class ExperimentRow(_Open):

@@ -395,7 +395,7 @@ class RunView:
             c["resource_hours"] = {"gpu_hours": gpu, "cpu_hours": cpu}
         promoted = dict((r1 or {}).get("promoted", {}))
         return {"space": drawn.get("space", {}), "configs": configs, "best": promoted.get(experiment),
-                "promoted": promoted}
+                "promoted": promoted, "importance": (r1 or {}).get("importance")}
 
 
 def build_results(ledger: Ledger, cfg: Any = None, storage: RunStorage | None = None) -> dict[str, Any]:
