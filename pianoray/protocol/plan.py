@@ -367,7 +367,11 @@ def plan(
     # Fitted references have no epochs and no Round-1 trial: one fit per fold in Round 2, a fixed estimate.
     fitted = [x for x in cfg.enabled_experiments() if registry.get(cfg.encoder_name(x)).kind == "fitted"]
     names = [x for x in cfg.enabled_experiments() if x not in fitted]
-    n = len(names)
+    # Round-1 trials per experiment: a searched experiment screens each of its configurations (priced at the
+    # experiment's configured throughput: a searched width or rank moves it, which the plan does not model).
+    configs = {x: cfg.experiments[x].search.configs if cfg.experiments[x].search else 1 for x in names}
+    promoted = {x: min(k, cfg.round2.configs_per_experiment) for x, k in configs.items()}
+    n = sum(configs.values())
 
     def trial_plans(tiers: list[Tier]) -> dict[str, TrialPlan]:
         train, val = samples_per_epoch(cfg, sizes, tiers)
@@ -403,19 +407,26 @@ def plan(
     # Expected: every trial pays up to the first rung; the survivors' share of the rest is paid too.
     # Which trials stop is unknown, so the stopping share is spread evenly over the experiments.
     keep = survivors / n if n else 0.0
+    notes1 = [f"one Tune trial per enabled neural experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
+              f"rungs {r1.intermediate_rungs}{' + the final epoch' if r1.final_rung_epoch else ''} ({r1.mode}, "
+              f"{'noise guard' if r1.noise_guard else 'point rule'}), gap {r1.gap:g} points; "
+              f"expected: {stopped} of {n} stop at epoch {first_rung}"]
+    if searched := {x: k for x, k in configs.items() if cfg.experiments[x].search}:
+        notes1.append("search (one trial per configuration, seeded Optuna TPE): " + ", ".join(
+            f"{x} {k} configurations" for x, k in searched.items()) + f"; Round 2 takes each one's best "
+            f"{cfg.round2.configs_per_experiment}")
     round1 = RoundPlan(
         ROUND1, r1.epochs, n, n,
-        hours({x: t.epoch_hours * r1.epochs for x, t in p1.items()}),
-        hours({x: t.epoch_hours * (first_rung + keep * (r1.epochs - first_rung)) for x, t in p1.items()}),
-        [f"one Tune trial per enabled neural experiment on fold {r1.fold}, tiers {[t.name for t in r1.tiers]}",
-         f"rungs {r1.intermediate_rungs}{' + the final epoch' if r1.final_rung_epoch else ''} ({r1.mode}, "
-         f"{'noise guard' if r1.noise_guard else 'point rule'}), gap {r1.gap:g} points; "
-         f"expected: {stopped} of {n} stop at epoch {first_rung}"],
+        hours({x: t.epoch_hours * r1.epochs * configs[x] for x, t in p1.items()}),
+        hours({x: t.epoch_hours * (first_rung + keep * (r1.epochs - first_rung)) * configs[x]
+               for x, t in p1.items()}),
+        notes1,
         SEED_GPU_HOURS[ROUND1],
     )
     fitted_cpu_h = sum(cfg.resources_for(x).cpu for x in fitted) * r2.folds * FITTED_SECONDS_PER_FOLD / 3600
     scaling = {dev: throughput.scaling(dev, r2.workers_per_fold) for dev in sorted({t.device for t in p2.values()})}
-    fold_hours = {x: t.epoch_hours * r2.epochs * r2.folds / scaling[t.device].efficiency for x, t in p2.items()}
+    fold_hours = {x: t.epoch_hours * r2.epochs * r2.folds / scaling[t.device].efficiency * promoted[x]
+                  for x, t in p2.items()}
     upper2 = hours(fold_hours)
     expected2 = hours({x: h * keep for x, h in fold_hours.items()})
     for h in (upper2, expected2):
@@ -432,8 +443,9 @@ def plan(
     if fitted:
         notes2.append(f"fitted references ({', '.join(fitted)}): no Round-1 trial, one fit per fold on every fold "
                       f"(~{FITTED_SECONDS_PER_FOLD:g} s each, estimated)")
+    units = sum(promoted.values())
     round2 = RoundPlan(
-        ROUND2, r2.epochs, (n + len(fitted)) * r2.folds, (survivors + len(fitted)) * r2.folds,
+        ROUND2, r2.epochs, (units + len(fitted)) * r2.folds, (round(units * keep) + len(fitted)) * r2.folds,
         upper2, expected2, notes2, SEED_GPU_HOURS[ROUND2], scaling,
     )
     return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)

@@ -72,17 +72,36 @@ def test_trial_counts_of_the_shipped_configs(yaml_name):
     fitted = [x for x in cfg.enabled_experiments() if registry.get(cfg.encoder_name(x)).kind == "fitted"]
     neural = [x for x in cfg.enabled_experiments() if x not in fitted]
     assert fitted == ["symbolic-gbm"]
+    # a searched experiment screens each configuration in Round 1; Round 2 takes its best
+    trials = sum(cfg.experiments[x].search.configs if cfg.experiments[x].search else 1 for x in neural)
     n, f = len(neural), len(fitted)
     p = plan(cfg, eliminated=0.5)
     r1, r2 = p.rounds
     assert [t.experiment for t in p.trials] == neural
-    assert (r1.jobs_upper, r1.epochs) == (n, cfg.round1.epochs)
+    assert (r1.jobs_upper, r1.epochs) == (trials, cfg.round1.epochs)
+    keep = (trials - trials // 2) / trials
     assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == ((n + f) * cfg.round2.folds,
-                                                            (n - n // 2 + f) * cfg.round2.folds, cfg.round2.epochs)
+                                                            (round(n * keep) + f) * cfg.round2.folds, cfg.round2.epochs)
     assert any("symbolic-gbm" in note for note in r2.notes)
     device = "cpu" if yaml_name == "demo.yaml" else "gpu"  # the protocol configs ask for 1 GPU per trial
     assert {t.device for t in p.trials} == {device}
     assert 0 < sum(p.total("expected").values()) <= sum(p.total("upper").values())
+
+
+def test_search_configurations_are_round1_trials_and_round2_takes_the_best_k():
+    cfg = scripted_config()
+    cfg.experiments["X"].search = {"configs": 3, "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}
+    cfg.round2.configs_per_experiment = 2
+    p = plan(cfg, SCRIPTED, eliminated=0.5, sizes=SIZES)
+    r1, r2 = p.rounds
+    # Round 1: X's 3 configurations and Y; 2 of the 4 expected to stop at rung 4 (keep = 1/2)
+    assert (r1.jobs_upper, r1.jobs_expected) == (4, 4)
+    assert r1.upper_hours == pytest.approx({"gpu": 3 * 95 / 3600, "cpu": 950 / 3600})
+    assert r1.expected_hours == pytest.approx({"gpu": 3 * 66.5 / 3600, "cpu": 665 / 3600})
+    # Round 2: X's 2 best and Y, 4 folds each; half of them expected
+    assert (r2.jobs_upper, r2.jobs_expected) == (12, 8)
+    assert r2.upper_hours == pytest.approx({"gpu": 2 * 11.9 * 80 / 3600, "cpu": 119 * 80 / 3600})
+    assert any("X 3 configurations" in note for note in r1.notes)
 
 
 def test_shipped_throughput_table_loads_and_falls_back_to_default():
