@@ -370,6 +370,53 @@ def run(
     console.print(f"report: {paths['html']}  ({paths['markdown']})")
 
 
+@app.command()
+def search(
+    experiment: str = typer.Option(..., "--experiment", help="An experiment of the config with a search: block."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Configurations (default: its search.configs)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML (default: experiments/demo.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Override the config's data root."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Run storage: a path or s3://bucket/prefix."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <config name>-search-<experiment>)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming a search of that name."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (e.g. auto) instead of a local head."),
+    out: Optional[Path] = typer.Option(None, "--out", help="YAML to write (default: ./<experiment>.best.yaml)."),
+) -> None:
+    """Search one experiment alone: Round 1 over its configurations (Optuna, judged by the track-gap scheduler
+    against each other), no Round 2. Writes the best as a YAML an experiment config can `extends:`."""
+    from pianoray.protocol.run import ProtocolError, run_protocol
+    from pianoray.protocol.search import alone, best_yaml
+    from pianoray.records import ROUND1
+    from pianoray.validation import prepare_data, validate_all
+
+    with user_errors():
+        cfg = alone(_config(config or _default_config(), data), experiment, trials)
+        prepare_data(cfg, _feedback())
+        problems, summary = validate_all(cfg)
+        for line in summary:
+            console.print(line, highlight=False)
+        if problems:
+            raise UserError("\n".join(problems))
+        try:
+            results = run_protocol(cfg, storage=storage, name=name or f"{cfg.name}-search-{experiment}", fresh=fresh,
+                                   address=address, feedback=_feedback(), until=ROUND1)
+        except ProtocolError as e:
+            raise UserError(str(e)) from None
+        (row,) = [x for x in results["experiments"] if x["name"] == experiment]
+        found = row["search"]
+        best = next((c for c in found["configs"] if c["id"] == found["best"]), None)
+        if best is None:
+            raise UserError(f"{experiment}: no configuration survived Round 1; see `pianoray report --storage "
+                            f"{results['run']['storage']}`")
+    from pianoray.report.tables import search_table
+
+    console.print(search_table(results, experiment))
+    path = out or Path(f"{experiment}.best.yaml")
+    path.write_text(best_yaml(experiment, best, results["run"]["storage"]))
+    console.print(f"{experiment}: best configuration {best['id']} {best['params']}", highlight=False)
+    console.print(f"wrote {path}  (a config can start from it: extends: {path.resolve()})", highlight=False)
+
+
 def _print_results(results: dict) -> None:
     """The comparison tables, one line per elimination, and the winners (the full decisions table, with every
     rung's reasons, is in the report)."""

@@ -527,10 +527,12 @@ def run_protocol(
     fresh: bool = False,
     address: str | None = None,
     feedback: Feedback | None = None,
+    until: str = ROUND2,
 ) -> dict[str, Any]:
     """Run (or resume) the protocol and return the run results (the report's input). An exception that is
     not the user's to fix (not a ``PianorayError``) is recorded in the ledger as a ``crash`` event, then
-    re-raised. ``feedback`` hears the run's lines and draws its live board (None: logged, no board)."""
+    re-raised. ``feedback`` hears the run's lines and draws its live board (None: logged, no board).
+    ``until=ROUND1`` stops after Round 1 (``pianoray search``): nothing is selected."""
     feedback = or_default(feedback)
     run_storage = RunStorage(storage or cfg.storage, name or cfg.name)
     if fresh:
@@ -545,7 +547,7 @@ def run_protocol(
     check_same_config(run_storage, cfg)
     ledger = Ledger(run_storage)
     try:
-        return _run(cfg, run_storage, ledger, address, feedback)
+        return _run(cfg, run_storage, ledger, address, feedback, until)
     except PianorayError:
         raise  # the user's to fix (or an interruption); its one line says what
     except Exception as e:
@@ -557,7 +559,7 @@ def run_protocol(
 
 
 def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: str | None,
-         feedback: Feedback) -> dict[str, Any]:
+         feedback: Feedback, until: str = ROUND2) -> dict[str, Any]:
     """The protocol from pretraining to selection (:func:`run_protocol` without its crash record)."""
     from pianoray.protocol.session import start_ray
     from pianoray.protocol.view import build_results
@@ -604,15 +606,16 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
                 r1 = ledger.round_summary(ROUND1) or {}
                 feedback.say(f"round 1 already finished: promoted {', '.join(r1.get('promoted', []))}")
             else:
-                ledger.round_started(ROUND1, {n: v for n, v in experiments.items() if not is_fitted(cfg, n)})
+                ledger.round_started(ROUND1, {n: experiments[n] for n in cfg.enabled_experiments()
+                                              if not is_fitted(cfg, n)})
                 r1 = run_round1(ctx, refresh, board)
                 ledger.round_finished(ROUND1, r1)
                 ledger.compact(ROUND1)
             survivors = list(r1["promoted"])
             ctx.cfg = cfg = round2_config(cfg, r1)
-            if ledger.is_round_finished(ROUND2):
+            if until != ROUND1 and ledger.is_round_finished(ROUND2):
                 feedback.say("round 2 already finished")
-            else:
+            elif until != ROUND1:
                 ledger.round_started(ROUND2, {n: experiments[n] for n in survivors})
                 run_round2(ctx, survivors)
                 ledger.round_finished(ROUND2, {"experiments": survivors})
@@ -621,6 +624,8 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
         finally:
             HOOKS.pop(ctx.key, None)
 
+    if until == ROUND1:
+        return build_results(ledger, cfg, run_storage)
     if ledger.selected() is None:
         outcomes = round2_outcomes(ledger, survivors)
         summaries = {n: summarise(f) for n, f in outcomes.items()}

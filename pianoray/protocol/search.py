@@ -325,3 +325,42 @@ def importances(journals: StudyJournals, experiment: str) -> dict[str, float] | 
     except (RuntimeError, ValueError) as e:  # e.g. every completed trial had the same value
         logger.info("%s: no parameter importances (%s)", experiment, e)
         return None
+
+
+# ------------------------------------------------------------------------------------------- pianoray search
+
+
+def alone(cfg: ProtocolConfig, experiment: str, configs: int | None = None) -> ProtocolConfig:
+    """``pianoray search``'s config: ``experiment`` the only one enabled (its configurations judged against each
+    other), with ``configs`` configurations when given."""
+    from pianoray.config import ConfigError
+
+    exp = cfg.experiments.get(experiment)
+    if exp is None:
+        raise ConfigError(f"experiment {experiment!r} is not in the config (it has {', '.join(cfg.experiments)})")
+    if exp.search is None:
+        raise ConfigError(f"experiments.{experiment}: no search: block to run (see docs/search.md)")
+    search = exp.search if configs is None else exp.search.model_copy(update={"configs": configs})
+    experiments = {n: e.model_copy(update={"enabled": False}) for n, e in cfg.experiments.items() if n != experiment}
+    experiments[experiment] = exp.model_copy(update={"enabled": True, "search": search})
+    return cfg.model_copy(update={"experiments": experiments})
+
+
+def best_yaml(experiment: str, config: Mapping[str, Any], run_uri: str) -> str:
+    """The chosen configuration of ``experiment`` (an entry of the public ``search.configs``) as a YAML overlay
+    an experiment config can ``extends:`` (its searched fields only, nested)."""
+    import yaml
+
+    fields: dict[str, Any] = {}
+    for path, value in config["params"].items():
+        node = fields
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    value = config.get("value")
+    header = (f"# pianoray search: the best configuration of {experiment}, {config['id']} (validation pairwise "
+              f"{value:.4f} at rung {config.get('rung')}), from run {run_uri}\n" if value is not None else
+              f"# pianoray search: the best configuration of {experiment}, {config['id']}, from run {run_uri}\n")
+    return header + yaml.safe_dump({"experiments": {experiment: fields}}, sort_keys=False)
+
