@@ -5,7 +5,7 @@ by the protocol from the run ledger; see :mod:`pianoray.report.tables` for the f
 """
 
 from pianoray.report.document import write_report
-from pianoray.report.plots import plot_all, plot_learning_curves, plot_per_dimension, plot_timeline
+from pianoray.report.plots import plot_all, plot_importance, plot_learning_curves, plot_per_dimension, plot_timeline
 from pianoray.report.tables import (
     comparison_markdown,
     comparison_rows,
@@ -18,6 +18,7 @@ from pianoray.report.tables import (
 __all__ = [
     "write_report",
     "plot_all",
+    "plot_importance",
     "plot_learning_curves",
     "plot_per_dimension",
     "plot_timeline",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from pianoray.report.plots import plot_all
+from pianoray.report.plots import importance_key, plot_all
 from pianoray.report.tables import (
     MISSING,
     TableData,
@@ -31,6 +31,9 @@ from pianoray.report.tables import (
     reference_data,
     reference_text,
     resource_data,
+    search_data,
+    search_text,
+    searched,
     to_markdown,
     track_names,
 )
@@ -153,6 +156,7 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
 
     decisions = decisions_data(results)
     blocks += [Heading("Round-1 decisions"), TableBlock(decisions)]
+    blocks += search_blocks(results, images)
     folds = fold_data(results)
     blocks += [Heading("Per-fold results"), TableBlock(folds)]
     blocks += [Heading("Resource hours"), TableBlock(resource_data(results))]
@@ -170,6 +174,20 @@ def pretraining_blocks(results: Mapping[str, Any]) -> list[Block]:
     if not records:
         return [Heading("Self-supervised pretraining"), Paragraph("No self-supervised pretraining is recorded for this run.")]
     return [Heading("Self-supervised pretraining"), Bullets([describe(records[n]) for n in sorted(records)])]
+
+
+def search_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list[Block]:
+    """The "Round-1 search" section: per searched experiment its configurations' table, a paragraph on how they
+    fared and which went to Round 2, and its parameter-importance figure when Round 1 recorded importances.
+    Empty for a run without a search, so its report is as before."""
+    blocks: list[Block] = []
+    for e in searched(results):
+        name = str(e.get("name"))
+        data = search_data(results, name)
+        blocks += [Heading(data.title, 3), TableBlock(data), Paragraph(search_text(results, name))]
+        if importance_key(name) in images:
+            blocks.append(_image(images, importance_key(name), f"Parameter importance, {name}"))
+    return [Heading("Round-1 search"), *blocks] if blocks else []
 
 
 def _image(images: Mapping[str, Path], key: str, alt: str) -> Block:
@@ -211,7 +229,7 @@ p.note { color: #555; font-size: 0.88em; margin-top: 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 """
 _TEXT_COLUMNS = {"Reason", "Status", "Decision", "Source", "Model", "Experiment", "Track", "Leader", "Winner",
-                 "Runner-up", "Reference", "Verdict", "Decided by"}
+                 "Runner-up", "Reference", "Verdict", "Decided by", "Configuration", "State"}
 
 
 def _html_table(data: TableData) -> str:
@@ -275,7 +293,8 @@ def _write_text(path: Path, text: str) -> Path:
 def write_report(results: Mapping[str, Any], out_dir: Path | str) -> dict[str, Path]:
     """Write the whole report into ``out_dir`` (created if needed) and return what was written:
     ``markdown`` (report.md), ``html`` (report.html), ``json`` (results.json) and one key per PNG
-    (``per_dimension``, ``timeline``, ``learning_curves_<round>``). Re-running overwrites in place."""
+    (``per_dimension``, ``timeline``, ``learning_curves_<round>``, ``importance_<experiment>`` of a searched
+    experiment with importances). Re-running overwrites in place."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = plot_all(results, out)

@@ -25,7 +25,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from pianoray.records import ROUND1, ROUND2
-from pianoray.report.tables import comparison_rows, finite, track_names
+from pianoray.report.tables import (
+    comparison_rows,
+    finite,
+    param_headers,
+    search_params,
+    searched,
+    searched_row,
+    track_names,
+)
 
 DPI = 110
 STATUS_COLOURS = {
@@ -356,9 +364,48 @@ def plot_timeline(results: Mapping[str, Any], out_dir: Path) -> Path:
     return _save(fig, path)
 
 
+# ------------------------------------------------------------------------------------------ importance
+
+
+def importance_key(experiment: str) -> str:
+    """The figure key (and PNG stem) of ``experiment``'s parameter importances."""
+    return f"importance_{_safe_name(experiment)}"
+
+
+def plot_importance(results: Mapping[str, Any], out_dir: Path, experiment: str) -> Path:
+    """A searched experiment's parameter importances (``search.importance``: parameter -> share, fANOVA over
+    its completed configurations) as horizontal bars, the most important on top, each labelled with its share;
+    parameters named as in its search table. Writes ``importance_<experiment>.png``."""
+    path = Path(out_dir) / f"{importance_key(experiment)}.png"
+    title = f"Parameter importance — {experiment}"
+    search = searched_row(results, experiment).get("search") or {}
+    shares = [(p, v) for p, v in ((p, finite(v)) for p, v in (search.get("importance") or {}).items()) if v is not None]
+    if not shares:
+        return _empty(path, title, "No parameter importances recorded (fewer than two completed configurations).")
+
+    headers = param_headers(search_params(search))
+    shares.sort(key=lambda pv: pv[1])  # barh draws bottom-up: the largest lands on top
+    fig = Figure(figsize=(6.4, 0.45 * len(shares) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    ys = range(len(shares))
+    ax.barh(ys, [v for _, v in shares], height=0.6, color=_experiment_colours(results).get(experiment, "#1f77b4"))
+    for y, (_, v) in zip(ys, shares):
+        ax.annotate(f"{100 * v:.0f}%", (v, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=9)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([headers.get(p, p) for p, _ in shares])
+    ax.set_xlim(0, min(1.0, max(v for _, v in shares) * 1.15) or 1.0)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_xlabel("importance (fANOVA, completed configurations)")
+    ax.grid(axis="x", alpha=0.25)
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
 def plot_all(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Every figure of the report: keys ``per_dimension``, ``timeline`` and ``learning_curves_<round>`` for
-    each round named in ``rounds`` or ``curves`` (round1 and round2 always, so their links are stable)."""
+    """Every figure of the report: keys ``per_dimension``, ``timeline``, ``learning_curves_<round>`` for
+    each round named in ``rounds`` or ``curves`` (round1 and round2 always, so their links are stable), and
+    :func:`importance_key` of each searched experiment whose importances Round 1 recorded (none otherwise)."""
     rounds = [ROUND1, ROUND2]
     for r in [x.get("round") for x in results.get("rounds") or []] + [c.get("round") for c in results.get("curves") or []]:
         if r and str(r) not in rounds:
@@ -366,4 +413,7 @@ def plot_all(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     out = {"per_dimension": plot_per_dimension(results, out_dir), "timeline": plot_timeline(results, out_dir)}
     for r in rounds:
         out[f"learning_curves_{_safe_name(r)}"] = plot_learning_curves(results, out_dir, r)
+    for e in searched(results):
+        if e["search"].get("importance"):
+            out[importance_key(str(e.get("name")))] = plot_importance(results, out_dir, str(e.get("name")))
     return out

@@ -1,5 +1,5 @@
-"""Tables of a run's results: the seed's per-track comparison table, the Round-1 decisions, the per-fold
-figures and the resource hours.
+"""Tables of a run's results: the seed's per-track comparison table, the Round-1 decisions, a searched
+experiment's configurations, the per-fold figures and the resource hours.
 
 Every table is first built as plain data (:class:`TableData`: column names, rows of display strings, which
 rows to highlight), then rendered: :func:`to_rich` for the terminal, :func:`to_markdown` for report.md (the
@@ -12,6 +12,7 @@ docstring); every optional field may be None (or NaN after a JSON round trip) an
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -350,6 +351,132 @@ def decisions_markdown(results: Mapping[str, Any]) -> str:
     return to_markdown(decisions_data(results))
 
 
+# ---------------------------------------------------------------------------------------------- search
+
+
+def searched(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The experiments Round 1 screened as several configurations (``search`` set), in the results' order;
+    a results dict from before the search has no ``search`` key and gives []."""
+    return [e for e in _experiments(results) if e.get("search")]
+
+
+def searched_row(results: Mapping[str, Any], experiment: str) -> Mapping[str, Any]:
+    """The results row of the searched ``experiment`` (its ``search`` object under "search"; {} if not searched)."""
+    return next((e for e in searched(results) if e.get("name") == experiment), {})
+
+
+def search_params(search: Mapping[str, Any]) -> list[str]:
+    """The searched parameters (dotted paths): the space's, in its order, then any a configuration has beyond it."""
+    return list(dict.fromkeys([*(search.get("space") or {}),
+                               *(p for c in search.get("configs") or [] for p in c.get("params") or {})]))
+
+
+def param_headers(params: Sequence[str]) -> dict[str, str]:
+    """A short name per parameter: its last dotted part ("optim.lr" -> "lr"), the whole path where two would
+    share one."""
+    short = [p.rsplit(".", 1)[-1] for p in params]
+    return {p: s if short.count(s) == 1 else p for p, s in zip(params, short)}
+
+
+def fmt_param(value: Any, spec: Mapping[str, Any] | None) -> str:
+    """A configuration's value of one parameter: ints as ints, log-scale floats as "4.86e-04", other floats
+    to 3 significant digits, categorical values as they are. ``spec``: the parameter's entry of the space."""
+    spec = spec or {}
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return MISSING if value is None else str(value)
+    v = finite(value)
+    if v is None:
+        return MISSING
+    if spec.get("type") == "int" or (isinstance(value, int) and spec.get("type") != "float"):
+        return str(int(v))
+    return f"{v:.2e}" if spec.get("log") else f"{v:.3g}"
+
+
+def _state_text(config: Mapping[str, Any]) -> str:
+    if config.get("state") == "pruned":
+        rung = config.get("stopped_at")
+        return f"stopped at rung {rung}" if rung is not None else "stopped"
+    return str(config.get("state") or MISSING)
+
+
+def _whole(x: Any) -> str:
+    v = finite(x)
+    return MISSING if v is None else str(int(v))
+
+
+def search_data(results: Mapping[str, Any], experiment: str) -> TableData:
+    """A searched experiment's configurations, one row each in the order they were drawn: id (the one Round 2
+    took under the experiment's name marked "(best)" and highlighted, another promoted under its own name
+    "(promoted)"), one column per searched parameter, state, the last rung reached, validation pairwise
+    accuracy there, epochs trained and resource-hours (in the unit of the experiment's track table)."""
+    row = searched_row(results, experiment)
+    search, unit = row.get("search") or {}, hours_unit(results, row.get("track"))
+    params = search_params(search)
+    headers = param_headers(params)
+    space = search.get("space") or {}
+    best, promoted = search.get("best"), set((search.get("promoted") or {}).values())
+    configs = search.get("configs") or []
+    cells = []
+    for c in configs:
+        cid = str(c.get("id") or MISSING)
+        mark = " (best)" if cid == best else " (promoted)" if cid in promoted else ""
+        hours = c.get("resource_hours") or {}
+        cells.append([cid + mark, *(fmt_param((c.get("params") or {}).get(p), space.get(p)) for p in params),
+                      _state_text(c), _whole(c.get("rung")), fmt_percent(c.get("value")), _whole(c.get("epochs")),
+                      fmt_hours(hours.get("gpu_hours" if unit == "GPU" else "cpu_hours"))])
+    note = ("Configurations in the order they were drawn (c<k>: trial k of the experiment's Optuna study). Pairwise: "
+            "validation pairwise accuracy at the last rung reached (fold 0).")
+    if unit == "CPU":
+        note += " No GPU was used for this track: the hours column is CPU-hours."
+    return TableData(
+        title=f"Search: {experiment}",
+        columns=["Configuration", *(headers[p] for p in params), "State", "Rung", "Pairwise", "Epochs",
+                 f"{unit}-hours"],
+        rows=cells,
+        highlight=[c.get("id") == best for c in configs],
+        styles=["bold green" if c.get("id") == best else "dim" if c.get("state") == "pruned" else None
+                for c in configs],
+        note=note,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def search_text(results: Mapping[str, Any], experiment: str) -> str:
+    """One paragraph on a searched experiment: how many configurations, how many completed Round 1, were stopped
+    (at which rungs), failed or still run; which went to Round 2 under which name; and, when Round 1 recorded
+    them, the parameters' importances."""
+    search = searched_row(results, experiment).get("search") or {}
+    configs = search.get("configs") or []
+    states = Counter(c.get("state") for c in configs)
+    stops = Counter(c.get("stopped_at") for c in configs if c.get("state") == "pruned")
+    rungs = sorted(stops, key=lambda r: (r is None, r or 0))
+    at = {r: f"at rung {r}" if r is not None else "at an unrecorded rung" for r in rungs}
+    where = at[rungs[0]] if len(rungs) == 1 else "(" + ", ".join(f"{stops[r]} {at[r]}" for r in rungs) + ")"
+    outcomes = [f"{states['complete']} completed" if states["complete"] else "",
+                f"{states['pruned']} stopped {where}" if rungs else "",
+                f"{states['failed']} failed" if states["failed"] else "",
+                f"{states['running']} still running" if states["running"] else ""]
+    were = "was" if len(configs) == 1 else "were"
+    text = f"{_count(len(configs), 'configuration')} of {experiment} {were} screened in Round 1"
+    text += (": " + ", ".join(o for o in outcomes if o) if any(outcomes) else "") + "."
+    promoted = sorted((search.get("promoted") or {}).items(), key=lambda nc: nc[1] != search.get("best"))
+    if promoted:
+        text += " " + "; ".join(f"{c} went to Round 2 as {n}" if c != n else f"{c} went to Round 2 under its own name"
+                                for n, c in promoted) + "."
+    else:
+        text += " No configuration has gone to Round 2" + (" yet." if states["running"] else ".")
+    importance = search.get("importance") or {}
+    if importance:
+        headers = param_headers(search_params(search))
+        ranked = sorted(importance.items(), key=lambda pv: -(finite(pv[1]) or 0.0))
+        text += (" Parameter importance over the completed configurations (fANOVA): "
+                 + ", ".join(f"{headers.get(p, p)} {fmt_percent(v, 0)}" for p, v in ranked) + ".")
+    return text
+
+
 # ------------------------------------------------------------------------------------------- selection
 
 
@@ -593,6 +720,10 @@ __all__: Sequence[str] = [
     "decisions_data",
     "decisions_table",
     "decisions_markdown",
+    "searched",
+    "searched_row",
+    "search_data",
+    "search_text",
     "fold_data",
     "resource_data",
     "margin_data",

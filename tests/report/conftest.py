@@ -128,6 +128,29 @@ def make_results() -> dict[str, Any]:
     return results
 
 
+def add_search(results: dict[str, Any], *, importance: dict[str, float] | None = None) -> dict[str, Any]:
+    """``results`` with A1 searched: two configurations, A1.c0 stopped at rung 3 and A1.c1 (the best) complete,
+    promoted to Round 2 as A1."""
+    def config(number, params, state, rung, value, stopped_at, epochs, gpu, cpu):
+        return {"id": f"A1.c{number}", "experiment": "A1", "number": number, "params": params, "state": state,
+                "rung": rung, "value": value, "r2": 0.4, "stopped_at": stopped_at, "epochs": epochs,
+                "rungs": {str(rung): value}, "resource_hours": {"gpu_hours": gpu, "cpu_hours": cpu}}
+
+    results["experiments"][0]["search"] = {
+        "space": {"model.lora.rank": {"type": "int", "low": 16, "high": 64, "log": True},
+                  "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                  "model.dropout": {"type": "float", "low": 0.0, "high": 0.5, "log": False}},
+        "configs": [config(0, {"model.lora.rank": 31, "optim.lr": 0.005798, "model.dropout": 0.1234},
+                           "pruned", 3, 0.6123, 3, 3, 0.05, 0.4),
+                    config(1, {"model.lora.rank": 36, "optim.lr": 0.00048566, "model.dropout": 0.25},
+                           "complete", 10, 0.7421, None, 10, 0.2, 1.5)],
+        "best": "A1.c1",
+        "promoted": {"A1": "A1.c1"},
+        "importance": importance,
+    }
+    return results
+
+
 def strip_optional(results: dict[str, Any]) -> dict[str, Any]:
     """Every field the schema allows to be None set to None (and optional lists emptied)."""
     r = copy.deepcopy(results)

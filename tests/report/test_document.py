@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from pianoray.report.document import write_report
-from tests.report.conftest import make_results, strip_optional
+from tests.report.conftest import add_search, make_results, strip_optional
 
 EXPECTED_IMAGES = {"per_dimension.png", "timeline.png", "learning_curves_round1.png", "learning_curves_round2.png"}
 
@@ -130,3 +130,29 @@ def test_summary_states_each_winners_margin_and_whether_it_beats_its_reference(r
             "4 folds, 48 passages): a statistical tie") in md
     assert "on the test parts (reported, never used to choose): -0.5 points" in md
     assert "no clear difference (the CI covers 0)" in md
+
+
+def test_search_section_only_for_a_searched_run(run_results, tmp_path):
+    for e in run_results["experiments"][1:]:
+        e["search"] = None  # as a search-era results dict says "not searched"; A1's row lacks the key (older)
+    plain = write_report(run_results, tmp_path / "plain")
+    for text in (plain["markdown"].read_text(), plain["html"].read_text()):
+        assert "Round-1 search" not in text and "Search:" not in text
+    assert not any(k.startswith("importance_") for k in plain)
+
+    add_search(run_results, importance={"optim.lr": 0.8, "model.lora.rank": 0.2})
+    paths = write_report(run_results, tmp_path / "searched")
+    md = paths["markdown"].read_text()
+    assert md.index("## Round-1 decisions") < md.index("## Round-1 search") < md.index("## Per-fold results")
+    assert "### Search: A1" in md
+    assert "| Configuration | rank | lr | dropout | State | Rung | Pairwise | Epochs | GPU-hours |" in md
+    assert "| A1.c0 | 31 | 5.80e-03 | 0.123 | stopped at rung 3 | 3 | 61.2% | 3 | 0.05 |" in md
+    assert "| **A1.c1 (best)** | **36** |" in md
+    assert "A1.c1 went to Round 2 as A1. Parameter importance" in md and "lr 80%, rank 20%" in md
+    assert "![Parameter importance, A1](importance_A1.png)" in md and paths["importance_A1"].is_file()
+
+    parser = _Collector()
+    parser.feed(paths["html"].read_text())
+    assert parser.tags.count("table") == 9  # the 8 of a plain report and A1's search table
+    assert "importance_A1.png" in parser.img_src
+    assert "Search: A1" in parser.text and "stopped at rung 3" in parser.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pianoray.report.plots import plot_all, plot_learning_curves, plot_per_dimension, plot_timeline
-from tests.report.conftest import strip_optional
+from tests.report.conftest import add_search, strip_optional
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,3 +90,17 @@ def test_judged_epochs_with_an_unjudged_stage_at_the_start_and_at_the_tail():
     pts = [(1, 0, False, 0.5), (2, 0, False, 0.5), (3, 1, True, 0.6), (4, 2, True, 0.7), (5, 2, False, 0.6),
            (6, 2, False, 0.6)]
     assert [x for x, _, _ in judged_epochs(pts)] == [-1.0, 0.0, 1.0, 2.0, 1.0, 2.0]
+
+
+def test_importance_figure_per_searched_experiment_with_importances(run_results, tmp_path):
+    from pianoray.report.plots import plot_importance
+
+    add_search(run_results)
+    assert "importance_A1" not in plot_all(run_results, tmp_path / "none")  # Round 1 recorded none: no figure
+    placeholder = _png_size(plot_importance(run_results, tmp_path / "none", "A1"))
+    run_results["experiments"][0]["search"]["importance"] = {"optim.lr": 0.8, "model.lora.rank": 0.15,
+                                                             "model.dropout": 0.05}
+    path = plot_all(run_results, tmp_path / "drawn")["importance_A1"]
+    assert path == tmp_path / "drawn" / "importance_A1.png"
+    w, h = _png_size(path)
+    assert h > placeholder[1]  # three bars, not the one-line placeholder

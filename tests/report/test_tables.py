@@ -20,7 +20,7 @@ from pianoray.report.tables import (
     resource_data,
     to_markdown,
 )
-from tests.report.conftest import strip_optional
+from tests.report.conftest import add_search, strip_optional
 
 
 def _render(table) -> str:
@@ -175,3 +175,64 @@ def test_the_default_columns_show_the_held_out_figures(run_results):
     assert tested, "the fixture has Round-2 test scores"
     row = next(r for r in data.rows if r[0].split()[0] == tested[0]["name"])
     assert row[5] == f"{tested[0]['test']['r2']['mean']:.3f}" and row[6].endswith("%")
+
+
+def test_search_table_has_one_row_per_configuration_with_its_parameters_and_outcome(run_results):
+    from pianoray.report.tables import search_data
+
+    data = search_data(add_search(run_results), "A1")
+    assert data.title == "Search: A1"
+    assert data.columns == ["Configuration", "rank", "lr", "dropout", "State", "Rung", "Pairwise", "Epochs",
+                            "GPU-hours"]  # the audio track used a GPU
+    assert data.rows == [
+        ["A1.c0", "31", "5.80e-03", "0.123", "stopped at rung 3", "3", "61.2%", "3", "0.05"],
+        ["A1.c1 (best)", "36", "4.86e-04", "0.25", "complete", "10", "74.2%", "10", "0.20"],
+    ]
+    assert data.highlight == [False, True]
+
+
+def test_search_text_counts_outcomes_names_the_promotion_and_the_importances(run_results):
+    from pianoray.report.tables import search_text
+
+    add_search(run_results, importance={"model.lora.rank": 0.15, "optim.lr": 0.8, "model.dropout": 0.05})
+    assert search_text(run_results, "A1") == (
+        "2 configurations of A1 were screened in Round 1: 1 completed, 1 stopped at rung 3. A1.c1 went to "
+        "Round 2 as A1. Parameter importance over the completed configurations (fANOVA): lr 80%, rank 15%, "
+        "dropout 5%.")
+
+
+def test_search_while_round1_runs_shows_dashes_and_no_promotion(run_results):
+    from pianoray.report.tables import search_data, search_text
+
+    search = add_search(run_results)["experiments"][0]["search"]
+    search["configs"][1].update(state="running", rung=None, value=None)
+    search.update(best=None, promoted={})
+    assert search_data(run_results, "A1").rows[1][:8] == ["A1.c1", "36", "4.86e-04", "0.25", "running", "—", "—",
+                                                          "10"]
+    assert search_text(run_results, "A1").endswith("1 stopped at rung 3, 1 still running. No configuration has "
+                                                   "gone to Round 2 yet.")
+
+
+def test_search_text_groups_stops_by_rung(run_results):
+    from pianoray.report.tables import search_text
+
+    search = add_search(run_results)["experiments"][0]["search"]
+    c0 = search["configs"][0]
+    search["configs"] += [dict(c0, id="A1.c2", stopped_at=10), dict(c0, id="A1.c3", state="failed"),
+                          dict(c0, id="A1.c4")]
+    assert search_text(run_results, "A1").startswith(
+        "5 configurations of A1 were screened in Round 1: 1 completed, 3 stopped (2 at rung 3, 1 at rung 10), "
+        "1 failed. A1.c1 went to Round 2 as A1.")
+
+
+def test_parameter_headers_and_values():
+    from pianoray.report.tables import fmt_param, param_headers
+
+    assert param_headers(["optim.lr", "model.lora.rank", "head.lr"]) == {
+        "optim.lr": "optim.lr", "model.lora.rank": "rank", "head.lr": "head.lr"}  # a shared last part: whole paths
+    assert fmt_param(16.0, {"type": "int", "log": True}) == "16"
+    assert fmt_param(0.00048566, {"type": "float", "log": True}) == "4.86e-04"
+    assert fmt_param(0.5, {"type": "float"}) == "0.5"
+    assert fmt_param(128, {"type": "categorical", "choices": [64, 128]}) == "128"
+    assert fmt_param("adamw", None) == "adamw" and fmt_param(None, None) == "—"
+    assert fmt_param(True, None) == "True" and fmt_param(float("nan"), {"type": "float"}) == "—"
