@@ -408,9 +408,10 @@ def search(
         if best is None:
             raise UserError(f"{experiment}: no configuration survived Round 1; see `pianoray report --storage "
                             f"{results['run']['storage']}`")
-    from pianoray.report.tables import search_table
+    from pianoray.report.tables import search_data, search_text, to_rich
 
-    console.print(search_table(results, experiment))
+    console.print(to_rich(search_data(results, experiment)))
+    console.print(search_text(results, experiment), highlight=False)
     path = out or Path(f"{experiment}.best.yaml")
     path.write_text(best_yaml(experiment, best, results["run"]["storage"]))
     console.print(f"{experiment}: best configuration {best['id']} {best['params']}", highlight=False)
@@ -425,6 +426,10 @@ def _print_results(results: dict) -> None:
 
     for track in track_names(results):
         console.print(comparison_table(results, track))
+    from pianoray.report.tables import search_text, searched
+
+    for row in searched(results):
+        console.print(search_text(results, row["name"]), highlight=False)
     decisions = results["decisions"]
     stops = [d for d in decisions if d["decision"] == "stop"]
     console.print(f"round 1: {len(decisions)} rung decisions, {len(stops)} stop(s)")

@@ -14,7 +14,7 @@ change nothing but the bookkeeping. What it buys: the set of configurations is f
 trial runs, so a kill -9 at any point resumes with the same configurations, none lost or repeated, and the
 studies never hold a trial Ray does not know.
 
-**Determinism across kills.** Each ask uses a sampler seeded by (search seed, trial number): the k-th
+**Determinism across kills.** Each ask uses a sampler seeded by (search seed, experiment, trial number): the k-th
 configuration is the same whether it is drawn in the first session or in a resumed one after a kill between
 two asks (a sampler seeded once would restart its random stream and propose the first configurations again).
 
@@ -93,9 +93,10 @@ def space(search: SearchConfig) -> dict[str, Any]:
     return {path: distribution(p) for path, p in search.space.items()}
 
 
-def _sampler_seed(seed: int, number: int) -> int:
-    """The seed of the sampler that draws trial ``number``: a function of the search seed and the number only."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{number}".encode()).digest()[:4], "little")
+def _sampler_seed(seed: int, experiment: str, number: int) -> int:
+    """The seed of the sampler that draws ``experiment``'s trial ``number``: a function of these only (two
+    experiments with one space and seed still get different configurations)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{experiment}/{number}".encode()).digest()[:4], "little")
 
 
 class StudyJournals:
@@ -162,7 +163,7 @@ def draw(cfg: ProtocolConfig, journals: StudyJournals, experiment: str) -> list[
     study = journals.study(experiment)
     asked = False
     while (n := len(study.get_trials(deepcopy=False))) < search.configs:
-        journals.study(experiment, TPESampler(seed=_sampler_seed(seed, n))).ask(dists)
+        journals.study(experiment, TPESampler(seed=_sampler_seed(seed, experiment, n))).ask(dists)
         asked = True
     if asked:
         journals.save(experiment)

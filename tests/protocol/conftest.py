@@ -175,8 +175,10 @@ class FaultRun:
         return sorted(rows, key=lambda r: r["timestamp"])
 
 
-def write_fault_config(path: Path, name: str, experiments: list[str], overrides: dict[str, Any]) -> Path:
-    """tests/e2e.yaml with ``overrides``, only ``experiments`` enabled, written out whole.
+def write_fault_config(path: Path, name: str, experiments: list[str], overrides: dict[str, Any],
+                       settings: dict[str, dict[str, Any]] | None = None) -> Path:
+    """tests/e2e.yaml with ``overrides``, only ``experiments`` enabled (with ``settings``, experiment -> its
+    fields, merged in), written out whole.
 
     Whole, not as ``extends: e2e.yaml``: a run refuses to resume under a changed config, and e2e.yaml
     (or the demo.yaml it extends) may be edited while a fault test is between its kill and its rerun.
@@ -187,7 +189,7 @@ def write_fault_config(path: Path, name: str, experiments: list[str], overrides:
     unknown = sorted(set(experiments) - set(base.experiments))
     if unknown:
         raise ValueError(f"{E2E_YAML}: no experiments {unknown} to enable")
-    exps = {n: {"enabled": n in experiments} for n in base.experiments}
+    exps = {n: {**(settings or {}).get(n, {}), "enabled": n in experiments} for n in base.experiments}
     cfg = load_config(E2E_YAML, {"name": name, **overrides, "experiments": exps}, check_models=False)
     path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     return path
@@ -208,8 +210,9 @@ def e2e_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fault_run_factory(tmp_path: Path, e2e_data: Path) -> Iterator[Callable[..., FaultRun]]:
     made: list[FaultRun] = []
 
-    def make(name: str, experiments: list[str], **overrides: Any) -> FaultRun:
-        cfg = write_fault_config(tmp_path / f"{name}.yaml", name, experiments, overrides)
+    def make(name: str, experiments: list[str], settings: dict[str, dict[str, Any]] | None = None,
+             **overrides: Any) -> FaultRun:
+        cfg = write_fault_config(tmp_path / f"{name}.yaml", name, experiments, overrides, settings)
         run = FaultRun(cfg, e2e_data, tmp_path / "storage", name, tmp_path / f"{name}.log")
         made.append(run)
         return run

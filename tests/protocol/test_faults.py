@@ -216,6 +216,67 @@ def test_kill_driver_mid_round2_resumes_the_fold_from_its_checkpoint(fault_run_f
     assert run.events("selection"), "the resumed run made no selection"
 
 
+def study_trials(run: FaultRun, experiment: str) -> dict[int, Any]:
+    """The Optuna study of a searched experiment, read as optuna-dashboard would: number -> FrozenTrial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run.dir / "optuna" / f"{experiment}.journal")))
+    return {t.number: t for t in optuna.load_study(study_name=experiment, storage=storage).trials}
+
+
+def test_kill_driver_mid_search_resumes_the_same_configurations(fault_run_factory):
+    """A searched experiment (3 configurations of A1) against audio-frozen, point rule at a 0.01-point gap so
+    that rung 2 stops some. Kill -9 once rung 2 is decided, rerun: the same 3 configurations (none asked again,
+    none lost), the pre-kill decisions stand, and every study trial ends in the state the ledger gives it
+    (PRUNED for a stop, with its values at the rung epochs), none left RUNNING; Round 2 takes the best."""
+    space = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "model.lora.rank": {"type": "int", "low": 4, "high": 16}}
+    run = fault_run_factory("skill", ["A1", "audio-frozen"], settings={"A1": {"search": {"configs": 3, "space": space}}},
+                            round1={"epochs": 4, "rungs": [2], "gap": 0.01, "noise_guard": False},
+                            round2={"epochs": 1, "patience": 1, "folds": 1})
+    cli = run.start()
+    configs = {f"A1.c{k}" for k in range(3)}
+
+    def rung2_decided():
+        decided = {e["payload"]["experiment"]: e for e in run.events("decision") if e["payload"]["rung"] == 2}
+        return decided if configs <= set(decided) else None
+
+    before = cli.wait_until("the configurations' rung-2 decisions", rung2_decided, timeout=RUN_TIMEOUT)
+    cli.kill()
+    assert all(e["event_id"] != "round/round1/finished" for e in run.events("round")), "round 1 had finished"
+    (drawn,) = run.events("search")
+    params = {c["id"]: c["params"] for c in drawn["payload"]["configs"]}
+    assert set(params) == configs
+    assert {k: t.params for k, t in study_trials(run, "A1").items()} == \
+        {int(i.removeprefix("A1.c")): p for i, p in params.items()}
+
+    rerun = run.start()
+    assert rerun.wait(RUN_TIMEOUT) == 0, rerun.tail()
+
+    (again,) = run.events("search")
+    assert (again["time"], again["payload"]) == (drawn["time"], drawn["payload"]), "the configurations changed"
+    trials = study_trials(run, "A1")
+    assert {f"A1.c{k}": t.params for k, t in trials.items()} == params, "a configuration was asked again or lost"
+    after = {e["event_id"]: e for e in run.events("decision")}
+    for e in before.values():
+        assert (after[e["event_id"]]["payload"]["decision"], after[e["event_id"]]["time"]) == \
+            (e["payload"]["decision"], e["time"])
+    stopped = {e["payload"]["experiment"] for e in after.values() if e["payload"]["decision"] == "stop"}
+    assert stopped & configs, f"no configuration stopped at a 0.01-point gap: {after}"
+    for k, t in trials.items():
+        name = f"A1.c{k}"
+        assert t.state.name == ("PRUNED" if name in stopped else "COMPLETE"), (name, t.state)
+        assert set(t.intermediate_values) <= {2, 4} and 2 in t.intermediate_values, (name, t.intermediate_values)
+    r1 = next(e["payload"] for e in run.events("round") if e["event_id"] == "round/round1/finished")
+    best = r1["search"]["A1"]["promoted"]["A1"]
+    assert best not in stopped and trials[int(best.removeprefix("A1.c"))].state.name == "COMPLETE"
+    assert "A1" in r1["promoted"] and not set(r1["promoted"]) & configs
+    assert {e["experiment"] for e in run.events("fold")} == {"A1", "audio-frozen"}
+    assert_epochs_contiguous(run, ROUND1)
+
+
 def test_killed_workers_restart_from_their_last_checkpoint(fault_run_factory):
     # Round 1: SIGKILL the Tune trainable actor mid-epoch; Round 2: SIGKILL the Ray Train worker.
     run = fault_run_factory("wkill", ["A1"], round1={"epochs": 4, "rungs": [2]},

@@ -106,6 +106,15 @@ def test_a_kill_between_asks_neither_repeats_nor_changes_configurations(tmp_path
     assert search.draw(protocol(4, seed=8), journals(tmp_path, "other"), "A1") != whole
 
 
+def test_two_experiments_with_one_space_and_seed_draw_different_configurations(tmp_path: Path) -> None:
+    cfg = ProtocolConfig.model_validate({"experiments": {
+        x: {"search": {"configs": 2, "seed": 1, "space": {"optim.lr": SPACE["optim.lr"]}}} for x in ("A1", "A2")}})
+    j = journals(tmp_path)
+    a1, a2 = search.draw(cfg, j, "A1"), search.draw(cfg, j, "A2")
+    assert [c.name for c in a2] == ["A2.c0", "A2.c1"]
+    assert {c.params["optim.lr"] for c in a1}.isdisjoint(c.params["optim.lr"] for c in a2)
+
+
 def test_with_candidates_sets_each_configuration_and_keeps_the_experiment_for_round_2() -> None:
     cfg = protocol(2)
     cands = [Candidate("A1.c0", "A1", 0, {"model.lora.rank": 40, "optim.lr": 1e-3}),
