@@ -309,9 +309,12 @@ def tell(journals: StudyJournals, results: Iterable[ConfigOutcome]) -> None:
             journals.save(name)
 
 
+MIN_FOR_IMPORTANCE = 3  # completed configurations: with two, fANOVA splits one difference among the parameters
+
+
 def importances(journals: StudyJournals, experiment: str) -> dict[str, float] | None:
-    """``optuna.importance.get_param_importances`` over the study's completed trials (fANOVA); None when fewer
-    than two completed or no parameter varied."""
+    """``optuna.importance.get_param_importances`` over the study's completed trials (fANOVA); None with fewer
+    than :data:`MIN_FOR_IMPORTANCE` completed, or when no parameter varied."""
     import optuna
     from optuna.trial import TrialState
 
@@ -319,7 +322,7 @@ def importances(journals: StudyJournals, experiment: str) -> dict[str, float] | 
     if not journals.path(experiment).is_file():
         return None
     study = journals.study(experiment)
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < MIN_FOR_IMPORTANCE:
         return None
     try:
         return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}

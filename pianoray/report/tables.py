@@ -472,7 +472,8 @@ def search_text(results: Mapping[str, Any], experiment: str) -> str:
     if importance:
         headers = param_headers(search_params(search))
         ranked = sorted(importance.items(), key=lambda pv: -(finite(pv[1]) or 0.0))
-        text += (" Parameter importance over the completed configurations (fANOVA): "
+        text += (f" Parameter importance over {_count(states['complete'], 'completed configuration')} (fANOVA; "
+                 "indicative only with this few): "
                  + ", ".join(f"{headers.get(p, p)} {fmt_percent(v, 0)}" for p, v in ranked) + ".")
     return text
 

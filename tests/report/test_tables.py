@@ -197,8 +197,8 @@ def test_search_text_counts_outcomes_names_the_promotion_and_the_importances(run
     add_search(run_results, importance={"model.lora.rank": 0.15, "optim.lr": 0.8, "model.dropout": 0.05})
     assert search_text(run_results, "A1") == (
         "2 configurations of A1 were screened in Round 1: 1 completed, 1 stopped at rung 3. A1.c1 went to "
-        "Round 2 as A1. Parameter importance over the completed configurations (fANOVA): lr 80%, rank 15%, "
-        "dropout 5%.")
+        "Round 2 as A1. Parameter importance over 1 completed configuration (fANOVA; indicative only with "
+        "this few): lr 80%, rank 15%, dropout 5%.")
 
 
 def test_search_while_round1_runs_shows_dashes_and_no_promotion(run_results):
