@@ -168,6 +168,7 @@ class SearchParam(Strict):
 
 # What a search may vary: an experiment's own fields (``model.<field>`` is the encoder's config).
 SEARCHABLE = ("model", "optim", "loss")
+CANDIDATE_SEP = ".c"  # configuration k of a searched experiment A1 is Round 1's experiment "A1.c<k>"
 
 
 class SearchConfig(Strict):
@@ -438,7 +439,8 @@ def _search_problems(source: str, cfg: ProtocolConfig, name: str, spec: Any) -> 
     ends or each choice), named by path."""
     search = cfg.experiments[name].search
     where = f"{source}: experiments.{name}.search.space"
-    problems = []
+    problems = [f"{source}: experiments.{n}: the name of configuration {k} of {name}'s search; rename the experiment"
+                for k in range(search.configs) if (n := f"{name}{CANDIDATE_SEP}{k}") in cfg.experiments]
     for path, param in search.space.items():
         for value in param.extremes():
             try:

@@ -39,13 +39,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pianoray.config import ProtocolConfig, SearchConfig, SearchParam, searched_experiment
+from pianoray.config import CANDIDATE_SEP, ProtocolConfig, SearchConfig, SearchParam, searched_experiment
 from pianoray.protocol.storage import RunStorage
 from pianoray.records import SELECTION_METRIC
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_SEP = ".c"  # A1.c3: experiment A1, its study's trial 3
 JOURNAL_DIR = "optuna"
 JOURNAL_CACHE = Path("~/.cache/pianoray/optuna")  # local journals of runs in object storage
 
@@ -186,8 +185,6 @@ def with_candidates(cfg: ProtocolConfig, candidates: Iterable[Candidate]) -> Pro
         if name in by_experiment:
             experiments[name] = exp.model_copy(update={"enabled": False})
             for c in by_experiment[name]:
-                if c.name in cfg.experiments:
-                    raise ValueError(f"experiment {c.name!r} clashes with a configuration of {name}")
                 experiments[c.name] = searched_experiment(cfg, name, c.params)
         else:
             experiments[name] = exp

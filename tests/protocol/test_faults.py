@@ -233,7 +233,8 @@ def test_kill_driver_mid_search_resumes_the_same_configurations(fault_run_factor
     (PRUNED for a stop, with its values at the rung epochs), none left RUNNING; Round 2 takes the best."""
     space = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
              "model.lora.rank": {"type": "int", "low": 4, "high": 16}}
-    run = fault_run_factory("skill", ["A1", "audio-frozen"], settings={"A1": {"search": {"configs": 3, "space": space}}},
+    run = fault_run_factory("skill", ["A1", "audio-frozen"],
+                            settings={"A1": {"search": {"configs": 3, "space": space}}},
                             round1={"epochs": 4, "rungs": [2], "gap": 0.01, "noise_guard": False},
                             round2={"epochs": 1, "patience": 1, "folds": 1})
     cli = run.start()

@@ -71,6 +71,13 @@ def test_a_bad_distribution_names_the_parameter(tmp_path: Path, param: str, mess
     assert message in str(e.value)
 
 
+def test_an_experiment_named_like_a_configuration_is_refused(tmp_path: Path) -> None:
+    y = write(tmp_path, "    search:\n      configs: 2\n      space:\n"
+                        "        optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2}\n  A1.c1: {encoder: A1}\n")
+    with pytest.raises(ConfigError, match=r"experiments\.A1\.c1: the name of configuration 1 of A1's search"):
+        load_config(y)
+
+
 def test_only_an_experiments_own_fields_are_searched(tmp_path: Path) -> None:
     y = write(tmp_path, "    search:\n      configs: 2\n      space:\n        data.k: {type: int, low: 2, high: 5}\n")
     with pytest.raises(ConfigError, match="'data.k': a searched field is one of model.<field>, optim.<field>"):
@@ -238,3 +245,30 @@ def test_optuna_opens_the_journal(tmp_path: Path) -> None:
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "run" / "optuna" / "A1.journal")))
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["A1"]
+
+
+# ------------------------------------------------------------------------------------------------ pianoray search
+
+
+def test_alone_keeps_one_experiment_and_its_trials() -> None:
+    cfg = search.alone(protocol(4), "A1", configs=2)
+    assert cfg.enabled_experiments() == ["A1"] and cfg.experiments["A1"].search.configs == 2
+    assert search.alone(protocol(4), "A1").experiments["A1"].search.configs == 4
+    with pytest.raises(ConfigError, match="experiments.audio-frozen: no search: block"):
+        search.alone(protocol(4), "audio-frozen")
+    with pytest.raises(ConfigError, match="experiment 'A9' is not in the config"):
+        search.alone(protocol(4), "A9")
+
+
+def test_best_yaml_is_an_overlay_a_config_extends(tmp_path: Path) -> None:
+    import yaml
+
+    best = {"id": "A1.c2", "params": {"model.lora.rank": 40, "optim.lr": 1e-3}, "value": 0.7123, "rung": 10}
+    text = search.best_yaml("A1", best, "runs/x")
+    assert text.startswith("# pianoray search: the best configuration of A1, A1.c2 (validation pairwise 0.7123 "
+                           "at rung 10)")
+    assert yaml.safe_load(text) == {"experiments": {"A1": {"model": {"lora": {"rank": 40}}, "optim": {"lr": 1e-3}}}}
+    (tmp_path / "best.yaml").write_text(text)
+    (tmp_path / "c.yaml").write_text("extends: best.yaml\nexperiments:\n  A1: {model: {lora: {alpha: 8}}}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.experiments["A1"].model["lora"] == {"rank": 40, "alpha": 8} and cfg.optim_for("A1").lr == 1e-3
