@@ -226,6 +226,9 @@ class Round1Config(Strict):
     patience: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)  # retries of a Round-1 trial that errors (Tune's FailureConfig)
     tiers: TierList = Field(default_factory=lambda: [Tier.T1, Tier.T2])
+    # Where searched experiments' Optuna studies live: None, a journal file per experiment in the run folder
+    # (docs/search.md); or an Optuna RDB URL (sqlite:///studies.db, postgresql://user@host/db).
+    study_storage: str | None = Field(None, pattern=r"^[a-z][a-z0-9+]*://")
 
     _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
 

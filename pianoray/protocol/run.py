@@ -467,14 +467,14 @@ def draw_configurations(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Le
 
     if not search.searched(cfg):
         return None, []
-    journals = search.StudyJournals(run_storage)
+    journals = search.StudyJournals(run_storage, url=cfg.round1.study_storage)
     candidates = search.draw_all(cfg, journals)
     for name in search.searched(cfg):
         mine = [c.to_json() for c in candidates if c.experiment == name]
         space = {k: v.model_dump(exclude_defaults=True) for k, v in cfg.experiments[name].search.space.items()}
         ledger.append(Event(kind="search", event_id=f"search/{name}", time=time.time(), experiment=name,
                             payload={"experiment": name, "configs": mine, "space": space}))
-        feedback.say(f"{name}: {len(mine)} configurations to screen ({', '.join(space)}); study {journals.path(name)}")
+        feedback.say(f"{name}: {len(mine)} configurations to screen ({', '.join(space)}); study {journals.where(name)}")
     return journals, candidates
 
 
@@ -543,7 +543,7 @@ def run_protocol(
             import shutil
 
             shutil.rmtree(local)
-        StudyJournals(run_storage).clear()
+        StudyJournals(run_storage, url=cfg.round1.study_storage).clear()
     check_same_config(run_storage, cfg)
     ledger = Ledger(run_storage)
     try:

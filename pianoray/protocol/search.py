@@ -27,7 +27,8 @@ which would skew TPE), FAIL when it errored, else COMPLETE with its last rung's 
 so a resumed run tells what a killed one had not. Each study is an Optuna journal, ``<run>/optuna/<experiment>
 .journal``, which ``optuna-dashboard`` opens. With ``s3://`` storage the journal lives on the driver's disk
 (:data:`JOURNAL_CACHE`) and is copied to ``<run>/optuna/`` after every change, and restored from there on
-resume (the longer of the two wins: a journal only grows).
+resume (the longer of the two wins: a journal only grows). ``round1.study_storage`` (an Optuna RDB URL) keeps
+the studies in a database instead.
 """
 
 from __future__ import annotations
@@ -99,12 +100,15 @@ def _sampler_seed(seed: int, experiment: str, number: int) -> int:
 
 
 class StudyJournals:
-    """The run's Optuna studies, one journal file per searched experiment (see the module docstring)."""
+    """The run's Optuna studies: one journal file per searched experiment (see the module docstring), or, with
+    ``url`` (``round1.study_storage``), studies named ``<run>/<experiment>`` in that database (Optuna's
+    ``RDBStorage``: ``sqlite:///...``, ``postgresql://...``), which the driver writes directly."""
 
-    def __init__(self, storage: RunStorage, cache: Path = JOURNAL_CACHE) -> None:
+    def __init__(self, storage: RunStorage, cache: Path = JOURNAL_CACHE, url: str | None = None) -> None:
         self.storage = storage
+        self.url = url
         local = storage.local_dir()
-        self.remote = local is None
+        self.remote = local is None and url is None
         key = hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
         self.dir = local / JOURNAL_DIR if local is not None else cache.expanduser() / key
 
@@ -113,6 +117,21 @@ class StudyJournals:
 
     def path(self, experiment: str) -> Path:
         return self.dir / f"{experiment}.journal"
+
+    def study_name(self, experiment: str) -> str:
+        return f"{self.storage.uri}/{experiment}" if self.url else experiment
+
+    def where(self, experiment: str) -> str:
+        """Where the study lives, for people (what ``optuna-dashboard`` is given)."""
+        return f"{self.url} (study {self.study_name(experiment)})" if self.url else str(self.path(experiment))
+
+    def exists(self, experiment: str) -> bool:
+        if self.url:
+            import optuna
+
+            return self.study_name(experiment) in optuna.get_all_study_names(self._rdb())
+        self.restore(experiment)
+        return self.path(experiment).is_file()
 
     def restore(self, experiment: str) -> None:
         """Object storage: bring the stored journal to this disk when it is longer than the local one."""
@@ -133,10 +152,22 @@ class StudyJournals:
             self.storage.write_bytes(self.rel(experiment), path.read_bytes())
 
     def clear(self) -> None:
-        """``--fresh``: forget the local copies of an object-storage run's journals."""
-        if self.remote and self.dir.is_dir():
+        """``--fresh``: forget this run's studies (the local copies of an object-storage run's journals, or the
+        run's studies in the database; a local run's journals go with its folder)."""
+        if self.url:
+            import optuna
+
+            for name in optuna.get_all_study_names(self._rdb()):
+                if name.startswith(f"{self.storage.uri}/"):
+                    optuna.delete_study(study_name=name, storage=self._rdb())
+        elif self.remote and self.dir.is_dir():
             for p in self.dir.glob("*.journal"):
                 p.unlink()
+
+    def _rdb(self) -> Any:
+        import optuna
+
+        return optuna.storages.RDBStorage(self.url)
 
     def study(self, experiment: str, sampler: Any = None) -> Any:
         import optuna
@@ -144,9 +175,12 @@ class StudyJournals:
         from optuna.storages.journal import JournalFileBackend
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines in the run output
-        self.dir.mkdir(parents=True, exist_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(self.path(experiment))))
-        return optuna.create_study(study_name=experiment, storage=storage, direction="maximize",
+        if self.url:
+            storage = self._rdb()
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            storage = JournalStorage(JournalFileBackend(str(self.path(experiment))))
+        return optuna.create_study(study_name=self.study_name(experiment), storage=storage, direction="maximize",
                                    sampler=sampler, load_if_exists=True)
 
 
@@ -315,8 +349,7 @@ def importances(journals: StudyJournals, experiment: str) -> dict[str, float] | 
     import optuna
     from optuna.trial import TrialState
 
-    journals.restore(experiment)
-    if not journals.path(experiment).is_file():
+    if not journals.exists(experiment):
         return None
     study = journals.study(experiment)
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < MIN_FOR_IMPORTANCE:

@@ -272,3 +272,24 @@ def test_best_yaml_is_an_overlay_a_config_extends(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("extends: best.yaml\nexperiments:\n  A1: {model: {lora: {alpha: 8}}}\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.experiments["A1"].model["lora"] == {"rank": 40, "alpha": 8} and cfg.optim_for("A1").lr == 1e-3
+
+
+def test_studies_in_a_database_when_round1_names_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    j = StudyJournals(RunStorage(tmp_path / "runs", "run", fsync=False), url=url)
+    drawn = search.draw(protocol(3), j, "A1")
+    assert search.draw(protocol(3), j, "A1") == drawn
+    assert not (tmp_path / "runs" / "run" / "optuna").exists()  # nothing in the run folder
+    name = f"{tmp_path / 'runs' / 'run'}/A1"
+    assert optuna.get_all_study_names(url) == [name] and j.where("A1") == f"{url} (study {name})"
+    search.tell(j, [ConfigOutcome(drawn[1], "pruned", {3: 0.4}, 3, 0.4, stopped_at=3)])
+    assert optuna.load_study(study_name=name, storage=url).trials[1].state == TrialState.PRUNED
+    other = StudyJournals(RunStorage(tmp_path / "runs", "other", fsync=False), url=url)
+    search.draw(protocol(2), other, "A1")
+    j.clear()  # --fresh forgets this run's studies only
+    assert optuna.get_all_study_names(url) == [f"{tmp_path / 'runs' / 'other'}/A1"]
+
+
+def test_a_study_storage_must_be_a_url() -> None:
+    with pytest.raises(ValueError, match="study_storage"):
+        ProtocolConfig.model_validate({"round1": {"study_storage": "studies.db"}})
