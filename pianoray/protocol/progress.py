@@ -31,6 +31,25 @@ class Row:
     status: str = "PENDING"
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    # Time spent running (what holds resources): a sync rung PAUSEs a trial, which frees its CPU/GPU until the
+    # rung is decided, so a trial's wall time from start to end would bill the wait. ``since``: the start of the
+    # running span in progress (None while pending, paused or ended); ``ran``: the spans already closed.
+    since: float | None = None
+    ran: float = 0.0
+
+    def run(self, now: float) -> None:
+        """The row (re)starts running at ``now`` (a trial's start, or its resumption after a pause)."""
+        if self.since is None:
+            self.since = now
+
+    def hold(self, now: float) -> None:
+        """The row stops running at ``now`` (paused or ended): its span is added to ``ran``."""
+        if self.since is not None:
+            self.ran += max(0.0, now - self.since)
+            self.since = None
+
+    def running_seconds(self, now: float) -> float:
+        return self.ran + (max(0.0, now - self.since) if self.since is not None else 0.0)
 
 
 class ProgressBoard:
@@ -133,8 +152,13 @@ class ProtocolCallback(Callback):
         return row is None or row.ended is None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial's actor started: its first start, or its resumption after a pause or a retry."""
         row = self._row(trial)
-        row.status, row.started = "RUNNING", time.time()
+        now = time.time()
+        if row.status == "PENDING":
+            row.started = now
+        row.status = "RUNNING"
+        row.run(now)
         self.refresh()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -142,6 +166,7 @@ class ProtocolCallback(Callback):
         if row.status == "PENDING":  # the next fold of a multi-fold job: it starts where the previous ended
             ended = [r.ended for r in self._trial_rows(trial) if r.ended is not None]
             row.status, row.started = "RUNNING", max(ended, default=row.started)
+            row.run(row.started)
         if result.get("final"):
             self.hooks.on_final(self.round, row.experiment, row.fold, result)
             if len(self._folds(trial)) > 1:
@@ -157,10 +182,13 @@ class ProtocolCallback(Callback):
         self.refresh()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.time()
         for trial in trials:
             row = self._row(trial)
             if trial.status in ("PAUSED", "RUNNING") and row.status not in ("ELIMINATED", "DONE", "ERROR"):
                 row.status = trial.status
+            if trial.status == "PAUSED":
+                row.hold(now)
         self.refresh()
 
     def _trial_rows(self, trial: Any) -> list[Row]:
@@ -169,6 +197,7 @@ class ProtocolCallback(Callback):
     def _end_row(self, row: Row, trial: Any, status: str) -> None:
         if row.ended is None:
             row.ended = time.time()
+        row.hold(row.ended)
         row.status = status
         self.hooks.on_trial_end(self.round, row, trial)
 

@@ -91,7 +91,7 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
     def on_trial_end(round_: str, row: Row, trial: Any) -> None:
         if (round_, row.experiment, row.fold) in ctx.ended_before:
             return
-        wall = (row.ended or time.time()) - row.started
+        wall = row.running_seconds(row.ended or time.time())  # not the time it sat paused at a sync rung
         res = ctx.cfg.resources_for(row.experiment)
         per = {"CPU": res.cpu, "GPU": res.gpu}
         # A Round-2 neural fold holds workers_per_fold Train workers; a fitted reference fits in its trainable.
@@ -261,7 +261,7 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
         ctx.ledger.rejudged(previous, new, errored, round=ROUND1)
         # It restarts as a new trial: a new row, whose end (trial and resource rows) is recorded again.
         row = board.row(ROUND1, new.experiment, cfg.round1.fold)
-        row.status, row.started, row.ended = "PENDING", time.time(), None
+        row.status, row.started, row.ended, row.since, row.ran = "PENDING", time.time(), None, None, 0.0
         ctx.ended_before.discard((ROUND1, new.experiment, cfg.round1.fold))
         live_refresh()
 
