@@ -6,7 +6,8 @@ Seed pipeline: sequence [B, T, D] -> attention pooling [B, D] -> shared encoder 
 Every encoder (audio, symbolic, fusion) implements ``encode(batch) -> EncoderOutput(tokens, mask, z)``:
 the sequence is kept (not only z) so that a fusion module can attend over the other modality's tokens.
 Subclass :class:`PooledEncoder` and implement ``sequence(batch)``; pooling and the shared encoder come
-with it.
+with it. An encoder may also give each label dimension its own representation (``z_dims``, F3's gated
+fusion): the heads of dimension d then read ``z_dims[:, d]`` instead of the shared z, with the same weights.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ Z_DIM = 512
 
 
 class EncoderOutput(NamedTuple):
-    """tokens: [B, T, D] float; mask: [B, T] bool (True = real); z: [B, 512] float."""
+    """tokens: [B, T, D] float; mask: [B, T] bool (True = real); z: [B, 512] float (what the contrastive and
+    invariance losses compare); z_dims: [B, N, 512], one representation per label dimension for its heads,
+    or None when every dimension's heads read z."""
 
     tokens: Tensor
     mask: Tensor
     z: Tensor
+    z_dims: Tensor | None = None
 
 
 class ModelOutput(NamedTuple):
@@ -82,7 +86,8 @@ class SharedEncoder(nn.Module):
 class RankingHeads(nn.Module):
     """One scoring head per dimension: z [B, 512] -> scores [B, N] (higher = more of that dimension).
 
-    Each dimension has its own small MLP, so dimensions do not share a single linear direction.
+    Each dimension has its own small MLP, so dimensions do not share a single linear direction. Given
+    per-dimension representations z [B, N, 512], head d scores z[:, d].
     """
 
     def __init__(self, n_dims: int, z_dim: int = Z_DIM, hidden: int = 128) -> None:
@@ -92,17 +97,25 @@ class RankingHeads(nn.Module):
         )
 
     def forward(self, z: Tensor) -> Tensor:
+        if z.dim() == 3:
+            return torch.cat([h(z[:, d]) for d, h in enumerate(self.heads)], dim=-1)
         return torch.cat([h(z) for h in self.heads], dim=-1)
 
 
 class RegressionHead(nn.Module):
-    """z [B, 512] -> [B, N] in (0, 1) through a sigmoid, matching labels scaled to [0, 1]."""
+    """z [B, 512] -> [B, N] in (0, 1) through a sigmoid, matching labels scaled to [0, 1].
+
+    Given per-dimension representations z [B, N, 512], dimension d is sigmoid(w_d . z[:, d] + b_d): the same
+    weights, each row of the linear map applied to its own dimension's representation.
+    """
 
     def __init__(self, n_dims: int, z_dim: int = Z_DIM) -> None:
         super().__init__()
         self.linear = nn.Linear(z_dim, n_dims)
 
     def forward(self, z: Tensor) -> Tensor:
+        if z.dim() == 3:
+            return torch.sigmoid(torch.einsum("bnd,nd->bn", z, self.linear.weight) + self.linear.bias)
         return torch.sigmoid(self.linear(z))
 
 
@@ -169,7 +182,10 @@ class PooledEncoder(Encoder):
 
 
 class PerformanceModel(nn.Module):
-    """An encoder plus the shared heads; what the training loop trains, whatever the encoder."""
+    """An encoder plus the shared heads; what the training loop trains, whatever the encoder.
+
+    The heads read the encoder's ``z_dims`` when it gives them (one representation per dimension), else z.
+    """
 
     def __init__(self, encoder: Encoder, n_dims: int) -> None:
         super().__init__()
@@ -179,4 +195,5 @@ class PerformanceModel(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.encoder.encode(batch)
-        return ModelOutput(out.z, self.ranking(out.z), self.regression(out.z), out.tokens, out.mask)
+        heads_in = out.z if out.z_dims is None else out.z_dims
+        return ModelOutput(out.z, self.ranking(heads_in), self.regression(heads_in), out.tokens, out.mask)
