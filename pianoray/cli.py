@@ -321,7 +321,7 @@ def _default_config() -> Path:
 def experiments(
     config: Optional[Path] = typer.Option(None, "--config", help="Protocol YAML: mark which are enabled."),
 ) -> None:
-    """List the registered experiments: track, role, kind (neural or fitted), views."""
+    """List the registered experiments: track, role, kind (neural, fitted or fusion), views."""
     from pianoray.models import registry
 
     with user_errors():
@@ -331,7 +331,8 @@ def experiments(
         table.add_column(col)
     for name, spec in sorted(registry.all_specs().items(), key=lambda kv: (kv[1].track, kv[0])):
         enabled = "-" if cfg is None else ("yes" if name in cfg.enabled_experiments() else "no")
-        views = ",".join(spec.views) or "(whole MIDI)"  # a fitted reference summarises the whole performance
+        # a fitted reference summarises the whole performance; a fusion reads the views of the winners it fuses
+        views = ",".join(spec.views) or ("(the winners')" if spec.kind == "fusion" else "(whole MIDI)")
         table.add_row(name, spec.track, spec.role, spec.kind, views, enabled, spec.description)
     console.print(table)
 

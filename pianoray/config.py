@@ -402,6 +402,10 @@ def _validate_models(source: str, cfg: ProtocolConfig) -> None:
         except KeyError as e:
             problems.append(f"{source}: experiments.{name}.encoder: {e.args[0]}")
             continue
+        if spec.kind == "fusion":
+            problems.append(f"{source}: experiments.{name}.encoder: {enc} is a fusion of a run's winners, built in "
+                            "Round 3; it cannot be a Round-1/2 experiment")
+            continue
         try:
             spec.config_cls.model_validate(exp.model)
         except ValidationError as err:

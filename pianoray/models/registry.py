@@ -7,13 +7,16 @@ registers it (``pianoray.models.audio``, ``pianoray.models.symbolic``); every ex
 track.
 ``role="reference"`` marks baselines: trained and reported, but never a track's leader nor a winner.
 
-Two kinds of experiment (``spec.kind``):
+Three kinds of experiment (``spec.kind``):
 
 - ``"neural"`` (:class:`EncoderSpec`): an encoder built from its config and trained epoch by epoch on batch
   views; it takes part in Round-1 rungs and early stopping, under the encoder contract.
 - ``"fitted"`` (:class:`FittedReferenceSpec`): a non-neural reference fitted once per fold on one summary
   vector per segment (no epochs, no rungs, never stopped); exempt from the encoder contract, always a
   reference, scored on every fold with the same metrics as the neural ones.
+- ``"fusion"`` (:class:`FusionSpec`): a fusion module over a run's two frozen winners (F1-F3), built only in
+  Round 3 once the winners are known. It is never a Round-1/2 experiment (a configuration naming one is
+  refused), and loops over ``names(kind="neural")`` never see it.
 
 Encoders register themselves when their module is imported; :func:`load_builtin` imports them all.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,7 +34,7 @@ from pianoray.models.contract import Encoder
 from pianoray.records import DEFAULT_TRACK_METRICS, Role
 
 Track = str  # a registered TrackSpec's name
-Kind = Literal["neural", "fitted"]
+Kind = Literal["neural", "fitted", "fusion"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,28 @@ class FittedReferenceSpec:
                              "in rungs, so it cannot be a candidate)")
 
 
-Spec = EncoderSpec | FittedReferenceSpec
+@dataclass(frozen=True)
+class FusionSpec:
+    """One registered fusion experiment (Round 3).
+
+    build(config, data_spec) -> Encoder, where the config names the two winners to fuse (their encoder names
+    and model configs) besides the fusion's own sizes. It reads the winners' views, unknown until they are
+    chosen (``views`` is empty; the built encoder's ``views`` are the union of theirs), and has no pretraining
+    task of its own.
+    """
+
+    name: str
+    track: Track
+    role: Role
+    config_cls: type[ModelConfig]
+    build: Callable[[Any, DataSpec], Encoder]
+    description: str = ""
+    views: tuple[str, ...] = ()
+    pretrain: None = None
+    kind: ClassVar[Kind] = "fusion"
+
+
+Spec = EncoderSpec | FittedReferenceSpec | FusionSpec
 
 _REGISTRY: dict[str, Spec] = {}
 _TRACKS: dict[str, TrackSpec] = {}
@@ -162,10 +186,15 @@ def load_builtin() -> None:
         raise ValueError(f"experiments name unregistered track(s) {unknown}; registered: {sorted(_TRACKS)}")
 
 
-def tracks() -> list[TrackSpec]:
-    """Every registered track, in display order."""
+def tracks(kinds: Iterable[Kind] | None = None) -> list[TrackSpec]:
+    """Every registered track, in display order; given ``kinds``, only those an experiment of one of them names."""
     load_builtin()
-    return sorted(_TRACKS.values(), key=lambda t: (t.order, t.name))
+    listed = sorted(_TRACKS.values(), key=lambda t: (t.order, t.name))
+    if kinds is None:
+        return listed
+    wanted = set(kinds)
+    named = {s.track for s in _REGISTRY.values() if s.kind in wanted}
+    return [t for t in listed if t.name in named]
 
 
 def get(name: str) -> Spec:

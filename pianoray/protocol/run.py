@@ -586,7 +586,8 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
     if not run_storage.exists("run.json"):
         run_storage.write_json("run.json", {"name": run_storage.name, "config": cfg.name,
                                             "dimensions": label_names(cfg), "tracks": tracks,
-                                            "track_specs": [t.to_json() for t in registry.tracks()],
+                                            # Rounds 1-2's tracks; Round 3 records the fusion track
+                                            "track_specs": [t.to_json() for t in registry.tracks(("neural", "fitted"))],
                                             "dashboard": session.dashboard_url, "folds": folds})
     board = ProgressBoard(tracks)
     title = f"pianoray · {run_storage.name}"
