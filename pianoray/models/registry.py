@@ -161,7 +161,7 @@ _TRACKS: dict[str, TrackSpec] = {}
 
 # Modules that register encoders on import. Later issues add theirs here.
 BUILTIN_MODULES = ("pianoray.models.baselines", "pianoray.models.boosting", "pianoray.models.audio",
-                   "pianoray.models.symbolic")
+                   "pianoray.models.symbolic", "pianoray.models.fusion")
 
 
 def register(spec: Spec) -> Spec:

@@ -4,48 +4,56 @@ Each encoder is built from its demo config on real batches of a small demo corpu
 loader makes them) and must: return ``EncoderOutput`` shapes and a mask as the contract says, train (one
 multitask loss and backward step reaches its trainable weights with finite gradients), and survive a
 checkpoint round trip (a fresh build loading the state dict gives the same outputs). A new encoder, or a
-fusion module, is covered by registering it; fitted references are exempt (they have no ``encode``).
+fusion module, is covered by registering it; fitted references are exempt (they have no ``encode``). A fusion
+module is built over two demo encoders (``FUSED``) standing in for a run's winners.
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
 
-from pianoray.config import load_config, model_config
+from pianoray.config import model_config
 from pianoray.data.tiers import Tier
 from pianoray.models import registry
 from pianoray.models.contract import Z_DIM, Encoder, EncoderOutput, PerformanceModel
 from pianoray.objectives.losses import multitask_loss
+from tests.models.conftest import FUSED
 
-DEMO_YAML = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
 NEURAL = registry.names(kind="neural")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    """A small demo corpus with its symbolic cache, and its ExperimentData."""
-    from pianoray.training.data import ExperimentData
-    from pianoray.validation import prepare_data
-
-    root = tmp_path_factory.mktemp("contract-demo")
-    cfg = load_config(DEMO_YAML, {"data": {"root": str(root), "demo": {"seed": 3, "scale": 0.25},
-                                           "max_notes": 64, "max_frames": 16}})
-    prepare_data(cfg)
-    return cfg, ExperimentData.from_config(cfg)
+FUSION = registry.names(kind="fusion")
+MODELS = NEURAL + FUSION
 
 
 def _build(cfg, data, name: str) -> Encoder:
     torch.manual_seed(0)
+    return registry.get(name).build(_config(cfg, name), data.data_spec())
+
+
+def _config(cfg, name: str):
     spec = registry.get(name)
-    return spec.build(model_config(cfg, _experiment(cfg, name)), data.data_spec())
+    if spec.kind == "fusion":
+        return spec.config_cls.model_validate(FUSED)
+    return model_config(cfg, _experiment(cfg, name))
+
+
+def _views(name: str) -> tuple[str, ...]:
+    """The views ``name``'s encoder reads: its spec's, or for a fusion its winners' (audio's first)."""
+    spec = registry.get(name)
+    if spec.kind != "fusion":
+        return spec.views
+    return tuple(dict.fromkeys(v for part in FUSED.values() for v in registry.get(part["encoder"]).views))
 
 
 def _experiment(cfg, encoder: str) -> str:
     return next((e for e in cfg.experiments if cfg.encoder_name(e) == encoder), encoder)
+
+
+def _loss(cfg, name: str):
+    experiment = _experiment(cfg, name)
+    return cfg.loss_for(experiment) if experiment in cfg.experiments else cfg.loss
 
 
 def _batch(data, views, n: int = 4):
@@ -59,11 +67,11 @@ def test_every_experiment_names_a_registered_track() -> None:
     assert NEURAL, "no neural encoder registered"
 
 
-@pytest.mark.parametrize("name", NEURAL)
+@pytest.mark.parametrize("name", MODELS)
 def test_encode_shapes_and_mask(demo, name: str) -> None:
     cfg, data = demo
     enc = _build(cfg, data, name).eval()
-    assert isinstance(enc, Encoder) and enc.views == registry.get(name).views
+    assert isinstance(enc, Encoder) and enc.views == _views(name)
     batch = _batch(data, enc.views)
     with torch.no_grad():
         out = enc.encode(batch)
@@ -76,14 +84,14 @@ def test_encode_shapes_and_mask(demo, name: str) -> None:
     assert torch.isfinite(out.tokens[out.mask]).all() and torch.isfinite(out.z).all()
 
 
-@pytest.mark.parametrize("name", NEURAL)
+@pytest.mark.parametrize("name", MODELS)
 def test_one_loss_and_backward_step_reaches_the_encoder(demo, name: str) -> None:
     cfg, data = demo
     model = PerformanceModel(_build(cfg, data, name), n_dims=len(data.label_names)).train()
     batch = _batch(data, model.encoder.views)
     out = model(batch)
     assert out.scores.shape == out.regression.shape == (batch.size, len(data.label_names))
-    total, parts = multitask_loss(out.regression, out.scores, out.z, batch, cfg.loss_for(_experiment(cfg, name)))
+    total, parts = multitask_loss(out.regression, out.scores, out.z, batch, _loss(cfg, name))
     assert torch.isfinite(total) and total.requires_grad and parts
     total.backward()
     grads = [p.grad for p in model.encoder.parameters() if p.requires_grad and p.grad is not None]
@@ -92,14 +100,14 @@ def test_one_loss_and_backward_step_reaches_the_encoder(demo, name: str) -> None
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name", NEURAL)
+@pytest.mark.parametrize("name", MODELS)
 def test_checkpoint_round_trip(demo, name: str) -> None:
     cfg, data = demo
     enc = _build(cfg, data, name).eval()
     buf = io.BytesIO()
     torch.save(enc.state_dict(), buf)
     torch.manual_seed(123)  # a different initialisation, overwritten by the load
-    fresh = registry.get(name).build(model_config(cfg, _experiment(cfg, name)), data.data_spec()).eval()
+    fresh = registry.get(name).build(_config(cfg, name), data.data_spec()).eval()
     buf.seek(0)
     fresh.load_state_dict(torch.load(buf, map_location="cpu"))
     batch = _batch(data, enc.views)

@@ -1,0 +1,235 @@
+"""Fusion track (Round 3): a fusion module over a run's two frozen winners, and the F1/F2/F3 registrations.
+
+A :class:`FusionEncoder` wraps the winning audio and symbolic encoders, their trained weights loaded and frozen
+(no gradient, and eval mode even while it trains, so their dropout and normalisation statistics never move),
+and trains only its fusion module; the shared heads of :class:`~pianoray.models.contract.PerformanceModel`
+train on top. Every fusion module maps the two encoders' outputs to one ``EncoderOutput``:
+
+- **F1** :class:`CrossAttentionFusion`: each modality's tokens attend to the other's; both attended sequences
+  are pooled and the shared MLP turns them into z.
+- **F2** :class:`ConcatFusion`: [z_audio; z_symbolic] -> MLP -> z, the baseline that must beat audio alone.
+- **F3** :class:`GatedFusion`: per label dimension d, a gate g_d = sigmoid(W_d [z_a; z_s] + b_d) mixes
+  z_d = g_d z_a + (1 - g_d) z_s, and dimension d's heads read z_d. The gates say which modality each
+  dimension relies on (:meth:`GatedFusionEncoder.gates`).
+
+Round 3 fills the config's ``audio`` and ``symbolic`` parts (each winner's encoder name and model config),
+builds with :func:`build_fusion`, then loads the winners' trained weights with
+:meth:`FusionEncoder.load_winners`. The registrations are ``kind="fusion"``: never Round-1/2 experiments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from pianoray.data.batch import Batch
+from pianoray.models import registry
+from pianoray.models.contract import Z_DIM, AttentionPooling, Encoder, EncoderOutput, PooledEncoder, SharedEncoder
+from pianoray.models.registry import DataSpec, FusionSpec, ModelConfig, register, register_track
+
+Modality = Literal["audio", "symbolic"]
+
+
+class FusedPart(BaseModel):
+    """One frozen winner, as Round 3 fills it in: its registered encoder name and that encoder's model config
+    (the winning experiment's ``model`` dict)."""
+
+    model_config = ConfigDict(extra="forbid")
+    encoder: str | None = None
+    model: dict[str, Any] = Field(default_factory=dict)
+
+
+class FusionConfig(ModelConfig):
+    """What every fusion experiment shares: the two winners it fuses (unset until Round 3 knows them)."""
+
+    audio: FusedPart = Field(default_factory=FusedPart)
+    symbolic: FusedPart = Field(default_factory=FusedPart)
+
+
+class CrossAttentionConfig(FusionConfig):
+    """F1. d_model: the common width both modalities' tokens are projected to; heads: attention heads;
+    hidden: the shared MLP's hidden width. dropout applies to the attention weights and the MLP."""
+
+    d_model: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    hidden: int = Field(Z_DIM, ge=8)
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "CrossAttentionConfig":
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class ConcatConfig(FusionConfig):
+    """F2. hidden: the MLP's hidden width; dropout: the MLP's."""
+
+    hidden: int = Field(Z_DIM, ge=8)
+
+
+class GatedConfig(FusionConfig):
+    """F3. The gates are one linear map of [z_a; z_s] (the seed's W_d): no size to choose; dropout is unused."""
+
+
+def _pair_tokens(audio: EncoderOutput, symbolic: EncoderOutput) -> tuple[Tensor, Tensor]:
+    """The two embeddings as a 2-token sequence [B, 2, 512], all real: the tokens of a fusion of z's only."""
+    tokens = torch.stack([audio.z, symbolic.z], dim=1)
+    return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+class CrossAttentionFusion(nn.Module):
+    """F1: audio tokens [B, Ta, Da] and symbolic tokens [B, Ts, Ds] -> projected to d_model -> each attends to
+    the other's real tokens (residual + LayerNorm) -> each pooled over its own mask -> [B, 2 d_model]
+    -> shared MLP -> z [B, 512]. Tokens: both attended sequences, concatenated [B, Ta + Ts, d_model]."""
+
+    def __init__(self, cfg: CrossAttentionConfig, audio_dim: int, symbolic_dim: int) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.project_audio = nn.Linear(audio_dim, d)
+        self.project_symbolic = nn.Linear(symbolic_dim, d)
+        self.audio_to_symbolic = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.symbolic_to_audio = nn.MultiheadAttention(d, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.norm_audio = nn.LayerNorm(d)
+        self.norm_symbolic = nn.LayerNorm(d)
+        self.pool_audio = AttentionPooling(d)
+        self.pool_symbolic = AttentionPooling(d)
+        self.shared = SharedEncoder(2 * d, hidden=cfg.hidden, dropout=cfg.dropout)
+
+    def forward(self, audio: EncoderOutput, symbolic: EncoderOutput) -> EncoderOutput:
+        a, s = self.project_audio(audio.tokens), self.project_symbolic(symbolic.tokens)
+        # Both directions read the projected inputs (symmetric); a key_padding_mask is True at padding.
+        a_read, _ = self.audio_to_symbolic(a, s, s, key_padding_mask=~symbolic.mask, need_weights=False)
+        s_read, _ = self.symbolic_to_audio(s, a, a, key_padding_mask=~audio.mask, need_weights=False)
+        a, s = self.norm_audio(a + a_read), self.norm_symbolic(s + s_read)
+        pooled = torch.cat([self.pool_audio(a, audio.mask), self.pool_symbolic(s, symbolic.mask)], dim=-1)
+        return EncoderOutput(torch.cat([a, s], dim=1), torch.cat([audio.mask, symbolic.mask], dim=1),
+                             self.shared(pooled))
+
+
+class ConcatFusion(nn.Module):
+    """F2: [z_a; z_s] [B, 1024] -> 2-layer MLP + LayerNorm -> z [B, 512]. Tokens: the two z's [B, 2, 512]."""
+
+    def __init__(self, cfg: ConcatConfig) -> None:
+        super().__init__()
+        self.mlp = SharedEncoder(2 * Z_DIM, hidden=cfg.hidden, dropout=cfg.dropout)
+
+    def forward(self, audio: EncoderOutput, symbolic: EncoderOutput) -> EncoderOutput:
+        tokens, mask = _pair_tokens(audio, symbolic)
+        return EncoderOutput(tokens, mask, self.mlp(tokens.flatten(1)))
+
+
+class GatedFusion(nn.Module):
+    """F3: per label dimension d, g_d = sigmoid(W_d [z_a; z_s] + b_d) and z_d = g_d z_a + (1 - g_d) z_s.
+
+    z_dims [B, N, 512] feeds dimension d's heads with z_d. z [B, 512] (for the contrastive and invariance losses)
+    is the mean of the z_d, i.e. z_a and z_s mixed by the mean gate. Tokens: the two z's [B, 2, 512].
+    """
+
+    def __init__(self, n_dims: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * Z_DIM, n_dims)
+
+    def gates(self, z_audio: Tensor, z_symbolic: Tensor) -> Tensor:
+        """[B, 512] x 2 -> [B, N] in (0, 1): each dimension's weight on audio (1 - it on symbolic)."""
+        return torch.sigmoid(self.gate(torch.cat([z_audio, z_symbolic], dim=-1)))
+
+    def forward(self, audio: EncoderOutput, symbolic: EncoderOutput) -> EncoderOutput:
+        g = self.gates(audio.z, symbolic.z)[..., None]  # [B, N, 1]
+        z_dims = g * audio.z[:, None] + (1 - g) * symbolic.z[:, None]  # [B, N, 512]
+        tokens, mask = _pair_tokens(audio, symbolic)
+        return EncoderOutput(tokens, mask, z_dims.mean(dim=1), z_dims)
+
+
+class FusionEncoder(Encoder):
+    """Two frozen encoders + a trainable fusion module (``fusion(audio_out, symbolic_out) -> EncoderOutput``).
+
+    ``views``: both encoders' views, audio's first. The encoders never train: their parameters do not require
+    gradients (so ``param_groups`` holds the fusion module's alone), they run without a graph, and they stay in
+    eval mode whatever mode this encoder is put in.
+    """
+
+    def __init__(self, audio: Encoder, symbolic: Encoder, fusion: nn.Module) -> None:
+        super().__init__()
+        self.audio = audio.requires_grad_(False)
+        self.symbolic = symbolic.requires_grad_(False)
+        self.fusion = fusion
+        self.views = tuple(dict.fromkeys((*audio.views, *symbolic.views)))
+        self.train()  # the winners were built in train mode
+
+    def train(self, mode: bool = True) -> "FusionEncoder":
+        super().train(mode)
+        self.audio.eval()
+        self.symbolic.eval()
+        return self
+
+    def parts(self, batch: Batch) -> tuple[EncoderOutput, EncoderOutput]:
+        """The frozen encoders' outputs (no graph: nothing upstream of the fusion module trains)."""
+        with torch.no_grad():
+            return self.audio.encode(batch), self.symbolic.encode(batch)
+
+    def encode(self, batch: Batch) -> EncoderOutput:
+        return self.fusion(*self.parts(batch))
+
+    def load_winners(self, audio_state: Mapping[str, Tensor], symbolic_state: Mapping[str, Tensor]) -> None:
+        """Load each winner's trained encoder: a Round-2 checkpoint's ``model`` state (a PerformanceModel's:
+        its ``encoder.*`` entries; the winner's own heads are not used)."""
+        for part, state in ((self.audio, audio_state), (self.symbolic, symbolic_state)):
+            part.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+
+
+class GatedFusionEncoder(FusionEncoder):
+    """F3's encoder: a :class:`FusionEncoder` over a :class:`GatedFusion`, whose gates a scorer can report."""
+
+    fusion: GatedFusion
+
+    def gates(self, batch: Batch) -> Tensor:
+        """[B, N] in (0, 1): dimension d's weight on audio (1 = audio alone, 0 = symbolic alone)."""
+        audio, symbolic = self.parts(batch)
+        return self.fusion.gates(audio.z, symbolic.z)
+
+
+def _build_part(part: FusedPart, modality: Modality, data: DataSpec) -> Encoder:
+    """The winner of ``modality``'s track, built from its registered encoder and model config (weights untrained:
+    :meth:`FusionEncoder.load_winners` loads them)."""
+    if part.encoder is None:
+        raise ValueError(f"fusion: {modality}.encoder is not set; a fusion is built from the run's winners, "
+                         "so Round 3 must name the winning encoder and its model config")
+    spec = registry.get(part.encoder)
+    if spec.kind != "neural" or spec.track != modality:
+        raise ValueError(f"fusion: {modality}.encoder {part.encoder!r} is a {spec.kind} encoder of track "
+                         f"{spec.track!r}, not a neural {modality} encoder")
+    return spec.build(spec.config_cls.model_validate(part.model), data)
+
+
+def _token_dim(encoder: Encoder) -> int:
+    """D of the encoder's tokens [B, T, D], which F1 projects (every registered neural encoder is pooled)."""
+    if not isinstance(encoder, PooledEncoder):
+        raise TypeError(f"F1 needs the width of the encoder's tokens; {type(encoder).__name__} is no PooledEncoder")
+    return encoder.token_dim
+
+
+def build_fusion(cfg: FusionConfig, data: DataSpec) -> FusionEncoder:
+    """The fusion of ``cfg.audio`` and ``cfg.symbolic`` by the config's experiment (F1, F2 or F3)."""
+    audio, symbolic = _build_part(cfg.audio, "audio", data), _build_part(cfg.symbolic, "symbolic", data)
+    if isinstance(cfg, CrossAttentionConfig):
+        return FusionEncoder(audio, symbolic, CrossAttentionFusion(cfg, _token_dim(audio), _token_dim(symbolic)))
+    if isinstance(cfg, ConcatConfig):
+        return FusionEncoder(audio, symbolic, ConcatFusion(cfg))
+    if isinstance(cfg, GatedConfig):
+        return GatedFusionEncoder(audio, symbolic, GatedFusion(data.n_dims))
+    raise TypeError(f"build_fusion: no fusion module for {type(cfg).__name__}")
+
+
+TRACK = register_track(registry.TrackSpec(
+    "fusion", order=2, description="Round 3: a fusion module over the audio and symbolic winners, both frozen"))
+
+for _name, _config, _description in (
+    ("F1", CrossAttentionConfig, "cross-attention: each modality's tokens attend to the other's"),
+    ("F2", ConcatConfig, "concatenation baseline: z_audio and z_symbolic concatenated -> MLP"),
+    ("F3", GatedConfig, "gated per dimension: z_d = g_d z_audio + (1 - g_d) z_symbolic"),
+):
+    register(FusionSpec(name=_name, track="fusion", role="candidate", config_cls=_config, build=build_fusion,
+                        description=_description))
