@@ -279,6 +279,19 @@ class Round2Config(Strict):
         return [folds] if grouped else [[k] for k in folds]
 
 
+class Round3Config(Round2Config):
+    """Round 3 (fusion): the winners of the ``fuse`` tracks, frozen at each fold's best Round-2 model, fused by
+    each of ``fusions`` (registered fusion experiments) and trained like a Round-2 fold (the fields above) on
+    every fold; ``enabled: false`` skips it. A run whose fused tracks lack a winner skips it and says why."""
+
+    enabled: bool = True
+    fusions: list[str] = Field(default_factory=lambda: ["F1", "F2", "F3"])
+    fuse: list[str] = Field(default_factory=lambda: ["audio", "symbolic"], min_length=2, max_length=2)
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1)
+    tiers: TierList = Field(default_factory=lambda: [Tier.T1, Tier.T2, Tier.T3])  # the seed: T1+T2+T3
+
+
 class SelectionConfig(Strict):
     robustness_veto: float = Field(0.15, gt=0, lt=1)  # relative drop in pairwise accuracy
     # Percentage points of mean validation pairwise accuracy (like round1.gap): candidates this close to the
@@ -299,6 +312,7 @@ class ProtocolConfig(Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     round1: Round1Config = Field(default_factory=Round1Config)
     round2: Round2Config = Field(default_factory=Round2Config)
+    round3: Round3Config = Field(default_factory=Round3Config)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     experiments: dict[str, ExperimentConfig] = Field(default_factory=dict)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pianoray.objectives.metrics import PairCounts
 
 SELECTION_METRIC = "val/pairwise_accuracy"  # what rungs, early stopping, checkpoint ranking and winners use
-ROUND1, ROUND2 = "round1", "round2"
+ROUND1, ROUND2, ROUND3 = "round1", "round2", "round3"
 Role = Literal["candidate", "reference"]  # a reference is trained and reported, never a leader nor a winner
 PAIR_COUNTS = "pair_counts"  # the key of a fold's per-passage counts ({"val": ..., "test": ...})
 # A track's comparison-table figures unless its TrackSpec says otherwise: dotted paths into an experiment's row.
@@ -109,11 +109,11 @@ class FoldScore:
     round: str = ROUND2
 
     @classmethod
-    def from_scores(cls, experiment: str, fold: int, scores: Mapping[str, Any]) -> "FoldScore":
+    def from_scores(cls, experiment: str, fold: int, scores: Mapping[str, Any], round: str = ROUND2) -> "FoldScore":
         """From a scorer's dict (``score_checkpoint``, ``fit_and_score``), whose ``pair_counts`` entry it
         takes out of the test metrics."""
         test = dict(scores)
-        return cls(experiment, fold, test, test.pop(PAIR_COUNTS, None))
+        return cls(experiment, fold, test, test.pop(PAIR_COUNTS, None), round)
 
     def to_report(self) -> dict[str, Any]:
         """The fold's last Ray report: ``test/<key>`` metrics and ``final: True``; the pair counts travel as

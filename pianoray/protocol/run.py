@@ -397,51 +397,63 @@ def round1_outcome(results: Any, decisions: list[Decision]) -> tuple[list[str], 
 
 
 def run_round2(ctx: RunContext, survivors: list[str]) -> None:
+    run_fold_jobs(ctx, ROUND2, survivors)
+
+
+def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
+    """Round 2 (the survivors) or Round 3 (the fusions): every fold of each of ``names``, as Ray Train jobs
+    launched from Tune function trainables (``round2.fold_jobs`` / ``round3.fold_jobs`` group the folds)."""
     from ray import tune
 
-    from pianoray.protocol.trials import fold_trainable
+    from pianoray.protocol.trials import fold_trainable, round_config
 
     cfg = ctx.cfg
-    folds = list(range(cfg.round2.folds))
-    done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold")}
-    ctx.ended_before |= {(ROUND2, n, int(k)) for n, k in done}
-    todo = [n for n in survivors if any((n, k) not in done for k in folds)]
+    rcfg = round_config(cfg, round_)
+    folds = list(range(rcfg.folds))
+    done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold") if e.round in (round_, None)}
+    ctx.ended_before |= {(round_, n, int(k)) for n, k in done}
+    todo = [n for n in names if any((n, k) not in done for k in folds)]
     if not todo:
         return
-    per_job_cpu = max(cfg.resources_for(n).cpu for n in todo) * cfg.round2.workers_per_fold + DRIVER_CPU
-    per_job_gpu = max(cfg.resources_for(n).gpu for n in todo) * cfg.round2.workers_per_fold
+    per_job_cpu = max(cfg.resources_for(n).cpu for n in todo) * rcfg.workers_per_fold + DRIVER_CPU
+    per_job_gpu = max(cfg.resources_for(n).gpu for n in todo) * rcfg.workers_per_fold
     concurrent = int(ctx.cpus // per_job_cpu) if ctx.cpus else 1
     if per_job_gpu > 0 and ctx.gpus:
         concurrent = min(concurrent, int(ctx.gpus // per_job_gpu))
     param_space = {
         "experiment": tune.grid_search(todo),
-        "folds": tune.grid_search(cfg.round2.fold_groups(ctx.local)),
+        "folds": tune.grid_search(rcfg.fold_groups(ctx.local)),
+        "round": round_,
         "protocol": config_dict(cfg),
-        "storage_path": ctx.storage.uri + "/" + ROUND2 + "-train",
+        "storage_path": ctx.storage.uri + "/" + round_ + "-train",
+        # where each scored fold's best model is kept (trials.BestStore)
+        "run_storage": ctx.storage.storage_uri,
+        "run_name": ctx.storage.name,
     }
     # A fold scored in an earlier session ends at once if Tune restores its trial (a stale snapshot).
     finished = tuple(sorted(f"{n}/{k}" for n, k in done))
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished),
                                     _fold_resources_fn(config_dict(cfg)))
-    callbacks = [ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs), *monitoring_callbacks(cfg, ctx.storage, ROUND2)]
+    callbacks = [ProtocolCallback(ctx.key, round_, rcfg.epochs), *monitoring_callbacks(cfg, ctx.storage, round_)]
     # reuse_actors: a fold launcher keeps its process (and its cached corpus, for scoring) for the next fold.
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=max(1, concurrent), reuse_actors=True)
-    run_config = tune.RunConfig(name=ROUND2, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
-                                failure_config=tune.FailureConfig(max_failures=cfg.round2.max_failures))
+    run_config = tune.RunConfig(name=round_, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=rcfg.max_failures))
     grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
     failed = [f"{r.config['experiment']} folds {r.config['folds']}: {r.error}" for r in grid if r.error is not None]
     if failed:
-        raise ProtocolError("round 2 fold jobs failed:\n" + "\n".join(failed))
-    if missing := round2_missing(ctx.ledger, survivors, folds):
-        total = len(survivors) * len(folds)
-        raise RunInterrupted(f"round 2 interrupted: {total - len(missing)} of {total} folds scored (missing e.g. "
-                             f"{missing[0][0]} fold {missing[0][1]}); nothing was selected. Rerun the same command "
-                             "to resume.")
+        raise ProtocolError(f"{round_} fold jobs failed:\n" + "\n".join(failed))
+    if missing := round2_missing(ctx.ledger, names, folds, round_):
+        total = len(names) * len(folds)
+        raise RunInterrupted(f"{round_.replace('round', 'round ')} interrupted: {total - len(missing)} of {total} folds "
+                             f"scored (missing e.g. {missing[0][0]} fold {missing[0][1]}); nothing was selected. "
+                             "Rerun the same command to resume.")
 
 
-def round2_missing(ledger: Ledger, survivors: list[str], folds: list[int]) -> list[tuple[str, int]]:
-    """(experiment, fold) pairs of Round 2 with no scored fold event in the ledger."""
-    done = {(e.experiment, int(e.fold)) for e in ledger.events("fold")}
+def round2_missing(ledger: Ledger, survivors: list[str], folds: list[int], round_: str = ROUND2
+                   ) -> list[tuple[str, int]]:
+    """(experiment, fold) pairs of ``round_`` with no scored fold event in the ledger."""
+    done = {(e.experiment, int(e.fold)) for e in ledger.events("fold") if e.round in (round_, None)}
     return [(n, k) for n in survivors for k in folds if (n, k) not in done]
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 from pianoray.config import ProtocolConfig
 from pianoray.models import registry
 from pianoray.objectives.metrics import PairCounts
-from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC, EpochRecord, FoldScore, reportable
+from pianoray.records import ROUND1, ROUND2, ROUND3, SELECTION_METRIC, EpochRecord, FoldScore, reportable
 from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import Budget, fit
@@ -198,6 +198,8 @@ def fold_worker(config: dict[str, Any]) -> None:
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, folds, finished = config["experiment"], list(config["folds"]), set(config.get("finished", ()))
+    round_ = config.get("round", ROUND2)
+    budget = round_config(cfg, round_)
     rank = ray.train.get_context().get_world_rank()
     data = experiment_data(cfg)
     device = get_device()
@@ -217,18 +219,18 @@ def fold_worker(config: dict[str, Any]) -> None:
             logger.warning("round2 %s fold %d: no score in the ledger and its checkpoints are gone; training it "
                            "again from the start (deterministic: the same score)", name, fold)
         if not trained_before and not (mine and at[1]):
-            extra = {"experiment": name, "fold": fold, "round": ROUND2}
+            extra = {"experiment": name, "fold": fold, "round": round_}
             if rank == 0:
                 sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra), ()
             else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
                 sink, callbacks = None, (lambda r, extra=extra: ray.train.report(r.to_report(**extra)),)
             start = resume if mine else None
-            for _ in fit(cfg, name, data, fold, Budget(cfg.round2.epochs, cfg.round2.patience), tiers=cfg.round2.tiers,
+            for _ in fit(cfg, name, data, fold, Budget(budget.epochs, budget.patience), tiers=budget.tiers,
                          sink=sink, callbacks=callbacks, resume_from=start, device=device, wrap_model=wrap):
                 pass
         final: dict[str, Any] = {}
         if rank == 0:
-            final = score_fold(cfg, name, fold, data, _reported(fold), device)
+            final = score_fold(cfg, name, fold, data, _reported(fold), device, keep=best_store(config), round_=round_)
         ray.train.report(final)
 
 
@@ -239,7 +241,7 @@ def _reported(fold: int) -> list[Any]:
     return [r for r in ray.train.get_all_reported_checkpoints() if r.metrics.get("fold") == fold]
 
 
-def fold_checkpoint_config(cfg: ProtocolConfig, n_folds: int) -> Any:
+def fold_checkpoint_config(cfg: ProtocolConfig, n_folds: int, round_: str = ROUND2) -> Any:
     """Which checkpoints a Round-2 job keeps. One fold: the top ``round2.num_to_keep`` by validation pairwise
     accuracy. Several folds in one job: Ray ranks checkpoints across the whole job, so top-k could drop a weaker
     fold's best before it is scored; the most recent ``patience + 1`` (at least ``num_to_keep``) are kept
@@ -247,7 +249,7 @@ def fold_checkpoint_config(cfg: ProtocolConfig, n_folds: int) -> Any:
     its best) and its latest (for resume), and let each scored fold's checkpoints go as the next fold trains."""
     import ray.train
 
-    r2 = cfg.round2
+    r2 = round_config(cfg, round_)
     if n_folds == 1:
         return ray.train.CheckpointConfig(num_to_keep=r2.num_to_keep, checkpoint_score_attribute=SELECTION_METRIC,
                                           checkpoint_score_order="max")
@@ -265,17 +267,73 @@ def _checkpoint_place(resume: Path | None, first_fold: int) -> tuple[int, bool] 
 
 
 def score_fold(cfg: ProtocolConfig, name: str, fold: int, data: ExperimentData, reported: list[Any],
-               device: Any) -> dict[str, Any]:
-    """The fold's final report: the test scores of its best reported checkpoint (:func:`best_checkpoint`)."""
+               device: Any, keep: "BestStore | None" = None, round_: str = ROUND2) -> dict[str, Any]:
+    """The fold's final report: the test scores of its best reported checkpoint (:func:`best_checkpoint`),
+    whose model ``keep`` stores for what comes after Round 2 (:class:`BestStore`)."""
     from pianoray.training.scoring import score_checkpoint
 
     best = best_checkpoint([(r.checkpoint, r.metrics) for r in reported])
     if best is None:
-        raise RuntimeError(f"round2 {name} fold {fold}: the Train run reported no checkpoint")
+        raise RuntimeError(f"{round_} {name} fold {fold}: the Train run reported no checkpoint")
     with best.as_directory() as d:
         # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
         test = score_checkpoint(cfg, name, data, fold, Path(d), n_boot=200, device=device)
-    return FoldScore.from_scores(name, fold, test).to_report()
+        if keep is not None:
+            keep.put(name, fold, Path(d))
+    return FoldScore.from_scores(name, fold, test, round_).to_report()
+
+
+def round_config(cfg: ProtocolConfig, round_: str) -> Any:
+    """The budget, tiers and Train settings of a fold job of ``round_`` (Round 3's extend Round 2's fields)."""
+    return cfg.round3 if round_ == ROUND3 else cfg.round2
+
+
+class BestStore:
+    """Each scored fold's best model, ``<run>/best/<experiment>/fold<k>/``: its weights (``model.pt``, the
+    PerformanceModel's state dict, no optimiser) and its ``metrics.json``. Ray Train keeps a job's checkpoints
+    only while it runs its folds (a multi-fold job lets a scored fold's go: :func:`fold_checkpoint_config`); what
+    starts from a trained fold (Round 3's frozen winners, export) reads it here, local or in object storage."""
+
+    DIR = "best"
+    MODEL = "model.pt"
+
+    def __init__(self, storage_uri: str, run_name: str) -> None:
+        from pianoray.protocol.storage import RunStorage
+
+        self.storage = RunStorage(storage_uri, run_name)
+
+    def rel(self, experiment: str, fold: int, file: str) -> str:
+        return f"{self.DIR}/{experiment}/fold{fold}/{file}"
+
+    def put(self, experiment: str, fold: int, checkpoint: Path) -> None:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(read_state(checkpoint)["model"], buf)
+        self.storage.write_bytes(self.rel(experiment, fold, METRICS_FILE), (checkpoint / METRICS_FILE).read_bytes())
+        self.storage.write_bytes(self.rel(experiment, fold, self.MODEL), buf.getvalue())
+
+    def has(self, experiment: str, fold: int) -> bool:
+        return self.storage.exists(self.rel(experiment, fold, self.MODEL))
+
+    def weights(self, experiment: str, fold: int) -> dict[str, Any]:
+        """The stored PerformanceModel state dict of ``experiment`` on ``fold``."""
+        import io
+
+        import torch
+
+        data = self.storage.read_bytes(self.rel(experiment, fold, self.MODEL))
+        return torch.load(io.BytesIO(data), map_location="cpu")
+
+
+def best_store(config: Mapping[str, Any]) -> BestStore | None:
+    """Where a fold job keeps its folds' best models (``config["run_storage"]``/``["run_name"]``, set by the
+    driver); None without a run (a bare test trainable)."""
+    if not config.get("run_storage") or not config.get("run_name"):
+        return None
+    return BestStore(config["run_storage"], config["run_name"])
 
 
 def fitted_fold(cfg: ProtocolConfig, name: str, fold: int, report: Callable[[dict[str, Any]], None]) -> None:
@@ -323,6 +381,8 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, folds = config["experiment"], list(config["folds"])
+    round_ = config.get("round", ROUND2)
+    budget = round_config(cfg, round_)
     done = [k for k in folds if f"{name}/{k}" in finished]
     if len(done) == len(folds):
         return
@@ -334,25 +394,28 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     res = cfg.resources_for(name)
     trainer = TorchTrainer(
         fold_worker,
-        train_loop_config={"protocol": config["protocol"], "experiment": name, "folds": folds, "finished": done},
+        train_loop_config={"protocol": config["protocol"], "experiment": name, "folds": folds, "finished": done,
+                           "round": round_, "run_storage": config.get("run_storage"),
+                           "run_name": config.get("run_name")},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.round2.workers_per_fold,
+            num_workers=budget.workers_per_fold,
             use_gpu=res.gpu > 0,
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu > 0 else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=train_run_name(name, folds),
+            name=train_run_name(name, folds, round_),
             storage_path=config["storage_path"],
-            checkpoint_config=fold_checkpoint_config(cfg, len(folds)),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.round2.max_failures),
+            checkpoint_config=fold_checkpoint_config(cfg, len(folds), round_),
+            failure_config=ray.train.FailureConfig(max_failures=budget.max_failures),
             callbacks=[TuneReportCallback()],
         ),
     )
     trainer.fit()  # each fold's test score arrives as its last report (fold_worker)
 
 
-def train_run_name(experiment: str, folds: list[int]) -> str:
-    """The Ray Train run (and storage folder) of a Round-2 job: ``round2-A1-fold1``, ``round2-A1-folds0-3``."""
+def train_run_name(experiment: str, folds: list[int], round_: str = ROUND2) -> str:
+    """The Ray Train run (and storage folder) of a fold job: ``round2-A1-fold1``, ``round2-A1-folds0-3``,
+    ``round3-F2-folds0-3``."""
     if len(folds) == 1:
-        return f"round2-{experiment}-fold{folds[0]}"
-    return f"round2-{experiment}-folds{folds[0]}-{folds[-1]}"
+        return f"{round_}-{experiment}-fold{folds[0]}"
+    return f"{round_}-{experiment}-folds{folds[0]}-{folds[-1]}"

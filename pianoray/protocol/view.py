@@ -326,7 +326,8 @@ class RunView:
                 cpu += sum(c["resource_hours"]["cpu_hours"] for c in search["configs"])
             exp: dict[str, Any] = {
                 "name": name, "track": track, "role": role,
-                "furthest_round": ROUND2 if name in round2_names and ROUND2 in self.rounds else ROUND1,
+                "furthest_round": ROUND2 if x.round == ROUND2 or (name in round2_names and ROUND2 in self.rounds)
+                else ROUND1,
                 "status": x.status,
                 "resource_hours": {"gpu_hours": gpu, "cpu_hours": cpu},
                 "round1": {"epochs": r1.round1_epochs, "best_metric": r1.round1_best,

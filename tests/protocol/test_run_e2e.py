@@ -71,6 +71,21 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     # comparison with its track's best reference (the symbolic track always has symbolic-gbm) has a paired CI
     folds = run.events("fold")
     assert folds and all(set(f["payload"]["pair_counts"]) == {"val", "test"} for f in folds)
+    # each scored neural fold's best model is kept (what Round 3 and export start from) and loads into its model
+    from pianoray.config import load_config
+    from pianoray.protocol.trials import BestStore
+    from pianoray.training.data import ExperimentData
+    from pianoray.training.loop import build_model
+
+    store = BestStore(str(run.dir.parent), run.dir.name)
+    kept = {(f["experiment"], f["fold"]) for f in folds if f["experiment"] != "symbolic-gbm"}
+    assert kept and all(store.has(x, k) for x, k in kept)
+    cfg = load_config(run.config, {"data": {"root": str(run.data)}})
+    x, k = sorted(kept)[0]
+    if x in cfg.experiments:  # a Round-2 name of the config (the e2e config searches nothing)
+        build_model(cfg, x, ExperimentData.from_config(cfg), k).load_state_dict(store.weights(x, k))
+    metrics = json.loads((run.dir / "best" / x / f"fold{k}" / "metrics.json").read_text())
+    assert metrics["fold"] == k and metrics["selectable"]
     sym = r["selection"]["symbolic"]
     if sym["winner"] is not None:
         versus = sym["versus_reference"]
