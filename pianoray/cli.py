@@ -438,6 +438,12 @@ def _print_results(results: dict) -> None:
         console.print(f"  rung {d['rung']}: stopped {d['experiment']}: {d['reason']}", highlight=False)
     from pianoray.report.tables import margin_text, reference_text
 
+    fusion = results.get("fusion") or {}
+    if fusion.get("final"):
+        final = fusion["final"]
+        console.print(f"[bold]final model:[/bold] {final['model'] or '-'} — {final['reason']}", highlight=False)
+    elif fusion.get("skipped"):
+        console.print(f"round 3 skipped: {fusion['skipped']}", highlight=False)
     for track, sel in results["selection"].items():
         if sel.get("winner") or sel.get("explanation"):
             console.print(f"[bold]{track} winner:[/bold] {sel.get('winner') or '-'} — {sel.get('explanation', '')}",

@@ -285,6 +285,7 @@ class Round3Config(Round2Config):
     every fold; ``enabled: false`` skips it. A run whose fused tracks lack a winner skips it and says why."""
 
     enabled: bool = True
+    folds: int | None = Field(None, ge=1)  # None: Round 2's (each fold fuses that fold's Round-2 models)
     fusions: list[str] = Field(default_factory=lambda: ["F1", "F2", "F3"])
     fuse: list[str] = Field(default_factory=lambda: ["audio", "symbolic"], min_length=2, max_length=2)
     epochs: int = Field(30, ge=1)
@@ -323,6 +324,11 @@ class ProtocolConfig(Strict):
             raise ValueError(f"round1.fold={self.round1.fold} but data.k={self.data.k}")
         if self.round2.folds > self.data.k:
             raise ValueError(f"round2.folds={self.round2.folds} exceeds data.k={self.data.k}")
+        if self.round3.folds is None:
+            self.round3.folds = self.round2.folds
+        elif self.round3.folds > self.round2.folds:
+            raise ValueError(f"round3.folds={self.round3.folds} exceeds round2.folds={self.round2.folds}: Round 3 "
+                             "fuses each fold's Round-2 models")
         return self
 
     # Resolved views of an experiment: its own settings where given, the protocol's otherwise.
@@ -346,6 +352,12 @@ class ProtocolConfig(Strict):
 
     def enabled_experiments(self) -> list[str]:
         return [n for n, e in self.experiments.items() if e.enabled]
+
+    def fold_round(self, round_: str) -> "Round2Config":
+        """The budget, tiers and Train settings of ``round_``'s fold jobs (Round 3's extend Round 2's)."""
+        from pianoray.records import ROUND3
+
+        return self.round3 if round_ == ROUND3 else self.round2
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -429,6 +441,11 @@ def _validate_models(source: str, cfg: ProtocolConfig) -> None:
             continue
         if exp.search is not None:
             problems += _search_problems(source, cfg, name, spec)
+    for i, fusion in enumerate(cfg.round3.fusions):
+        kind = getattr(registry.all_specs().get(fusion), "kind", None)
+        if kind != "fusion":
+            fusions = ", ".join(registry.names(kind="fusion"))
+            problems.append(f"{source}: round3.fusions.{i}: {fusion!r} is not a registered fusion ({fusions})")
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SELECTION_METRIC = "val/pairwise_accuracy"  # what rungs, early stopping, checkpoint ranking and winners use
 ROUND1, ROUND2, ROUND3 = "round1", "round2", "round3"
+FOLD_ROUNDS = (ROUND2, ROUND3)  # the rounds that train every fold (Ray Train fold jobs)
 Role = Literal["candidate", "reference"]  # a reference is trained and reported, never a leader nor a winner
 PAIR_COUNTS = "pair_counts"  # the key of a fold's per-passage counts ({"val": ..., "test": ...})
 # A track's comparison-table figures unless its TrackSpec says otherwise: dotted paths into an experiment's row.
@@ -234,6 +235,19 @@ class SearchPayload(_Payload):
     space: dict[str, Any] = {}
 
 
+class FusionPayload(_Payload):
+    """``fusion``: Round 3's verdict (``protocol.run.fusion_verdict``): the fused winners, each fusion against
+    the best single encoder, the fusion track's winner and the run's final model with the reason."""
+
+    fuses: dict[str, str] = {}
+    skipped: Optional[str] = None
+    best_single: Optional[str] = None
+    comparisons: dict[str, dict[str, Any]] = {}
+    winners: dict[str, Optional[str]] = {}
+    summaries: dict[str, Any] = {}
+    final: dict[str, Any]
+
+
 class CrashPayload(_Payload):
     """``crash``: an exception that was not the user's to fix ended the driver."""
 
@@ -246,6 +260,7 @@ PAYLOADS: dict[str, type[_Payload]] = {
     "epoch": EpochPayload, "decision": DecisionPayload, "rejudged": RejudgedPayload, "round": RoundPayload,
     "selection": SelectionPayload, "trial": TrialPayload, "resources": ResourcesPayload, "fold": FoldPayload,
     "paircounts": PairCountsPayload, "pretrain": PretrainPayload, "crash": CrashPayload, "search": SearchPayload,
+    "fusion": FusionPayload,
 }
 
 
@@ -262,5 +277,5 @@ def validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
         raise ValueError(f"a {kind!r} event's {problems}") from None
 
 
-__all__ = ["DEFAULT_TRACK_METRICS", "EpochRecord", "FoldScore", "PAYLOADS", "validate_payload", "METRIC_PREFIXES", "PAIR_COUNTS", "ROUND1", "ROUND2", "Role",
+__all__ = ["DEFAULT_TRACK_METRICS", "EpochRecord", "FoldScore", "PAYLOADS", "validate_payload", "METRIC_PREFIXES", "PAIR_COUNTS", "ROUND1", "ROUND2", "ROUND3", "FOLD_ROUNDS", "Role",
            "SELECTION_METRIC", "TEST_PREFIX", "reportable"]

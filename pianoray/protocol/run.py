@@ -15,6 +15,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from pianoray.config import ProtocolConfig
@@ -30,7 +31,7 @@ from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, R
 from pianoray.protocol.search import Candidate, StudyJournals
 from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
 from pianoray.protocol.storage import RunStorage
-from pianoray.records import ROUND1, ROUND2, FoldScore
+from pianoray.records import FOLD_ROUNDS, ROUND1, ROUND2, ROUND3, FoldScore
 
 DRIVER_CPU = 0.1  # a Round-2 fold trainable only launches its TorchTrainer (0 is refused by Tune)
 
@@ -94,14 +95,15 @@ def _hooks(ctx: RunContext, board: ProgressBoard, refresh: Callable[[], None]) -
         wall = row.running_seconds(row.ended or time.time())  # not the time it sat paused at a sync rung
         res = ctx.cfg.resources_for(row.experiment)
         per = {"CPU": res.cpu, "GPU": res.gpu}
-        # A Round-2 neural fold holds workers_per_fold Train workers; a fitted reference fits in its trainable.
+        # A Round-2/3 neural fold holds workers_per_fold Train workers; a fitted reference fits in its trainable.
         neural = not is_fitted(ctx.cfg, row.experiment)
-        used = scale_resources(per, ctx.cfg.round2.workers_per_fold) if round_ == ROUND2 and neural else per
+        fold_job = round_ in FOLD_ROUNDS and neural
+        used = scale_resources(per, ctx.cfg.fold_round(round_).workers_per_fold) if fold_job else per
         hours = resource_hours(used, wall)
         ctx.ledger.resources(row.experiment, f"{trial.trial_id}@{ctx.session}", hours.resource,
                              hours.amount_hours, wall, round=round_, fold=row.fold)
-        # A Round-2 trial may run several folds (round2.fold_jobs): each fold's end is its own event.
-        where = f"/fold{row.fold}" if round_ == ROUND2 else ""
+        # A Round-2/3 trial may run several folds (fold_jobs): each fold's end is its own event.
+        where = f"/fold{row.fold}" if round_ in FOLD_ROUNDS else ""
         ctx.ledger.trial(round_, row.experiment, f"{trial.trial_id}@{ctx.session}{where}", row.status.lower(),
                          fold=row.fold, epoch=row.epoch)
 
@@ -405,10 +407,10 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
     launched from Tune function trainables (``round2.fold_jobs`` / ``round3.fold_jobs`` group the folds)."""
     from ray import tune
 
-    from pianoray.protocol.trials import fold_trainable, round_config
+    from pianoray.protocol.trials import fold_trainable
 
     cfg = ctx.cfg
-    rcfg = round_config(cfg, round_)
+    rcfg = cfg.fold_round(round_)
     folds = list(range(rcfg.folds))
     done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold") if e.round in (round_, None)}
     ctx.ended_before |= {(round_, n, int(k)) for n, k in done}
@@ -448,6 +450,101 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
         raise RunInterrupted(f"{round_.replace('round', 'round ')} interrupted: {total - len(missing)} of {total} folds "
                              f"scored (missing e.g. {missing[0][0]} fold {missing[0][1]}); nothing was selected. "
                              "Rerun the same command to resume.")
+
+
+def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any]:
+    """Round 3: each of ``round3.fusions`` over the winners of the ``round3.fuse`` tracks, every fold, as fold
+    jobs like Round 2's. Skipped (the summary says why) when a fused track has no winner."""
+    from pianoray.protocol.trials import BestStore
+    from pianoray.training.data import ExperimentData
+    from pianoray.training.fusion import fusion_experiment, initial_state, write_state
+
+    cfg, r3 = ctx.cfg, ctx.cfg.round3
+    missing = [t for t in r3.fuse if not winners.get(t)]
+    if missing:
+        return {"skipped": f"no {' and no '.join(missing)} winner to fuse", "experiments": []}
+    parts = {t: str(winners[t]) for t in r3.fuse}
+    store, data = BestStore(ctx.storage.storage_uri, ctx.storage.name), ExperimentData.from_config(cfg)
+    starts = _local_dir(ctx.storage, "round3-init")
+    experiments = dict(cfg.experiments)
+    for fusion in r3.fusions:
+        exp = fusion_experiment(cfg, fusion, parts)
+        with_exp = cfg.model_copy(update={"experiments": {**cfg.experiments, fusion: exp}})
+        paths = {}
+        for k in range(r3.folds):
+            path = starts / fusion / f"fold{k}.pt"
+            if not path.is_file():  # written once; a resumed run finds it (and would write the same state)
+                write_state(initial_state(with_exp, fusion, {t: store.weights(w, k) for t, w in parts.items()},
+                                          data), path)
+            paths[k] = path
+        experiments[fusion] = exp.model_copy(update={"init_encoder_folds": paths})
+        spec = registry.get(fusion)
+        ctx.tracks[fusion] = (spec.track, spec.role)
+    ctx.cfg = cfg.model_copy(update={"experiments": experiments})
+    ctx.ledger.round_started(ROUND3, {f: {"track": ctx.tracks[f][0], "role": ctx.tracks[f][1], "fuses": parts}
+                                      for f in r3.fusions})
+    run_fold_jobs(ctx, ROUND3, list(r3.fusions))
+    return {"experiments": list(r3.fusions), "fuses": parts}
+
+
+def _local_dir(storage: RunStorage, name: str) -> Path:
+    """A folder of this run on the driver's disk: inside the run folder, or for object storage a cache."""
+    import hashlib
+
+    local = storage.local_dir()
+    if local is not None:
+        return local / name
+    return Path("~/.cache/pianoray/runs").expanduser() / hashlib.sha256(storage.uri.encode()).hexdigest()[:16] / name
+
+
+def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], winners: dict[str, str | None]
+                   ) -> dict[str, Any]:
+    """What Round 3 concluded: each fusion against the best single encoder it fuses (the winner with the higher
+    mean validation pairwise accuracy) on the test parts, paired over passages across folds; the fusion track's
+    winner; and the run's final model: a fusion only if one beats the best single encoder with its whole CI
+    above zero (the best such by validation), else that single encoder, with the reason."""
+    from pianoray.protocol.selection import fold_counts, paired_gap, verdict
+    from pianoray.protocol.view import RunView
+
+    singles = [w for w in (winners.get(t) for t in cfg.round3.fuse) if w]
+    fusions = list(round3.get("experiments", []))
+    outcomes = RunView.read(ledger).fold_outcomes(fusions + singles)
+    summaries = {n: summarise(f) for n, f in outcomes.items()}
+
+    def val(name: str | None) -> float:
+        v = ((summaries.get(name) or {}).get("pairwise_accuracy") or {}).get("mean")
+        return float("-inf") if v is None else float(v)
+
+    single = max(singles, key=val) if singles else None
+    comparisons = {}
+    for f in fusions:
+        gap = paired_gap(fold_counts(outcomes.get(f), "test"), fold_counts(outcomes.get(single), "test"),
+                         n_boot=cfg.selection.n_boot, seed=cfg.seed) if single else None
+        r2 = [((summaries.get(n) or {}).get("test") or {}).get("r2", {}).get("mean") for n in (f, single)]
+        comparisons[f] = {**(gap or {"gap_points": None, "ci_points": [None, None]}), "versus": single,
+                          "verdict": verdict((gap or {}).get("ci_points")),
+                          "r2_gap": r2[0] - r2[1] if None not in r2 else None}
+    fusion_sel = select_winners({f: summaries[f] for f in fusions if f in summaries},
+                                {f: ("fusion", "candidate") for f in fusions if f in summaries},
+                                tie_tolerance=cfg.selection.tie_tolerance, folds=outcomes,
+                                n_boot=cfg.selection.n_boot, seed=cfg.seed) if fusions else {"winners": {}}
+    beating = [f for f, c in comparisons.items() if c["verdict"] == "beats"]
+    if beating:
+        final = max(beating, key=val)
+        c = comparisons[final]
+        reason = (f"{final} beats {single} on the test parts by {c['gap_points']:+.1f} points of pairwise accuracy "
+                  f"(95% CI {c['ci_points'][0]:+.1f} to {c['ci_points'][1]:+.1f})")
+    else:
+        final = single
+        told = "; ".join(f"{f} {c['gap_points']:+.1f} ({c['ci_points'][0]:+.1f} to {c['ci_points'][1]:+.1f})"
+                         if c["ci_points"][0] is not None else f"{f}: no paired figure"
+                         for f, c in comparisons.items())
+        reason = (round3.get("skipped") or "") + (
+            f"no fusion beats {single} on the test parts with a CI above zero: {told}" if fusions else "")
+    return {"fuses": round3.get("fuses", {}), "skipped": round3.get("skipped"), "best_single": single,
+            "comparisons": comparisons, "winners": fusion_sel.get("winners", {}), "summaries": summaries,
+            "selection": {k: v for k, v in fusion_sel.items() if k != "winners"},
+            "final": {"model": final, "kind": "fusion" if final in fusions else "single", "reason": reason}}
 
 
 def round2_missing(ledger: Ledger, survivors: list[str], folds: list[int], round_: str = ROUND2
@@ -604,14 +701,7 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
     board = ProgressBoard(tracks)
     title = f"pianoray · {run_storage.name}"
     with feedback.live(lambda: board.render(title)) as redraw:
-        last = [0.0]
-
-        def refresh() -> None:
-            now = time.monotonic()
-            if now - last[0] > 0.25:
-                redraw()
-                last[0] = now
-
+        refresh = _throttled(redraw)
         HOOKS[ctx.key] = _hooks(ctx, board, refresh)
         try:
             experiments = {n: {"track": t, "role": r} for n, (t, r) in tracks.items()}
@@ -648,4 +738,33 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
                              tie_tolerance=cfg.selection.tie_tolerance,
                              folds=outcomes, n_boot=cfg.selection.n_boot, seed=cfg.seed)
         ledger.selection({**sel, "summaries": summaries})
+    winners = dict((ledger.selected() or {}).get("winners") or {})
+    if cfg.round3.enabled and not ledger.is_round_finished(ROUND3):
+        with feedback.live(lambda: board.render(title)) as redraw:
+            HOOKS[ctx.key] = _hooks(ctx, board, _throttled(redraw))
+            try:
+                r3 = run_round3(ctx, winners)
+            finally:
+                HOOKS.pop(ctx.key, None)
+            redraw()
+        if r3.get("skipped"):
+            feedback.say(f"round 3 skipped: {r3['skipped']}")
+        ledger.round_finished(ROUND3, r3)
+    if cfg.round3.enabled and not ledger.events("fusion"):
+        r3 = ledger.round_summary(ROUND3) or {}
+        ledger.append(Event(kind="fusion", event_id="fusion/verdict", time=time.time(),
+                            payload=fusion_verdict(ledger, cfg, r3, winners)))
     return build_results(ledger, cfg, run_storage)
+
+
+def _throttled(redraw: Callable[[], None], every: float = 0.25) -> Callable[[], None]:
+    """``redraw``, at most once per ``every`` seconds (the board refreshes on every report)."""
+    last = [0.0]
+
+    def refresh() -> None:
+        now = time.monotonic()
+        if now - last[0] > every:
+            redraw()
+            last[0] = now
+
+    return refresh

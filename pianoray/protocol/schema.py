@@ -138,6 +138,7 @@ class ResultsJSON(StatusJSON):
     curves: list[dict[str, Any]]
     rounds: list[dict[str, Any]]
     pretraining: dict[str, Any]
+    fusion: Optional[dict[str, Any]] = None  # Round 3: fuses, skipped, best_single, comparisons, winner, final
 
 
 STATUS_KEYS = tuple(StatusJSON.model_fields)

@@ -224,7 +224,8 @@ def _aligned(a: PairCounts, b: PairCounts) -> tuple[PairCounts, PairCounts] | No
     return (PairCounts(groups, a.correct[ia], a.total[ia]), PairCounts(groups, b.correct[jb], b.total[jb]))
 
 
-def _counts(outcomes: Sequence[FoldOutcome] | None, part: str) -> dict[int, PairCounts]:
+def fold_counts(outcomes: Sequence[FoldOutcome] | None, part: str) -> dict[int, PairCounts]:
+    """fold -> the per-passage pair counts of ``part`` ("val" or "test") of each fold that has them."""
     out = {}
     for f in outcomes or ():
         c = f.val_counts if part == "val" else f.test_counts
@@ -286,7 +287,7 @@ def winner_margin(winner: str, runner_up: str | None, summaries: Mapping[str, Ma
                            "passages_left_out": 0, "statistical_tie": None}
     if runner_up is None:
         return out
-    gap = paired_gap(_counts(folds.get(winner), "val"), _counts(folds.get(runner_up), "val"),
+    gap = paired_gap(fold_counts(folds.get(winner), "val"), fold_counts(folds.get(runner_up), "val"),
                      n_boot=n_boot, seed=seed)
     if gap is not None:
         out.update(gap)
@@ -320,7 +321,7 @@ def versus_references(winner: str, references: Iterable[str], summaries: Mapping
         row: dict[str, Any] = {"reference": ref, "reference_mean": _mean_pw(summaries.get(ref), "test"),
                                "gap_points": None, "ci_points": [None, None], "folds": 0, "passages": 0,
                                "passages_left_out": 0}
-        gap = paired_gap(_counts(folds.get(winner), "test"), _counts(folds.get(ref), "test"), n_boot=n_boot,
+        gap = paired_gap(fold_counts(folds.get(winner), "test"), fold_counts(folds.get(ref), "test"), n_boot=n_boot,
                          seed=seed)
         if gap is not None:
             row.update(gap)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 from pianoray.config import ProtocolConfig
 from pianoray.models import registry
 from pianoray.objectives.metrics import PairCounts
-from pianoray.records import ROUND1, ROUND2, ROUND3, SELECTION_METRIC, EpochRecord, FoldScore, reportable
+from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC, EpochRecord, FoldScore, reportable
 from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import Budget, fit
@@ -199,7 +199,7 @@ def fold_worker(config: dict[str, Any]) -> None:
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, folds, finished = config["experiment"], list(config["folds"]), set(config.get("finished", ()))
     round_ = config.get("round", ROUND2)
-    budget = round_config(cfg, round_)
+    budget = cfg.fold_round(round_)
     rank = ray.train.get_context().get_world_rank()
     data = experiment_data(cfg)
     device = get_device()
@@ -249,7 +249,7 @@ def fold_checkpoint_config(cfg: ProtocolConfig, n_folds: int, round_: str = ROUN
     its best) and its latest (for resume), and let each scored fold's checkpoints go as the next fold trains."""
     import ray.train
 
-    r2 = round_config(cfg, round_)
+    r2 = cfg.fold_round(round_)
     if n_folds == 1:
         return ray.train.CheckpointConfig(num_to_keep=r2.num_to_keep, checkpoint_score_attribute=SELECTION_METRIC,
                                           checkpoint_score_order="max")
@@ -281,11 +281,6 @@ def score_fold(cfg: ProtocolConfig, name: str, fold: int, data: ExperimentData, 
         if keep is not None:
             keep.put(name, fold, Path(d))
     return FoldScore.from_scores(name, fold, test, round_).to_report()
-
-
-def round_config(cfg: ProtocolConfig, round_: str) -> Any:
-    """The budget, tiers and Train settings of a fold job of ``round_`` (Round 3's extend Round 2's fields)."""
-    return cfg.round3 if round_ == ROUND3 else cfg.round2
 
 
 class BestStore:
@@ -382,7 +377,7 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     cfg = ProtocolConfig.model_validate(config["protocol"])
     name, folds = config["experiment"], list(config["folds"])
     round_ = config.get("round", ROUND2)
-    budget = round_config(cfg, round_)
+    budget = cfg.fold_round(round_)
     done = [k for k in folds if f"{name}/{k}" in finished]
     if len(done) == len(folds):
         return

@@ -18,7 +18,7 @@ from pianoray.protocol.accounting import ResourceRecord, hours_by_experiment
 from pianoray.protocol.ledger import ELIMINATING_ACTIONS, PROMOTING_ACTIONS, Event, Ledger
 from pianoray.protocol.schema import SCHEMA_VERSION
 from pianoray.protocol.storage import RunStorage
-from pianoray.records import DEFAULT_TRACK_METRICS, ROUND1, ROUND2, SELECTION_METRIC
+from pianoray.records import DEFAULT_TRACK_METRICS, FOLD_ROUNDS, ROUND1, ROUND2, ROUND3, SELECTION_METRIC
 
 if TYPE_CHECKING:  # selection loads scipy and sklearn: only fold_outcomes needs it, status never does
     from pianoray.protocol.selection import FoldOutcome
@@ -91,6 +91,7 @@ class RunView:
     epochs: dict[tuple[str, str, int], list[Event]] = field(default_factory=dict)  # (round, exp, fold) -> events
     pretraining: dict[str, Any] = field(default_factory=dict)
     search: dict[str, dict[str, Any]] = field(default_factory=dict)  # experiment -> its search event's payload
+    fusion: dict[str, Any] | None = None  # Round 3's verdict (run.fusion_verdict), once recorded
 
     # ------------------------------------------------------------------------------------------ reading
     @classmethod
@@ -196,6 +197,9 @@ class RunView:
         if e.experiment:
             self.pretraining[e.experiment] = dict(e.payload)
 
+    def _on_fusion(self, e: Event, order: dict[str, int]) -> None:
+        self.fusion = dict(e.payload)
+
     def _on_search(self, e: Event, order: dict[str, int]) -> None:
         if e.experiment:
             self.search[e.experiment] = dict(e.payload)
@@ -214,7 +218,8 @@ class RunView:
         eliminated = {n for s in self.round_summaries.values() for n in s.get("eliminated", [])}
         errored = {n for s in self.round_summaries.values() for n in s.get("errored", [])}
         sel = self.selection or {}
-        winners, vetoed = set((sel.get("winners") or {}).values()), set(sel.get("vetoed", []))
+        winners, vetoed = set(self.winners.values()), set(sel.get("vetoed", []))
+        promoted |= {n for n in (self.round_summaries.get(ROUND3) or {}).get("experiments", [])}
         for n in winners:
             if n:
                 self._exp(n)
@@ -229,7 +234,8 @@ class RunView:
     # ------------------------------------------------------------------------------------------ queries
     @property
     def winners(self) -> dict[str, str | None]:
-        return dict((self.selection or {}).get("winners") or {})
+        """track -> winner: Round 2's selection, and the fusion track's from Round 3's verdict."""
+        return {**((self.selection or {}).get("winners") or {}), **((self.fusion or {}).get("winners") or {})}
 
     def stopped(self, round: str | None = None) -> dict[str, dict[str, Any]]:
         """experiment -> the decision (as it stands) that stopped it (in ``round``)."""
@@ -256,7 +262,8 @@ class RunView:
         return specs
 
     def fold_outcomes(self, experiments: Iterable[str]) -> dict[str, list[FoldOutcome]]:
-        """Per experiment with at least one Round-2 fold: each fold's best validation epoch among the epochs
+        """Per experiment with at least one Round-2 (or Round-3: a fusion) fold: each fold's best validation
+        epoch among the epochs
         that select models (from the epoch events), its test scores and per-passage pair counts (from the fold
         event). What selection reads."""
         from pianoray.protocol.selection import FoldOutcome, fold_pair_counts
@@ -264,8 +271,8 @@ class RunView:
         out: dict[str, list[FoldOutcome]] = {}
         for name in experiments:
             folds = []
-            for k in sorted(f for (r, n, f) in self.epochs if r == ROUND2 and n == name):
-                evs = self.epochs[(ROUND2, name, k)]
+            for r, k in sorted((r, f) for (r, n, f) in self.epochs if r in FOLD_ROUNDS and n == name):
+                evs = self.epochs[(r, name, k)]
                 epochs = [e.data for e in evs]
                 selectable = [p for p in epochs if p.metrics.get("selectable", True)] or epochs
                 best = max(selectable, key=lambda p: _num(p.metrics.get(SELECTION_METRIC)))
@@ -284,7 +291,10 @@ class RunView:
     def results(self) -> dict[str, Any]:
         """The public results dict (``pianoray.protocol.schema``, ``docs/results-schema.md``)."""
         sel = self.selection or {}
-        summaries: dict[str, Any] = sel.get("summaries", {})
+        summaries: dict[str, Any] = {**sel.get("summaries", {}), **(self.fusion or {}).get("summaries", {})}
+        fused = (self.fusion or {}).get("selection") or {}  # the fusion track's own selection (Round 3)
+        sel = {**sel, **{k: {**(sel.get(k) or {}), **(fused.get(k) or {})}
+                         for k in ("explanations", "margins", "versus_reference")}}
         winners = self.winners
         track_list = self.track_specs()
         track_order = [t["name"] for t in track_list]
@@ -326,8 +336,8 @@ class RunView:
                 cpu += sum(c["resource_hours"]["cpu_hours"] for c in search["configs"])
             exp: dict[str, Any] = {
                 "name": name, "track": track, "role": role,
-                "furthest_round": ROUND2 if x.round == ROUND2 or (name in round2_names and ROUND2 in self.rounds)
-                else ROUND1,
+                "furthest_round": x.round if x.round in FOLD_ROUNDS
+                else ROUND2 if name in round2_names and ROUND2 in self.rounds else ROUND1,
                 "status": x.status,
                 "resource_hours": {"gpu_hours": gpu, "cpu_hours": cpu},
                 "round1": {"epochs": r1.round1_epochs, "best_metric": r1.round1_best,
@@ -370,8 +380,21 @@ class RunView:
             "rounds": rounds,
             # experiment -> what its self-supervised pretraining read (pianoray.training.provenance's record)
             "pretraining": self.pretraining,
+            "fusion": self.fusion_summary(),
         }
 
+
+    def fusion_summary(self) -> dict[str, Any] | None:
+        """Round 3 (the public ``fusion`` object): what it fused, each fusion against the best single encoder,
+        and the run's final model with its reason; the skip reason when it was skipped; None before it."""
+        r3 = self.round_summaries.get(ROUND3)
+        if self.fusion is None and r3 is None:
+            return None
+        v = self.fusion or {}
+        r3 = r3 or {}
+        return {"fuses": v.get("fuses", r3.get("fuses", {})), "skipped": v.get("skipped", r3.get("skipped")),
+                "best_single": v.get("best_single"), "comparisons": v.get("comparisons", {}),
+                "winner": (v.get("winners") or {}).get("fusion"), "final": v.get("final")}
 
     def search_summary(self, experiment: str) -> dict[str, Any]:
         """A searched experiment's configurations (the public ``search`` object): their outcomes as Round 1's

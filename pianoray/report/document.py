@@ -25,6 +25,8 @@ from pianoray.report.tables import (
     comparison_data,
     decisions_data,
     fold_data,
+    fusion_data,
+    fusion_text,
     margin_data,
     margin_text,
     md_text,
@@ -132,6 +134,11 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
                TableBlock(reference_data(results))]
 
     blocks += pretraining_blocks(results)
+    if text := fusion_text(results):
+        blocks.append(Heading("Round 3: fusion"))
+        blocks.append(Paragraph(text))
+        if (results.get("fusion") or {}).get("comparisons"):
+            blocks.append(TableBlock(fusion_data(results)))
 
     blocks.append(Heading("Comparison per track"))
     for track in track_names(results):

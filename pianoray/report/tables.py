@@ -478,6 +478,54 @@ def search_text(results: Mapping[str, Any], experiment: str) -> str:
     return text
 
 
+# ------------------------------------------------------------------------------------------- fusion
+
+
+def fusion_data(results: Mapping[str, Any]) -> TableData:
+    """Round 3: one row per fusion, against the best single encoder it fuses, on the test parts (the mean
+    validation pairwise accuracy chose nothing here: it is shown for the fusion track's own ranking)."""
+    fusion = results.get("fusion") or {}
+    rows = {e.get("name"): e for e in _experiments(results)}
+    single = fusion.get("best_single")
+    final = (fusion.get("final") or {}).get("model")
+    cells, highlight = [], []
+    for name, c in (fusion.get("comparisons") or {}).items():
+        row = rows.get(name) or {}
+        test = row.get("test") or {}
+        cells.append([name, fmt_percent((row.get("pairwise_accuracy") or {}).get("mean")),
+                      fmt_percent((test.get("pairwise_accuracy") or {}).get("mean")), _text(c.get("versus")),
+                      fmt_points(c.get("gap_points")), fmt_ci_points(c.get("ci_points")), _text(c.get("verdict")),
+                      MISSING if finite(c.get("r2_gap")) is None else f"{c['r2_gap']:+.3f}"])
+        highlight.append(name == final)
+    return TableData(
+        title="Fusions against the best single encoder",
+        columns=["Fusion", "Val pairwise", "Test pairwise", "Best single", "Gap (points)", "95% CI", "Verdict",
+                 "Test R2 gap"],
+        rows=cells, highlight=highlight,
+        note=f"Gap: the fusion's test pairwise accuracy minus {single or 'the best single encoder'}'s, per fold on "
+             "the same passages, with a paired bootstrap over passages across folds; R2 gap: the difference of the "
+             "mean test R2 over folds (no CI). A fusion is the final model only when its whole CI is above zero.")
+
+
+def fusion_text(results: Mapping[str, Any]) -> str:
+    """What Round 3 fused and concluded, in one paragraph (empty before Round 3, or without it)."""
+    fusion = results.get("fusion") or {}
+    if fusion.get("skipped"):
+        final = fusion.get("final") or {}
+        return f"Round 3 was skipped: {fusion['skipped']}." + (f" Final model: {final['model']}." if final.get(
+            "model") else "")
+    final = fusion.get("final")
+    if not final:
+        return ""
+    fuses = ", ".join(f"{t} {w}" for t, w in (fusion.get("fuses") or {}).items())
+    return (f"Round 3 fused the winners ({fuses}), frozen at each fold's best Round-2 model. Final model: "
+            f"{final.get('model') or MISSING} ({final.get('kind')}): {final.get('reason')}.")
+
+
+def _text(x: Any) -> str:
+    return MISSING if x is None or x == "" else str(x)
+
+
 # ------------------------------------------------------------------------------------------- selection
 
 
