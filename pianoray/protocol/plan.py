@@ -37,7 +37,7 @@ from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
 from pianoray.feedback import Feedback, or_default
-from pianoray.records import ROUND1, ROUND2
+from pianoray.records import ROUND1, ROUND2, ROUND3
 
 DEFAULT_THROUGHPUT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.json"
 # The seed's GPU-hour estimates (model-improvement-v2.md), for comparison only.
@@ -448,7 +448,38 @@ def plan(
         ROUND2, r2.epochs, (units + len(fitted)) * r2.folds, (round(units * keep) + len(fitted)) * r2.folds,
         upper2, expected2, notes2, SEED_GPU_HOURS[ROUND2], scaling,
     )
-    return Plan(cfg.name, list(p1.values()), [round1, round2], eliminated, dict(sizes), source)
+    rounds = [round1, round2]
+    if cfg.round3.enabled:
+        rounds.append(_round3_plan(cfg, trial_plans(cfg.round3.tiers), throughput))
+    return Plan(cfg.name, list(p1.values()), rounds, eliminated, dict(sizes), source)
+
+
+def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throughput: ThroughputTable) -> RoundPlan:
+    """Round 3: each fusion on every fold over two frozen winners, whose forward passes dominate its cost. The
+    winners are unknown before the run, so each fused track is priced at its most expensive candidate (an upper
+    bound; expected: the same, since Round 3 stops nothing) and a fusion epoch at the sum of the two."""
+    from pianoray.models import registry
+
+    r3 = cfg.round3
+    by_track: dict[str, TrialPlan] = {}
+    for name, t in per_trial.items():
+        spec = registry.get(cfg.encoder_name(name))
+        if spec.track in r3.fuse and spec.role == "candidate":
+            if spec.track not in by_track or t.epoch_hours > by_track[spec.track].epoch_hours:
+                by_track[spec.track] = t
+    if len(by_track) < len(r3.fuse):
+        missing = ", ".join(t for t in r3.fuse if t not in by_track)
+        return RoundPlan(ROUND3, r3.epochs, 0, 0, {}, {}, [f"skipped: no candidate of the {missing} track"])
+    scaling = {t.device: throughput.scaling(t.device, r3.workers_per_fold) for t in by_track.values()}
+    hours: dict[str, float] = {}
+    for t in by_track.values():
+        hours[t.device] = hours.get(t.device, 0.0) + (t.epoch_hours * r3.epochs * r3.folds * len(r3.fusions)
+                                                      / scaling[t.device].efficiency)
+    jobs = len(r3.fusions) * r3.folds
+    notes = [f"{', '.join(r3.fusions)} over the {' and '.join(r3.fuse)} winners (frozen) on {r3.folds} folds, tiers "
+             f"{[t.name for t in r3.tiers]}, {r3.epochs} epochs (no early stop assumed); each fused track priced at "
+             f"its most expensive candidate's training epoch ({', '.join(t.experiment for t in by_track.values())})"]
+    return RoundPlan(ROUND3, r3.epochs, jobs, jobs, hours, dict(hours), notes, None, scaling)
 
 
 def plan_for(cfg: ProtocolConfig, *, throughput: str | Path | None = None, eliminated: float = 0.5,

@@ -31,6 +31,7 @@ def scripted_config(workers: int = 2):
         "data": {"k": 4, "val_fraction": 0.2},
         "round1": {"epochs": 10, "rungs": [4], "tiers": ["T1", "T2"]},
         "round2": {"epochs": 20, "folds": 4, "workers_per_fold": workers},
+        "round3": {"enabled": False},
         "experiments": {"X": {"encoder": "audio-frozen", "resources": {"cpu": 8, "gpu": 1}},
                         "Y": {"encoder": "symbolic-features", "resources": {"cpu": 2}},
                         "Z": {"encoder": "audio-frozen", "enabled": False}},
@@ -76,8 +77,10 @@ def test_trial_counts_of_the_shipped_configs(yaml_name):
     trials = sum(cfg.experiments[x].search.configs if cfg.experiments[x].search else 1 for x in neural)
     n, f = len(neural), len(fitted)
     p = plan(cfg, eliminated=0.5)
-    r1, r2 = p.rounds
+    r1, r2, r3 = p.rounds
     assert [t.experiment for t in p.trials] == neural
+    assert (r3.name, r3.jobs_upper, r3.epochs) == ("round3", len(cfg.round3.fusions) * cfg.round3.folds,
+                                                   cfg.round3.epochs)
     assert (r1.jobs_upper, r1.epochs) == (trials, cfg.round1.epochs)
     keep = (trials - trials // 2) / trials
     assert (r2.jobs_upper, r2.jobs_expected, r2.epochs) == ((n + f) * cfg.round2.folds,
@@ -102,6 +105,20 @@ def test_search_configurations_are_round1_trials_and_round2_takes_the_best_k():
     assert (r2.jobs_upper, r2.jobs_expected) == (12, 8)
     assert r2.upper_hours == pytest.approx({"gpu": 2 * 11.9 * 80 / 3600, "cpu": 119 * 80 / 3600})
     assert any("X 3 configurations" in note for note in r1.notes)
+
+
+def test_round3_prices_each_fused_track_at_its_most_expensive_candidate():
+    cfg = scripted_config()
+    cfg.experiments["X"].encoder, cfg.experiments["Y"].encoder = "A1", "S2"  # candidates now
+    cfg.round3.enabled, cfg.round3.epochs = True, 10
+    r3 = plan(cfg, SCRIPTED, eliminated=0.5, sizes=SIZES).rounds[2]
+    # T1-T3: train 60 + 30 + 15 = 105, val 15. X: (105/10 + 15/30) s x 1 GPU; Y: (105/2 + 15/6) s x 2 CPUs; each
+    # x 10 epochs x 4 folds x 3 fusions (the table has no data-parallel entry: efficiency 1)
+    assert (r3.jobs_upper, r3.jobs_expected) == (12, 12)
+    assert r3.upper_hours == pytest.approx({"gpu": 11.0 * 120 / 3600, "cpu": 110.0 * 120 / 3600})
+    cfg.experiments["Y"].encoder = "symbolic-features"  # a reference: the symbolic track has no candidate
+    assert plan(cfg, SCRIPTED, eliminated=0.5, sizes=SIZES).rounds[2].notes == [
+        "skipped: no candidate of the symbolic track"]
 
 
 def test_shipped_throughput_table_loads_and_falls_back_to_default():
