@@ -186,7 +186,8 @@ class SearchConfig(Strict):
         for path in v:
             head, _, rest = path.partition(".")
             if head not in SEARCHABLE or not rest:
-                raise ValueError(f"{path!r}: a searched field is one of {', '.join(h + '.<field>' for h in SEARCHABLE)}")
+                fields = ", ".join(f"{h}.<field>" for h in SEARCHABLE)
+                raise ValueError(f"{path!r}: a searched field is one of {fields}")
         return v
 
 

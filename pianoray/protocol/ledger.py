@@ -226,6 +226,10 @@ class Ledger:
         self.append(event)
         return event
 
+    @staticmethod
+    def epoch_id(round: str, experiment: str, fold: int, epoch: int) -> str:
+        return f"epoch/{round}/{experiment}/fold{fold}/e{epoch:04d}"
+
     def epoch(
         self,
         round: str,
@@ -241,7 +245,7 @@ class Ledger:
             raise ValueError(f"epoch must be >= 0, got {epoch} for {round}/{experiment}/fold{fold}")
         return self._new(
             "epoch",
-            f"epoch/{round}/{experiment}/fold{fold}/e{epoch:04d}",
+            self.epoch_id(round, experiment, fold, epoch),
             round=round,
             experiment=experiment,
             fold=fold,

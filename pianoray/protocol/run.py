@@ -233,6 +233,29 @@ def new_or_restored_tuner(storage_uri: str, trainable: Any, param_space: dict[st
     return tuner
 
 
+def record_stored_epochs(ctx: RunContext, round_: str) -> list[str]:
+    """Write the ledger's epoch events for epochs whose checkpoint is in storage but whose report never reached
+    the driver (killed between a worker persisting the checkpoint and the driver handling the report). A resumed
+    trial carries on from its newest stored checkpoint, so without this the ledger would miss those epochs, and
+    a rung falling on one would be judged without its report. Idempotent: event ids are per epoch. Returns the
+    ids written."""
+    from pianoray.records import EpochRecord
+
+    folder = ROUND1 if round_ == ROUND1 else f"{round_}-train"
+    rels = [r for r in ctx.storage.list(folder) if r.endswith("/metrics.json") and "/checkpoint_" in r]
+    have = {e.event_id for e in ctx.ledger.epochs(round=round_)}
+    written = []
+    for rel, raw in ctx.storage.read_many(rels).items():
+        try:
+            m = json.loads(raw)
+            experiment, fold, epoch = str(m["experiment"]), int(m["fold"]), int(m["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a half-copied checkpoint, or one written before checkpoints named their experiment
+        if Ledger.epoch_id(round_, experiment, fold, epoch) not in have:
+            written.append(ctx.ledger.epoch(round_, experiment, fold, epoch, EpochRecord.ledger_fields(m)).event_id)
+    return written
+
+
 def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: ProgressBoard) -> dict[str, Any]:
     from ray import tune
 
@@ -245,6 +268,7 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
     names = [n for n in cfg.enabled_experiments() if n not in exempt]
     if not names:
         return {"promoted": exempt, "eliminated": [], "errored": [], "exempt": exempt}
+    record_stored_epochs(ctx, ROUND1)  # before the history: a rung is judged on what was reported there
     history = round1_history(ctx.ledger, fold=cfg.round1.fold, epoch_key="rung_epoch")
     # Stopped in an earlier session: the trainable ends such a trial at once if Tune restores it.
     eliminated = history.eliminated
@@ -412,6 +436,7 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
     cfg = ctx.cfg
     rcfg = cfg.fold_round(round_)
     folds = list(range(rcfg.folds))
+    record_stored_epochs(ctx, round_)
     done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold") if e.round in (round_, None)}
     ctx.ended_before |= {(round_, n, int(k)) for n, k in done}
     todo = [n for n in names if any((n, k) not in done for k in folds)]
@@ -447,9 +472,10 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
         raise ProtocolError(f"{round_} fold jobs failed:\n" + "\n".join(failed))
     if missing := round2_missing(ctx.ledger, names, folds, round_):
         total = len(names) * len(folds)
-        raise RunInterrupted(f"{round_.replace('round', 'round ')} interrupted: {total - len(missing)} of {total} folds "
-                             f"scored (missing e.g. {missing[0][0]} fold {missing[0][1]}); nothing was selected. "
-                             "Rerun the same command to resume.")
+        which = round_.replace("round", "round ")
+        raise RunInterrupted(f"{which} interrupted: {total - len(missing)} of {total} folds scored (missing e.g. "
+                             f"{missing[0][0]} fold {missing[0][1]}); nothing was selected. Rerun the same command "
+                             "to resume.")
 
 
 def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any]:

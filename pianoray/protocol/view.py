@@ -263,9 +263,8 @@ class RunView:
 
     def fold_outcomes(self, experiments: Iterable[str]) -> dict[str, list[FoldOutcome]]:
         """Per experiment with at least one Round-2 (or Round-3: a fusion) fold: each fold's best validation
-        epoch among the epochs
-        that select models (from the epoch events), its test scores and per-passage pair counts (from the fold
-        event). What selection reads."""
+        epoch among the epochs that select models (from the epoch events), its test scores and per-passage pair
+        counts (from the fold event). What selection and Round 3's verdict read."""
         from pianoray.protocol.selection import FoldOutcome, fold_pair_counts
 
         out: dict[str, list[FoldOutcome]] = {}
@@ -327,7 +326,8 @@ class RunView:
             # a searched experiment's Round 1 is its best configuration's (the one promoted, else the furthest)
             r1 = x
             if search and search["configs"]:
-                lead = search["best"] or max(search["configs"], key=lambda c: (_num(c["rung"]), _num(c["value"])))["id"]
+                furthest = max(search["configs"], key=lambda c: (_num(c["rung"]), _num(c["value"])))
+                lead = search["best"] or furthest["id"]
                 r1 = self.experiments.get(lead, x)
             stop = stop_rung.get(r1.name) or {}
             gpu, cpu = x.gpu_hours, x.cpu_hours
@@ -382,7 +382,6 @@ class RunView:
             "pretraining": self.pretraining,
             "fusion": self.fusion_summary(),
         }
-
 
     def fusion_summary(self) -> dict[str, Any] | None:
         """Round 3 (the public ``fusion`` object): what it fused, each fusion against the best single encoder,

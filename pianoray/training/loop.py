@@ -287,9 +287,10 @@ def fit(
         )
         if sink is not None:
             directory = sink.staging_dir()
-            # the fold in the checkpoint's metrics.json: a job running several folds resumes the right one
+            # the fold in the checkpoint's metrics.json: a job running several folds resumes the right one; the
+            # experiment too: a resumed run records an epoch whose checkpoint outlived its report (run.py)
             write_state(directory, checkpoint_state(model, opt, early, epoch, stage, cfg, experiment, data),
-                        {**result.flat(), "fold": fold}, pair_counts=counts.to_json())
+                        {**result.flat(), "fold": fold, "experiment": experiment}, pair_counts=counts.to_json())
             result.checkpoint = sink.commit(directory, result.flat())
         for cb in callbacks:
             cb(result)
