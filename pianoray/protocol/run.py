@@ -399,11 +399,20 @@ def round1_unfinished(results: Any, survivors: list[str]) -> list[str]:
 
     last: dict[str, Any] = {}
     for result in results:
-        name = result.config["experiment"]
-        if name not in last or int((result.config or {}).get(REVIVED_KEY) or 0) >= \
-                int((last[name].config or {}).get(REVIVED_KEY) or 0):
+        name = trial_config(result)["experiment"]
+        if name not in last or int(trial_config(result).get(REVIVED_KEY) or 0) >= \
+                int(trial_config(last[name]).get(REVIVED_KEY) or 0):
             last[name] = result
     return sorted(n for n in survivors if n in last and not (last[n].metrics or {}).get("stop"))
+
+
+def trial_config(result: Any) -> dict[str, Any]:
+    """A Tune result's trial config. A trial that ended without reporting in this session (stopped at a rung in
+    an earlier one, restored by Tune and ended at once) has no metrics to carry it: read the trial's params.json."""
+    if result.config is not None:
+        return result.config
+    with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+        return json.loads(f.read())
 
 
 def round1_outcome(results: Any, decisions: list[Decision]) -> tuple[list[str], list[str], list[str]]:
@@ -415,12 +424,12 @@ def round1_outcome(results: Any, decisions: list[Decision]) -> tuple[list[str], 
     from pianoray.protocol.scheduler import REVIVED_KEY
 
     def revived_at(result: Any) -> int:
-        return int((result.config or {}).get(REVIVED_KEY) or 0)
+        return int(trial_config(result).get(REVIVED_KEY) or 0)
 
     stopped = {d.experiment for d in decisions if d.stopped}
     latest: dict[str, Any] = {}
     for result in results:
-        name = result.config["experiment"]
+        name = trial_config(result)["experiment"]
         if name not in latest or revived_at(result) >= revived_at(latest[name]):
             latest[name] = result
     errored = sorted(n for n, r in latest.items() if r.error is not None)
