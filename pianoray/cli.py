@@ -350,25 +350,30 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (e.g. auto) instead of a local head."),
 ) -> None:
     """Run (or resume) the staged-elimination protocol: Round 1 screening, Round 2 4-fold Ray Train, selection."""
-    from pianoray.protocol.run import ProtocolError, run_protocol
-    from pianoray.validation import prepare_data, validate_all
-
     with user_errors():
-        cfg = _config(config or _default_config(), data)
-        prepare_data(cfg, _feedback())
-        problems, summary = validate_all(cfg)
-        for line in summary:
-            console.print(line, highlight=False)
-        if problems:
-            raise UserError("\n".join(problems))
-        try:
-            results = run_protocol(cfg, storage=storage, name=name, fresh=fresh, address=address,
-                                   feedback=_feedback())
-        except ProtocolError as e:
-            raise UserError(str(e)) from None
+        results = _checked_run(_config(config or _default_config(), data), storage=storage, name=name, fresh=fresh,
+                               address=address)
     _print_results(results)
     paths = _write_report(results)
     console.print(f"report: {paths['html']}  ({paths['markdown']})")
+
+
+def _checked_run(cfg, **run_args) -> dict:
+    """Prepare the data, validate config and data (one line per problem, before anything runs), then run the
+    protocol (``run_args``: ``run_protocol``'s); what ``run`` and ``search`` share."""
+    from pianoray.protocol.run import ProtocolError, run_protocol
+    from pianoray.validation import prepare_data, validate_all
+
+    prepare_data(cfg, _feedback())
+    problems, summary = validate_all(cfg)
+    for line in summary:
+        console.print(line, highlight=False)
+    if problems:
+        raise UserError("\n".join(problems))
+    try:
+        return run_protocol(cfg, feedback=_feedback(), **run_args)
+    except ProtocolError as e:
+        raise UserError(str(e)) from None
 
 
 @app.command()
@@ -385,24 +390,13 @@ def search(
 ) -> None:
     """Search one experiment alone: Round 1 over its configurations (Optuna, judged by the track-gap scheduler
     against each other), no Round 2. Writes the best as a YAML an experiment config can `extends:`."""
-    from pianoray.protocol.run import ProtocolError, run_protocol
     from pianoray.protocol.search import alone, best_yaml
     from pianoray.records import ROUND1
-    from pianoray.validation import prepare_data, validate_all
 
     with user_errors():
         cfg = alone(_config(config or _default_config(), data), experiment, trials)
-        prepare_data(cfg, _feedback())
-        problems, summary = validate_all(cfg)
-        for line in summary:
-            console.print(line, highlight=False)
-        if problems:
-            raise UserError("\n".join(problems))
-        try:
-            results = run_protocol(cfg, storage=storage, name=name or f"{cfg.name}-search-{experiment}", fresh=fresh,
-                                   address=address, feedback=_feedback(), until=ROUND1)
-        except ProtocolError as e:
-            raise UserError(str(e)) from None
+        results = _checked_run(cfg, storage=storage, name=name or f"{cfg.name}-search-{experiment}", fresh=fresh,
+                               address=address, until=ROUND1)
         (row,) = [x for x in results["experiments"] if x["name"] == experiment]
         found = row["search"]
         best = next((c for c in found["configs"] if c["id"] == found["best"]), None)
