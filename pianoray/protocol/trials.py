@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from pianoray.config import ProtocolConfig
 from pianoray.models import registry
@@ -45,22 +47,61 @@ def experiment_data(cfg: ProtocolConfig) -> ExperimentData:
     return _DATA[key]
 
 
+SCRATCH_PREFIX = "pianoray-scratch-"
+
+
+@contextmanager
+def trial_scratch(root: Path | None = None) -> Iterator[Path]:
+    """A local folder for one trial's staged checkpoints and resume copies, removed when the trial ends.
+
+    Ray copies each reported checkpoint into the run's storage, so what is staged here is scratch (~10 MB a
+    trial). A process killed mid-trial (a fault, an actor Ray stops) cannot clean up: each new scratch folder
+    first removes those of processes that are gone (the pid is in the name), so runs do not fill the disk.
+    """
+    root = Path(root or tempfile.gettempdir())
+    sweep_scratch(root)
+    d = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def sweep_scratch(root: Path | None = None) -> None:
+    """Remove the scratch folders under ``root`` (default: the temp dir) whose process has ended."""
+    for d in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = d.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class ReportSink:
     """A CheckpointSink that hands each epoch's directory to Ray's report call (Tune or Train).
 
     Ray copies the directory into the run's storage and, for Train, its ``CheckpointConfig`` keeps the
-    top-k: one checkpoint policy, Ray's. ``on_counts(epoch, metrics, counts)``, when given, receives the
-    epoch's validation pair counts (the checkpoint's ``pair_counts.json``) BEFORE the report, so that
+    top-k: one checkpoint policy, Ray's. Each epoch is staged in ``scratch`` (the trial's
+    :func:`trial_scratch`), replacing the last. ``on_counts(epoch, metrics, counts)``, when given, receives
+    the epoch's validation pair counts (the checkpoint's ``pair_counts.json``) BEFORE the report, so that
     whoever processes the report (the scheduler, in the driver) finds them already recorded.
     """
 
-    def __init__(self, report: Callable[..., None], checkpoint_cls: Any, extra: dict[str, Any],
+    def __init__(self, report: Callable[..., None], checkpoint_cls: Any, extra: dict[str, Any], scratch: Path,
                  on_counts: Callable[[int, dict[str, Any], PairCounts], None] | None = None) -> None:
         self._report = report
         self._checkpoint_cls = checkpoint_cls
         self._extra = extra
         self._on_counts = on_counts
-        self._staging = Path(tempfile.mkdtemp(prefix="pianoray-ckpt-"))
+        self._staging = scratch
 
     def staging_dir(self) -> Path:
         d = self._staging / "next"
@@ -76,10 +117,10 @@ class ReportSink:
         return None
 
 
-def _resume_dir(checkpoint: Any) -> Path | None:
+def _resume_dir(checkpoint: Any, scratch: Path) -> Path | None:
     if checkpoint is None:
         return None
-    return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="pianoray-resume-")))
+    return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-", dir=scratch)))
 
 
 def _stored_checkpoints(fs: Any, trial_path: str) -> list[tuple[int, bool, str]]:
@@ -105,7 +146,7 @@ def _stored_checkpoints(fs: Any, trial_path: str) -> list[tuple[int, bool, str]]
     return sorted(out, reverse=True)
 
 
-def newest_trial_checkpoint(given: Any) -> tuple[Path | None, bool]:
+def newest_trial_checkpoint(given: Any, scratch: Path) -> tuple[Path | None, bool]:
     """Where a Round-1 trial resumes: (local copy of its newest stored checkpoint, whether it had stopped).
 
     Tune restores a trial from the checkpoint recorded in its experiment snapshot, which the driver
@@ -121,7 +162,7 @@ def newest_trial_checkpoint(given: Any) -> tuple[Path | None, bool]:
     except Exception:  # no storage context (e.g. a test calling the trainable directly)
         stored, storage = [], None
     for _epoch, stop, path in stored:
-        local = Path(tempfile.mkdtemp(prefix="pianoray-resume-"))
+        local = Path(tempfile.mkdtemp(prefix="resume-", dir=scratch))
         try:
             tune.Checkpoint(path, filesystem=storage.storage_filesystem).to_directory(str(local))
             read_state(local)  # a state.pt truncated by the kill fails here: try the next older one
@@ -129,7 +170,7 @@ def newest_trial_checkpoint(given: Any) -> tuple[Path | None, bool]:
             shutil.rmtree(local, ignore_errors=True)
             continue
         return local, stop
-    return _resume_dir(given), False
+    return _resume_dir(given, scratch), False
 
 
 def round1_counts_recorder(config: dict[str, Any]) -> Callable[[int, dict[str, Any], PairCounts], None] | None:
@@ -167,16 +208,17 @@ def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tup
         stop_rung = eliminated[name] if isinstance(eliminated, Mapping) else float("inf")
         if int(config.get("revived_at") or 0) < stop_rung:
             return
-    resume_from, stopped = newest_trial_checkpoint(tune.get_checkpoint())
-    if stopped:
-        return
-    data = experiment_data(cfg)
-    extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": ROUND1}
-    sink = ReportSink(tune.report, tune.Checkpoint, extra, on_counts=round1_counts_recorder(config))
-    budget = Budget(cfg.round1.epochs, cfg.round1.patience)
-    for _ in fit(cfg, name, data, cfg.round1.fold, budget, tiers=cfg.round1.tiers, sink=sink,
-                 resume_from=resume_from):
-        pass
+    with trial_scratch() as scratch:
+        resume_from, stopped = newest_trial_checkpoint(tune.get_checkpoint(), scratch)
+        if stopped:
+            return
+        data = experiment_data(cfg)
+        extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": ROUND1}
+        sink = ReportSink(tune.report, tune.Checkpoint, extra, scratch, on_counts=round1_counts_recorder(config))
+        budget = Budget(cfg.round1.epochs, cfg.round1.patience)
+        for _ in fit(cfg, name, data, cfg.round1.fold, budget, tiers=cfg.round1.tiers, sink=sink,
+                     resume_from=resume_from):
+            pass
 
 
 def fold_worker(config: dict[str, Any]) -> None:
@@ -203,35 +245,36 @@ def fold_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     data = experiment_data(cfg)
     device = get_device()
-    resume = _resume_dir(ray.train.get_checkpoint())
-    at = _checkpoint_place(resume, folds[0])
-    wrap = None
-    if ray.train.get_context().get_world_size() > 1:
-        # find_unused_parameters: a stage may leave heads out of the loss (A2's self-supervised stage)
-        wrap = partial(prepare_model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
-    for fold in folds:
-        if fold in finished:
-            continue
-        mine = at is not None and fold == at[0]
-        trained_before = at is not None and folds.index(fold) < folds.index(at[0])
-        if trained_before and not _reported(fold):
-            trained_before = False
-            logger.warning("round2 %s fold %d: no score in the ledger and its checkpoints are gone; training it "
-                           "again from the start (deterministic: the same score)", name, fold)
-        if not trained_before and not (mine and at[1]):
-            extra = {"experiment": name, "fold": fold, "round": round_}
+    with trial_scratch() as scratch:
+        resume = _resume_dir(ray.train.get_checkpoint(), scratch)
+        at = _checkpoint_place(resume, folds[0])
+        wrap = None
+        if ray.train.get_context().get_world_size() > 1:
+            # find_unused_parameters: a stage may leave heads out of the loss (A2's self-supervised stage)
+            wrap = partial(prepare_model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+        for fold in folds:
+            if fold in finished:
+                continue
+            mine = at is not None and fold == at[0]
+            trained_before = at is not None and folds.index(fold) < folds.index(at[0])
+            if trained_before and not _reported(fold):
+                trained_before = False
+                logger.warning("round2 %s fold %d: no score in the ledger and its checkpoints are gone; training it "
+                               "again from the start (deterministic: the same score)", name, fold)
+            if not trained_before and not (mine and at[1]):
+                extra = {"experiment": name, "fold": fold, "round": round_}
+                if rank == 0:
+                    sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra, scratch), ()
+                else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
+                    sink, callbacks = None, (lambda r, extra=extra: ray.train.report(r.to_report(**extra)),)
+                start = resume if mine else None
+                for _ in fit(cfg, name, data, fold, Budget(budget.epochs, budget.patience), tiers=budget.tiers,
+                             sink=sink, callbacks=callbacks, resume_from=start, device=device, wrap_model=wrap):
+                    pass
+            final: dict[str, Any] = {}
             if rank == 0:
-                sink, callbacks = ReportSink(ray.train.report, ray.train.Checkpoint, extra), ()
-            else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
-                sink, callbacks = None, (lambda r, extra=extra: ray.train.report(r.to_report(**extra)),)
-            start = resume if mine else None
-            for _ in fit(cfg, name, data, fold, Budget(budget.epochs, budget.patience), tiers=budget.tiers,
-                         sink=sink, callbacks=callbacks, resume_from=start, device=device, wrap_model=wrap):
-                pass
-        final: dict[str, Any] = {}
-        if rank == 0:
-            final = score_fold(cfg, name, fold, data, _reported(fold), device, keep=best_store(config), round_=round_)
-        ray.train.report(final)
+                final = score_fold(cfg, name, fold, data, _reported(fold), device, keep=best_store(config), round_=round_)
+            ray.train.report(final)
 
 
 def _reported(fold: int) -> list[Any]:

@@ -129,8 +129,17 @@ class FaultRun:
     def dir(self) -> Path:
         return self.storage / self.name
 
+    @property
+    def tmp(self) -> Path:
+        """The run's temp dir (TMPDIR of the CLI and so of its local Ray's workers: the trials' scratch lands
+        here, where a test can see what a run leaves behind). Ray's own session folders stay in /tmp/ray: a
+        deeper path would overflow the length of a unix socket's name."""
+        return self.storage.parent / "tmp"
+
     def start(self) -> CliRun:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", "TMPDIR": str(self.tmp),
+               "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp")}
         env.pop("PIANORAY_REQUIRE_DATA", None)
         run = CliRun(["run", "--config", str(self.config), "--data", str(self.data), "--storage",
                       str(self.storage)], self.log, env).start()

@@ -54,7 +54,8 @@ def test_round1_sink_records_the_counts_before_it_reports(tmp_path: Path) -> Non
             return path
 
     config = {"experiment": "S1", "protocol": {}, "run_storage": storage.storage_uri, "run_name": storage.name}
-    sink = ReportSink(report, Checkpoint, {"experiment": "S1"}, on_counts=round1_counts_recorder(config))
+    sink = ReportSink(report, Checkpoint, {"experiment": "S1"}, tmp_path / "scratch",
+                      on_counts=round1_counts_recorder(config))
     folder = sink.staging_dir()
     counts = synthetic_counts(0.6, seed=3)
     (folder / PAIR_COUNTS_FILE).write_text(json.dumps(counts.to_json()))

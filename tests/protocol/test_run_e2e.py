@@ -25,6 +25,8 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     proc = run.start()
     assert proc.wait(timeout=900) == 0, proc.tail()
     assert "report:" in proc.tail() and "winner" in proc.tail()
+    # the trials' local scratch (staged checkpoints, resume copies) went with them: a long run must not fill the disk
+    assert not list(run.tmp.glob("pianoray-scratch-*")), sorted(run.tmp.iterdir())
 
     # every rung decision is in the ledger with its reason, once per (rung, experiment)
     decisions = run.events("decision")

@@ -1,8 +1,15 @@
-"""The Round-2 fold job's last report and its choice of checkpoint (no Ray needed)."""
+"""The Round-2 fold job's last report and its choice of checkpoint; a trial's local scratch (no Ray needed)."""
 
 from __future__ import annotations
 
-from pianoray.protocol.trials import best_checkpoint
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pianoray.protocol.trials import SCRATCH_PREFIX, best_checkpoint, sweep_scratch, trial_scratch
 
 
 def test_best_checkpoint_skips_epochs_that_select_nothing() -> None:
@@ -16,3 +23,28 @@ def test_best_checkpoint_skips_epochs_that_select_nothing() -> None:
     assert best_checkpoint(kept[:1]) == "ssl"
     assert best_checkpoint(kept[3:]) == "nan"  # no scored epoch: the newest
     assert best_checkpoint([]) is None
+
+
+def test_trial_scratch_is_removed_when_the_trial_ends_or_fails(tmp_path: Path) -> None:
+    with trial_scratch(tmp_path) as d:
+        (d / "next").mkdir()
+        (d / "next" / "state.pt").write_bytes(b"x" * 1024)
+    assert not d.exists()
+    with pytest.raises(RuntimeError), trial_scratch(tmp_path) as d:
+        raise RuntimeError("the trial failed")
+    assert not d.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_new_scratch_sweeps_those_of_processes_that_are_gone(tmp_path: Path) -> None:
+    """A trial killed mid-epoch leaves its scratch; the next one on the machine removes it (the pid is gone),
+    never one of a live process, nor anything not ours."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{int(gone.stdout)}-abc"
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "someone-elses"
+    for d in (dead, live, other):
+        (d / "next").mkdir(parents=True)
+    with trial_scratch(tmp_path) as mine:
+        assert not dead.exists() and live.exists() and other.exists() and mine.exists()
+    sweep_scratch(tmp_path)
+    assert live.exists() and other.exists()
