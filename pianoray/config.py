@@ -292,6 +292,10 @@ class Round3Config(Round2Config):
     epochs: int = Field(30, ge=1)
     patience: int = Field(5, ge=1)
     tiers: TierList = Field(default_factory=lambda: [Tier.T1, Tier.T2, Tier.T3])  # the seed: T1+T2+T3
+    # None: the winners stay frozen. A rate: once the frozen fusion plateaus (patience runs out), the winners'
+    # own trainable parameters unfreeze at this rate (the fusion module and heads keep optim.lr) and training
+    # goes on, with patience counted afresh, until the budget or a second plateau.
+    unfreeze_lr: float | None = Field(None, gt=0)
 
 
 class SelectionConfig(Strict):

@@ -15,6 +15,7 @@ new field is added in one place. Pure: no ray, no torch, no rich (``pianoray sta
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Optional, Union
@@ -34,6 +35,18 @@ DEFAULT_TRACK_METRICS = ("difficulty_rho", "robustness.drop", "test.r2", "test.p
 
 METRIC_PREFIXES = ("val/", "train/")  # an epoch's metric keys
 TEST_PREFIX = "test/"
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None (None, NaN, inf, booleans and non-numbers all
+    count as "not measured": what a record's JSON says for a figure there is none of)."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def reportable(metrics: Mapping[str, Any]) -> dict[str, Any]:

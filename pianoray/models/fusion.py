@@ -146,28 +146,47 @@ class GatedFusion(nn.Module):
 class FusionEncoder(Encoder):
     """Two frozen encoders + a trainable fusion module (``fusion(audio_out, symbolic_out) -> EncoderOutput``).
 
-    ``views``: both encoders' views, audio's first. The encoders never train: their parameters do not require
-    gradients (so ``param_groups`` holds the fusion module's alone), they run without a graph, and they stay in
-    eval mode whatever mode this encoder is put in.
+    ``views``: both encoders' views, audio's first. The encoders train only once unfrozen (:meth:`unfreeze`, the
+    ``round3.unfreeze_lr`` stage). Until then their parameters do not require gradients (so ``param_groups``
+    holds the fusion module's alone), they run without a graph, and they stay in eval mode whatever mode this
+    encoder is put in.
     """
 
     def __init__(self, audio: Encoder, symbolic: Encoder, fusion: nn.Module) -> None:
         super().__init__()
+        # what each winner trains of itself (a LoRA winner: its adapters, never its frozen base): what unfreezes
+        self._part_trainable = [p for part in (audio, symbolic) for p in part.parameters() if p.requires_grad]
         self.audio = audio.requires_grad_(False)
         self.symbolic = symbolic.requires_grad_(False)
         self.fusion = fusion
         self.views = tuple(dict.fromkeys((*audio.views, *symbolic.views)))
+        self.unfrozen_lr: float | None = None
         self.train()  # the winners were built in train mode
 
     def train(self, mode: bool = True) -> "FusionEncoder":
         super().train(mode)
-        self.audio.eval()
-        self.symbolic.eval()
+        if self.unfrozen_lr is None:
+            self.audio.eval()
+            self.symbolic.eval()
         return self
 
+    def unfreeze(self, lr: float) -> None:
+        """Let the winners train too, at ``lr`` (their own trainable parameters, in their own param group)."""
+        self.unfrozen_lr = float(lr)
+        for p in self._part_trainable:
+            p.requires_grad_(True)
+        self.train(self.training)
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        groups = [{"params": [p for p in self.fusion.parameters() if p.requires_grad], "lr": base_lr}]
+        if self.unfrozen_lr is not None and self._part_trainable:
+            groups.append({"params": list(self._part_trainable), "lr": self.unfrozen_lr})
+        return groups
+
     def parts(self, batch: Batch) -> tuple[EncoderOutput, EncoderOutput]:
-        """The frozen encoders' outputs (no graph: nothing upstream of the fusion module trains)."""
-        with torch.no_grad():
+        """The encoders' outputs: without a graph while they are frozen (nothing upstream of the fusion module
+        trains), with one once unfrozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.unfrozen_lr is not None):
             return self.audio.encode(batch), self.symbolic.encode(batch)
 
     def encode(self, batch: Batch) -> EncoderOutput:

@@ -17,7 +17,9 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from pianoray.config import ProtocolConfig
 from pianoray.errors import PianorayError
@@ -32,7 +34,11 @@ from pianoray.protocol.progress import HOOKS, ProgressBoard, ProtocolCallback, R
 from pianoray.protocol.search import Candidate, StudyJournals
 from pianoray.protocol.selection import FoldOutcome, select_winners, summarise
 from pianoray.protocol.storage import RunStorage
-from pianoray.records import FOLD_ROUNDS, ROUND1, ROUND2, ROUND3, FoldScore
+from pianoray.records import FOLD_ROUNDS, ROUND1, ROUND2, ROUND3, FoldScore, finite
+
+if TYPE_CHECKING:
+    from pianoray.protocol.trials import BestStore
+    from pianoray.training.evaluate import Predictions
 
 DRIVER_CPU = 0.1  # a Round-2 fold trainable only launches its TorchTrainer (0 is refused by Tune)
 
@@ -538,12 +544,14 @@ def _local_dir(storage: RunStorage, name: str) -> Path:
     return Path("~/.cache/pianoray/runs").expanduser() / hashlib.sha256(storage.uri.encode()).hexdigest()[:16] / name
 
 
-def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], winners: dict[str, str | None]
-                   ) -> dict[str, Any]:
+def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], winners: dict[str, str | None],
+                   store: BestStore | None = None) -> dict[str, Any]:
     """What Round 3 concluded: each fusion against the best single encoder it fuses (the winner with the higher
-    mean validation pairwise accuracy) on the test parts, paired over passages across folds; the fusion track's
-    winner; and the run's final model: a fusion only if one beats the best single encoder with its whole CI
-    above zero (the best such by validation), else that single encoder, with the reason."""
+    mean validation pairwise accuracy) on the test parts, paired over passages across folds, on pairwise accuracy
+    and on R2; the fusion track's winner; and the run's final model: a fusion only if one beats the best single
+    encoder on pairwise accuracy with its whole CI above zero (the best such by validation), else that single
+    encoder, with the reason. With ``store`` (the folds' kept test predictions): the R2 gaps' CIs, the
+    correlation of the fused winners' errors, and each gated fusion's mean gate per dimension."""
     from pianoray.protocol.selection import fold_counts, paired_gap, verdict
     from pianoray.protocol.view import RunView
 
@@ -564,7 +572,10 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
         r2 = [((summaries.get(n) or {}).get("test") or {}).get("r2", {}).get("mean") for n in (f, single)]
         comparisons[f] = {**(gap or {"gap_points": None, "ci_points": [None, None]}), "versus": single,
                           "verdict": verdict((gap or {}).get("ci_points")),
-                          "r2_gap": r2[0] - r2[1] if None not in r2 else None}
+                          "r2_gap": r2[0] - r2[1] if None not in r2 else None, "r2_ci": [None, None],
+                          "r2_verdict": None}
+        if single and store is not None:
+            comparisons[f].update(paired_r2(store, f, single, n_boot=cfg.selection.n_boot, seed=cfg.seed))
     fusion_sel = select_winners({f: summaries[f] for f in fusions if f in summaries},
                                 {f: ("fusion", "candidate") for f in fusions if f in summaries},
                                 tie_tolerance=cfg.selection.tie_tolerance, folds=outcomes,
@@ -582,10 +593,72 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
                          for f, c in comparisons.items())
         reason = (round3.get("skipped") or "") + (
             f"no fusion beats {single} on the test parts with a CI above zero: {told}" if fusions else "")
+    gates = {f: _mean_over_folds([o.test.get("gates") for o in outcomes.get(f, [])]) for f in fusions}
+    fused = [w for w in (winners.get(t) for t in cfg.round3.fuse) if w]
+    errors = (winner_error_correlation(store, fused, n_boot=cfg.selection.n_boot, seed=cfg.seed)
+              if store is not None and len(fused) == 2 else None)
     return {"fuses": round3.get("fuses", {}), "skipped": round3.get("skipped"), "best_single": single,
-            "comparisons": comparisons, "winners": fusion_sel.get("winners", {}), "summaries": summaries,
+            "comparisons": comparisons, "error_correlation": errors,
+            "gates": {f: g for f, g in gates.items() if g is not None},
+            "winners": fusion_sel.get("winners", {}), "summaries": summaries,
             "selection": {k: v for k, v in fusion_sel.items() if k != "winners"},
             "final": {"model": final, "kind": "fusion" if final in fusions else "single", "reason": reason}}
+
+
+def _fold_predictions(store: BestStore, experiment: str) -> dict[int, Predictions]:
+    """fold -> ``experiment``'s kept test predictions, restricted to its labelled segments."""
+    out = {}
+    for fold in store.folds(experiment):
+        p = store.test_predictions(experiment, fold)
+        if p is not None:
+            out[fold] = p.subset([s for s, has in zip(p.segment_ids, p.has_labels) if has])
+    return out
+
+
+def _aligned_folds(store: BestStore, a: str, b: str) -> list[tuple[Predictions, Predictions]]:
+    """Per fold both have predictions for: (a, b) on the labelled test segments both scored, in one order."""
+    pa, pb = _fold_predictions(store, a), _fold_predictions(store, b)
+    out = []
+    for fold in sorted(set(pa) & set(pb)):
+        shared = [s for s in pa[fold].segment_ids if s in set(pb[fold].segment_ids)]
+        if len(shared) >= 2:
+            out.append((pa[fold].subset(shared), pb[fold].subset(shared)))
+    return out
+
+
+def paired_r2(store: BestStore, a: str, b: str, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """R2(a) - R2(b) on the test parts, per fold on the segments both scored, with the paired bootstrap CI over
+    passages (:func:`pianoray.objectives.metrics.paired_r2_gap`); {} when no fold has both's predictions."""
+    from pianoray.objectives.metrics import paired_r2_gap
+    from pianoray.protocol.selection import verdict
+
+    sets = [(x.labels, x.regression, y.regression, x.groups) for x, y in _aligned_folds(store, a, b)]
+    if not sets:
+        return {}
+    gap, ci = paired_r2_gap(sets, n_boot=n_boot, seed=seed)
+    r2_ci = [finite(v) for v in ci]
+    return {"r2_gap": gap, "r2_ci": r2_ci, "r2_verdict": verdict(r2_ci)}
+
+
+def winner_error_correlation(store: BestStore, pair: list[str], *, n_boot: int, seed: int) -> dict[str, Any] | None:
+    """Pearson r between the two fused winners' test errors (regression head - label) on the segments both
+    scored, across folds, per dimension and their mean, with a bootstrap CI over passages; None without
+    predictions. A fusion's room to gain: the lower, the more the two modalities err differently."""
+    from pianoray.objectives.metrics import error_correlation
+
+    folds = _aligned_folds(store, pair[0], pair[1])
+    if not folds:
+        return None
+    err = [np.concatenate([p.regression - p.labels for p in side]) for side in zip(*folds)]
+    groups = np.concatenate([np.array([f"{k}:{g}" for g in x.groups], dtype=object) for k, (x, _) in enumerate(folds)])
+    r = error_correlation(err[0], err[1], groups, n_boot=n_boot, seed=seed)
+    return {"between": list(pair), "mean": finite(r.mean), "ci": [finite(v) for v in r.ci],
+            "per_dim": [finite(v) for v in r.per_dim], "segments": int(r.n), "folds": len(folds)}
+
+
+def _mean_over_folds(values: list[Any]) -> list[float] | None:
+    rows = [v for v in values if isinstance(v, list) and v]
+    return [float(x) for x in np.mean(np.array(rows, dtype=float), axis=0)] if rows else None
 
 
 def round2_missing(ledger: Ledger, survivors: list[str], folds: list[int], round_: str = ROUND2
@@ -792,9 +865,12 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
             feedback.say(f"round 3 skipped: {r3['skipped']}")
         ledger.round_finished(ROUND3, r3)
     if cfg.round3.enabled and not ledger.events("fusion"):
+        from pianoray.protocol.trials import BestStore
+
         r3 = ledger.round_summary(ROUND3) or {}
+        store = BestStore(run_storage.storage_uri, run_storage.name)
         ledger.append(Event(kind="fusion", event_id="fusion/verdict", time=time.time(),
-                            payload=fusion_verdict(ledger, cfg, r3, winners)))
+                            payload=fusion_verdict(ledger, cfg, r3, winners, store)))
     return build_results(ledger, cfg, run_storage)
 
 

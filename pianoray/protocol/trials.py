@@ -32,6 +32,7 @@ from pianoray.objectives.metrics import PairCounts
 from pianoray.records import ROUND1, ROUND2, SELECTION_METRIC, EpochRecord, FoldScore, reportable
 from pianoray.training.checkpoint import METRICS_FILE, PAIR_COUNTS_FILE, STATE_FILE, read_state
 from pianoray.training.data import ExperimentData
+from pianoray.training.evaluate import Predictions
 from pianoray.training.loop import Budget, fit
 
 logger = logging.getLogger(__name__)
@@ -268,7 +269,8 @@ def fold_worker(config: dict[str, Any]) -> None:
                 else:  # a report without a checkpoint: Ray Train keeps rank 0's metrics and checkpoint
                     sink, callbacks = None, (lambda r, extra=extra: ray.train.report(r.to_report(**extra)),)
                 start = resume if mine else None
-                for _ in fit(cfg, name, data, fold, Budget(budget.epochs, budget.patience), tiers=budget.tiers,
+                for _ in fit(cfg, name, data, fold, Budget(budget.epochs, budget.patience,
+                                                           getattr(budget, "unfreeze_lr", None)), tiers=budget.tiers,
                              sink=sink, callbacks=callbacks, resume_from=start, device=device, wrap_model=wrap):
                     pass
             final: dict[str, Any] = {}
@@ -313,27 +315,29 @@ def score_fold(cfg: ProtocolConfig, name: str, fold: int, data: ExperimentData, 
                device: Any, keep: "BestStore | None" = None, round_: str = ROUND2) -> dict[str, Any]:
     """The fold's final report: the test scores of its best reported checkpoint (:func:`best_checkpoint`),
     whose model ``keep`` stores for what comes after Round 2 (:class:`BestStore`)."""
-    from pianoray.training.scoring import score_checkpoint
+    from pianoray.training.scoring import evaluate_checkpoint
 
     best = best_checkpoint([(r.checkpoint, r.metrics) for r in reported])
     if best is None:
         raise RuntimeError(f"{round_} {name} fold {fold}: the Train run reported no checkpoint")
     with best.as_directory() as d:
         # 200 resamples: the run's uncertainty is the t-interval over folds; per-fold CIs are for display.
-        test = score_checkpoint(cfg, name, data, fold, Path(d), n_boot=200, device=device)
+        test, predictions = evaluate_checkpoint(cfg, name, data, fold, Path(d), n_boot=200, device=device)
         if keep is not None:
-            keep.put(name, fold, Path(d))
+            keep.put(name, fold, Path(d), predictions)
     return FoldScore.from_scores(name, fold, test, round_).to_report()
 
 
 class BestStore:
     """Each scored fold's best model, ``<run>/best/<experiment>/fold<k>/``: its weights (``model.pt``, the
-    PerformanceModel's state dict, no optimiser) and its ``metrics.json``. Ray Train keeps a job's checkpoints
-    only while it runs its folds (a multi-fold job lets a scored fold's go: :func:`fold_checkpoint_config`); what
-    starts from a trained fold (Round 3's frozen winners, export) reads it here, local or in object storage."""
+    PerformanceModel's state dict, no optimiser), its ``metrics.json`` and its per-segment test predictions
+    (``test_predictions.npz``). Ray Train keeps a job's checkpoints only while it runs its folds (a multi-fold
+    job lets a scored fold's go: :func:`fold_checkpoint_config`); what starts from a trained fold (Round 3's
+    frozen winners and its verdict, export) reads it here, local or in object storage."""
 
     DIR = "best"
     MODEL = "model.pt"
+    TEST = "test_predictions.npz"
 
     def __init__(self, storage_uri: str, run_name: str) -> None:
         from pianoray.protocol.storage import RunStorage
@@ -343,15 +347,49 @@ class BestStore:
     def rel(self, experiment: str, fold: int, file: str) -> str:
         return f"{self.DIR}/{experiment}/fold{fold}/{file}"
 
-    def put(self, experiment: str, fold: int, checkpoint: Path) -> None:
+    def put(self, experiment: str, fold: int, checkpoint: Path, test: Predictions | None = None) -> None:
+        """Store the fold's best model, and ``test``, its predictions on the fold's test part (written first:
+        the model's presence says the fold is stored whole)."""
         import io
 
         import torch
 
+        if test is not None:
+            self.put_test(experiment, fold, test)
         buf = io.BytesIO()
         torch.save(read_state(checkpoint)["model"], buf)
         self.storage.write_bytes(self.rel(experiment, fold, METRICS_FILE), (checkpoint / METRICS_FILE).read_bytes())
         self.storage.write_bytes(self.rel(experiment, fold, self.MODEL), buf.getvalue())
+
+    def put_test(self, experiment: str, fold: int, test: Predictions) -> None:
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, segment_ids=np.asarray(test.segment_ids, dtype=str), groups=test.groups.astype(str),
+                 scores=test.scores, regression=test.regression, labels=test.labels, has_labels=test.has_labels)
+        self.storage.write_bytes(self.rel(experiment, fold, self.TEST), buf.getvalue())
+
+    def test_predictions(self, experiment: str, fold: int) -> Predictions | None:
+        """The stored per-segment predictions of ``experiment`` on ``fold``'s test part (no ``z``: [M, 0]);
+        None when the fold stored none (a fitted reference, a fold scored before they were kept)."""
+        import io
+
+        import numpy as np
+
+        rel = self.rel(experiment, fold, self.TEST)
+        if not self.storage.exists(rel):
+            return None
+        with np.load(io.BytesIO(self.storage.read_bytes(rel))) as f:
+            return Predictions(f["segment_ids"].tolist(), f["scores"], f["regression"], f["labels"],
+                               f["has_labels"], f["groups"].astype(object), np.zeros((len(f["segment_ids"]), 0)))
+
+    def folds(self, experiment: str) -> list[int]:
+        """The folds of ``experiment`` stored whole (their model written), in order."""
+        stored = {rel.split("/")[2] for rel in self.storage.list(f"{self.DIR}/{experiment}")
+                  if rel.endswith(f"/{self.MODEL}")}
+        return sorted(int(d.removeprefix("fold")) for d in stored if d.startswith("fold"))
 
     def has(self, experiment: str, fold: int) -> bool:
         return self.storage.exists(self.rel(experiment, fold, self.MODEL))

@@ -18,21 +18,13 @@ from pianoray.protocol.accounting import ResourceRecord, hours_by_experiment
 from pianoray.protocol.ledger import ELIMINATING_ACTIONS, PROMOTING_ACTIONS, Event, Ledger
 from pianoray.protocol.schema import SCHEMA_VERSION
 from pianoray.protocol.storage import RunStorage
-from pianoray.records import DEFAULT_TRACK_METRICS, FOLD_ROUNDS, ROUND1, ROUND2, ROUND3, SELECTION_METRIC
+from pianoray.records import DEFAULT_TRACK_METRICS, FOLD_ROUNDS, ROUND1, ROUND2, ROUND3, SELECTION_METRIC, finite
 
 if TYPE_CHECKING:  # selection loads scipy and sklearn: only fold_outcomes needs it, status never does
     from pianoray.protocol.selection import FoldOutcome
 
 def _iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _f(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _num(x: Any) -> float:
@@ -47,7 +39,7 @@ def _num(x: Any) -> float:
 def _interval(x: Any) -> list[float | None] | None:
     if not isinstance(x, (list, tuple)) or len(x) != 2:
         return None
-    return [_f(x[0]), _f(x[1])]
+    return [finite(x[0]), finite(x[1])]
 
 
 @dataclass
@@ -165,12 +157,12 @@ class RunView:
         if not e.experiment:
             return
         m, ep = e.data.metrics, e.data.epoch
-        pw = _f(m.get(SELECTION_METRIC))
+        pw = finite(m.get(SELECTION_METRIC))
         rung_epoch = m.get("rung_epoch")  # the supervised epochs the scheduler counts; None in old ledgers
         self.curves.append({"round": e.round, "experiment": e.experiment, "fold": e.fold, "epoch": ep,
                             "rung_epoch": int(rung_epoch) if isinstance(rung_epoch, (int, float)) else None,
                             "selectable": m.get("selectable", True) is not False,
-                            "val_pairwise": pw, "train_loss": _f(m.get("train/total")), "time": _iso(e.time)})
+                            "val_pairwise": pw, "train_loss": finite(m.get("train/total")), "time": _iso(e.time)})
         if e.round is not None and e.fold is not None:
             self.epochs.setdefault((e.round, e.experiment, int(e.fold)), []).append(e)
         x = self._exp(e.experiment)
@@ -306,11 +298,11 @@ class RunView:
                 continue
             decisions.append({
                 "round": ROUND1, "rung": d.get("rung"), "experiment": d.get("experiment"),
-                "track": d.get("track"), "metric": _f(d.get("metric")), "leader": d.get("leader"),
-                "leader_metric": _f(d.get("leader_metric")), "gap_points": _f(d.get("gap_points")),
+                "track": d.get("track"), "metric": finite(d.get("metric")), "leader": d.get("leader"),
+                "leader_metric": finite(d.get("leader_metric")), "gap_points": finite(d.get("gap_points")),
                 # the gap's 95% interval in points (None: no pair counts) and the rule that decided
                 "gap_ci": _interval(d.get("gap_ci")), "rule": d.get("rule", "point"),
-                "leader_bias": _f(d.get("leader_bias")),
+                "leader_bias": finite(d.get("leader_bias")),
                 "final": bool(d.get("final", False)), "epoch": d.get("epoch"),
                 "decision": d.get("decision"), "reason": d.get("reason"), "time": _iso(d.get("time"))})
 
@@ -385,7 +377,8 @@ class RunView:
 
     def fusion_summary(self) -> dict[str, Any] | None:
         """Round 3 (the public ``fusion`` object): what it fused, each fusion against the best single encoder,
-        and the run's final model with its reason; the skip reason when it was skipped; None before it."""
+        on pairwise accuracy and R2, how alike the fused winners err, the gated fusions' mean gates, and the run's
+        final model with its reason; the skip reason when it was skipped; None before it."""
         r3 = self.round_summaries.get(ROUND3)
         if self.fusion is None and r3 is None:
             return None
@@ -393,6 +386,7 @@ class RunView:
         r3 = r3 or {}
         return {"fuses": v.get("fuses", r3.get("fuses", {})), "skipped": v.get("skipped", r3.get("skipped")),
                 "best_single": v.get("best_single"), "comparisons": v.get("comparisons", {}),
+                "error_correlation": v.get("error_correlation"), "gates": v.get("gates", {}),
                 "winner": (v.get("winners") or {}).get("fusion"), "final": v.get("final")}
 
     def search_summary(self, experiment: str) -> dict[str, Any]:

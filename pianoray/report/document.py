@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from pianoray.report.plots import importance_key, plot_all
+from pianoray.report.plots import gates_key, importance_key, plot_all
 from pianoray.report.tables import (
     MISSING,
     TableData,
     comparison_data,
     decisions_data,
+    error_correlation_text,
     fold_data,
     fusion_data,
     fusion_text,
@@ -139,6 +140,11 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
         blocks.append(Paragraph(text))
         if (results.get("fusion") or {}).get("comparisons"):
             blocks.append(TableBlock(fusion_data(results)))
+        if text := error_correlation_text(results):
+            blocks.append(Paragraph(text))
+        for fusion in (results.get("fusion") or {}).get("gates") or {}:
+            if gates_key(fusion) in images:
+                blocks.append(_image(images, gates_key(fusion), f"Mean gate per dimension, {fusion}"))
 
     blocks.append(Heading("Comparison per track"))
     for track in track_names(results):

@@ -402,10 +402,49 @@ def plot_importance(results: Mapping[str, Any], out_dir: Path, experiment: str) 
     return _save(fig, path)
 
 
+# ---------------------------------------------------------------------------------------------- gates
+
+
+def gates_key(fusion: str) -> str:
+    """The figure key (and PNG stem) of a gated fusion's mean gates."""
+    return f"gates_{_safe_name(fusion)}"
+
+
+def plot_gates(results: Mapping[str, Any], out_dir: Path, fusion: str) -> Path:
+    """A gated fusion's (F3's) mean gate per label dimension (``fusion.gates``: weight on audio, test segments,
+    mean over folds) as horizontal bars from 0 (symbolic alone) to 1 (audio alone), centred on an even mix: which
+    modality each dimension relies on. Writes ``gates_<fusion>.png``."""
+    path = Path(out_dir) / f"{gates_key(fusion)}.png"
+    title = f"Which modality each dimension relies on — {fusion}"
+    gates = [finite(g) for g in ((results.get("fusion") or {}).get("gates") or {}).get(fusion) or []]
+    if not any(g is not None for g in gates):
+        return _empty(path, title, "No gates recorded.")
+    dims = [str(d) for d in results.get("dimensions") or []]
+    labels = [dims[i] if i < len(dims) else f"dim {i}" for i in range(len(gates))]
+    fig = Figure(figsize=(6.8, 0.32 * len(gates) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    ys = list(range(len(gates)))[::-1]  # the first dimension on top
+    values = [g if g is not None else 0.5 for g in gates]
+    ax.barh(ys, [v - 0.5 for v in values], left=0.5, height=0.65,
+            color=["#1f77b4" if v >= 0.5 else "#d62728" for v in values])
+    ax.axvline(0.5, color="#777777", lw=0.8, ls="--")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_xticklabels(["symbolic", "", "even", "", "audio"])
+    ax.set_xlabel("mean gate (weight on audio), test segments, mean over folds")
+    ax.grid(axis="x", alpha=0.25)
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
 def plot_all(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Every figure of the report: keys ``per_dimension``, ``timeline``, ``learning_curves_<round>`` for
     each round named in ``rounds`` or ``curves`` (round1 and round2 always, so their links are stable), and
-    :func:`importance_key` of each searched experiment whose importances Round 1 recorded (none otherwise)."""
+    :func:`importance_key` of each searched experiment whose importances Round 1 recorded (none otherwise), and
+    :func:`gates_key` of each gated fusion whose gates Round 3 recorded."""
     rounds = [ROUND1, ROUND2]
     for r in [x.get("round") for x in results.get("rounds") or []] + [c.get("round") for c in results.get("curves") or []]:
         if r and str(r) not in rounds:
@@ -416,4 +455,6 @@ def plot_all(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     for e in searched(results):
         if e["search"].get("importance"):
             out[importance_key(str(e.get("name")))] = plot_importance(results, out_dir, str(e.get("name")))
+    for fusion in (results.get("fusion") or {}).get("gates") or {}:
+        out[gates_key(fusion)] = plot_gates(results, out_dir, fusion)
     return out

@@ -42,7 +42,7 @@ from pianoray.training.distributed import all_ranks_sum, dist_place, from_rank0
 from pianoray.training.evaluate import predict, validation_scores
 from pianoray.training.step import autocast, cosine_with_warmup, make_optimizer, train_step
 
-__all__ = ["Budget", "EarlyStopping", "EpochRecord", "SELECTION_METRIC", "StageOptimizer", "build_model",
+__all__ = ["Budget", "EarlyStopping", "EpochRecord", "SELECTION_METRIC", "StageOptimizer", "UNFROZEN", "build_model",
            "cosine_with_warmup", "fit", "param_groups", "pick_device", "plan_stages", "seed_everything",
            "supervised_step"]
 
@@ -51,10 +51,13 @@ ModelWrapper = Callable[[torch.nn.Module], torch.nn.Module]
 
 @dataclass(frozen=True)
 class Budget:
-    """epochs: the budget; patience: early-stopping patience in epochs (None = never stop early)."""
+    """epochs: the budget; patience: early-stopping patience in epochs (None = never stop early);
+    unfreeze_lr: for an encoder that can unfreeze what it holds frozen (a fusion's winners), the rate they
+    train at once patience first runs out; training then goes on, patience counted afresh (None: stop there)."""
 
     epochs: int
     patience: int | None = None
+    unfreeze_lr: float | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -85,6 +88,13 @@ def build_model(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fold
         path = Path(init) / ENCODER_FILE if Path(init).is_dir() else Path(init)
         encoder.load_state_dict(torch.load(path, map_location="cpu"))
     return PerformanceModel(encoder, n_dims=len(data.label_names))
+
+
+UNFROZEN = "unfrozen"  # the stage a fusion trains in after its plateau, its winners unfrozen (Budget.unfreeze_lr)
+
+
+def _can_unfreeze(model: PerformanceModel, budget: Budget) -> bool:
+    return budget.unfreeze_lr is not None and hasattr(model.encoder, "unfreeze")
 
 
 def plan_stages(model: PerformanceModel, epochs: int) -> list[Stage]:
@@ -241,11 +251,17 @@ def fit(
     opt = StageOptimizer(model, optim_cfg, restored)
 
     bounds = np.cumsum([s.epochs for s in stages])  # stage i covers epochs (bounds[i-1], bounds[i]]
+    unfrozen_at = restored.get("unfrozen_at") if restored is not None else None
+    if unfrozen_at is not None:
+        model.encoder.unfreeze(budget.unfreeze_lr)
     callbacks = list(callbacks)
     for epoch in range(start_epoch + 1, budget.epochs + 1):
         t0 = time.perf_counter()
-        si = int(np.searchsorted(bounds, epoch))  # index of the stage containing this (1-based) epoch
-        stage = stages[si]
+        if unfrozen_at is None:
+            si = int(np.searchsorted(bounds, epoch))  # index of the stage containing this (1-based) epoch
+            stage = stages[si]
+        else:  # past the plateau: one more stage, the winners training too, to the end of the budget
+            si, stage = len(stages), Stage(UNFROZEN, budget.epochs - unfrozen_at)
         stage_tiers = stage.tiers if stage.tiers is not None else round_tiers
         train_batches = data.loader(fold, "train", stage_tiers, model.encoder.views, optim_cfg.batch_size,
                                     epoch=epoch, seed=cfg.seed, rank=rank, world_size=world)
@@ -281,6 +297,9 @@ def fit(
 
         patience_out = early.update(epoch, metrics[SELECTION_METRIC], stage.select)
         metrics["selectable"] = stage.select
+        if patience_out and unfrozen_at is None and _can_unfreeze(model, budget) and epoch < budget.epochs:
+            unfrozen_at, early.since_best, patience_out = epoch, 0, False
+            model.encoder.unfreeze(budget.unfreeze_lr)
         result = EpochRecord(
             epoch, stage.name, metrics, early.best_epoch, early.best_metric, patience_out or epoch == budget.epochs,
             patience_out, _selecting_epochs(stages, epoch), time.perf_counter() - t0, samples, pair_counts=counts,
@@ -289,7 +308,8 @@ def fit(
             directory = sink.staging_dir()
             # the fold in the checkpoint's metrics.json: a job running several folds resumes the right one; the
             # experiment too: a resumed run records an epoch whose checkpoint outlived its report (run.py)
-            write_state(directory, checkpoint_state(model, opt, early, epoch, stage, cfg, experiment, data),
+            write_state(directory, {**checkpoint_state(model, opt, early, epoch, stage, cfg, experiment, data),
+                                    "unfrozen_at": unfrozen_at},
                         {**result.flat(), "fold": fold, "experiment": experiment}, pair_counts=counts.to_json())
             result.checkpoint = sink.commit(directory, result.flat())
         for cb in callbacks:

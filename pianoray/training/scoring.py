@@ -5,9 +5,10 @@
   segments) and the Pearson r between clean and augmented predictions; each twin is scored on one crop (the
   same for both), every other figure on whole segments (``predict`` merges the windows);
 - competition Spearman: per T2 round, the model's overall score (mean ranking-head score) against placement;
-- difficulty rho and STOP AUC as linear probes on z: the encoder has no difficulty or STOP head (those come
-  with fusion), so a ridge / logistic probe is fitted on z with cross-validation over pieces and scored out of
-  fold. These say how much the representation carries, not what a trained head would reach;
+- difficulty rho and STOP AUC as linear probes on z (a fusion's too): a ridge probe cross-validated over pieces,
+  a logistic one leaving one recording out at a time (:func:`stop_groups`), each scored out of fold. These say
+  how much the representation carries, not what a trained head would reach;
+- ``gates`` (a gated fusion, F3): each label dimension's mean weight on audio over the test segments;
 - ``pair_counts``: per-passage pair counts (:class:`pianoray.objectives.metrics.PairCounts`) of the checkpoint on
   the fold's inner validation split and on its test part, what selection's paired bootstraps need (the winner's
   margin over the runner-up, the winner against the references). Passage keys are the bare passage name
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pianoray.config import ProtocolConfig
@@ -28,7 +30,7 @@ from pianoray.objectives import metrics
 from pianoray.records import PAIR_COUNTS  # the per-passage counts' key in score_checkpoint's test dict
 from pianoray.training.checkpoint import read_state
 from pianoray.training.data import ExperimentData
-from pianoray.training.evaluate import Predictions, predict, validation_metrics
+from pianoray.training.evaluate import Predictions, predict, segment_mean, validation_metrics
 from pianoray.training.loop import build_model, pick_device
 
 _T1_GROUP = "T1:"  # a loader's rank-group key of a labelled segment: "T1:<passage>"
@@ -69,6 +71,23 @@ def score_checkpoint(
 ) -> dict[str, Any]:
     """Test-part metrics of ``experiment`` on ``fold`` from ``checkpoint``: a JSON-able dict, flat but for
     ``pair_counts`` = {"val": PairCounts.to_json(), "test": ...} (the caller takes it out before reporting)."""
+    return evaluate_checkpoint(cfg, experiment, data, fold, checkpoint, device=device, n_boot=n_boot)[0]
+
+
+def evaluate_checkpoint(
+    cfg: ProtocolConfig,
+    experiment: str,
+    data: ExperimentData,
+    fold: int,
+    checkpoint: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    n_boot: int = 1000,
+) -> tuple[dict[str, Any], Predictions]:
+    """:func:`score_checkpoint`'s metrics and the test part's per-segment predictions they come from (kept
+    with the fold's best model: the paired R2 gap and the error correlation of Round 3 read them). A model
+    whose encoder has per-dimension gates (F3) also gets ``gates``: each label dimension's mean weight on
+    audio over the test segments."""
     dev = pick_device(device)
     model = load_trained(cfg, experiment, data, Path(checkpoint), dev)
     views = model.encoder.views
@@ -83,13 +102,28 @@ def score_checkpoint(
         out.update(_robustness(model, data, fold, views, bs, dev, threshold, test))
     else:
         out.update({"robustness_drop": None, "robustness_pearson": None})
+    if hasattr(model.encoder, "gates"):
+        out["gates"] = _mean_gates(model, data.eval_loader(fold, "test", views, bs), dev)
     others = {t: _predict_tier(model, data, t, views, bs, dev) for t in (Tier.T2, Tier.T3)}
     out.update(_competition(data, others[Tier.T2], data.fold(fold)["held_rounds"]))
     t1 = [test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")]
     out.update(_probes(data, _concat(t1), _concat(t1 + [p for p in others.values() if p is not None])))
     out[PAIR_COUNTS] = {"val": passage_counts(t1[2], threshold).to_json(),
                         "test": passage_counts(test, threshold).to_json()}
-    return out
+    return out, test
+
+
+def _mean_gates(model: torch.nn.Module, batches: Any, dev: torch.device) -> list[float]:
+    """[N]: the gates of each test segment (windows merged by ``segment_mean``, as predictions are), averaged
+    over segments with equal weight."""
+    ids, weights, gates = [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            gates.append(model.encoder.gates(batch.to(dev)).float().cpu().numpy())
+            ids.extend(batch.segment_ids)
+            weights.extend(batch.meta.get("weight") or [1.0] * batch.size)
+    per_segment = segment_mean(ids, np.asarray(weights), np.concatenate(gates))[1]
+    return [float(g) for g in per_segment.mean(axis=0)]
 
 
 def _robustness(model, data, fold, views, bs, dev, threshold, clean_test: Predictions) -> dict[str, Any]:
@@ -152,17 +186,16 @@ def _competition(data: ExperimentData, pred: Predictions | None, held_rounds: li
 
 def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) -> dict[str, Any]:
     """Difficulty rho (ridge on per-piece mean z, over every tier's segments: a piece's grade needs no
-    performance labels) and STOP AUC (logistic on the T1 segments' z), both out of fold."""
-    import pandas as pd
+    performance labels) and STOP AUC (logistic on the T1 segments' z, leave one recording out:
+    :func:`stop_groups`), both out of fold."""
     from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
+    from sklearn.model_selection import KFold, LeaveOneGroupOut, cross_val_predict
 
     out: dict[str, Any] = {"difficulty_rho": None, "stop_auc": None}
     corpus = data.corpus
     piece_of = pd.concat([corpus.manifest(t).set_index("segment_id")["piece"] for t in corpus.tiers])
     piece_of = piece_of[~piece_of.index.duplicated()]
     all_pieces = piece_of.loc[every_tier.segment_ids].astype(str).to_numpy()
-    pieces = piece_of.loc[pred.segment_ids].astype(str).to_numpy()
     grades = getattr(corpus, "difficulty", None) or {}
     graded = sorted({p for p in all_pieces if p in grades})
     if len(graded) >= 5:
@@ -174,13 +207,24 @@ def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) ->
     rows = [i for i, s in enumerate(pred.segment_ids) if s in stop]
     if len(rows) >= 20:
         y = np.array([stop[pred.segment_ids[i]] for i in rows], dtype=int)
-        if 0 < y.sum() < len(y):
-            z = pred.z[rows]
-            folds = GroupKFold(n_splits=min(5, len(set(pieces[rows]))))
-            p = cross_val_predict(LogisticRegression(max_iter=1000, C=0.1), z, y, cv=folds, groups=pieces[rows],
-                                  method="predict_proba")[:, 1]
-            out["stop_auc"] = metrics.stop_auc(p, y, n_boot=200).mean
+        recordings = stop_groups(corpus, [pred.segment_ids[i] for i in rows])
+        if 0 < y.sum() < len(y) and len(set(recordings)) >= 3:
+            p = cross_val_predict(LogisticRegression(max_iter=1000, C=0.1), pred.z[rows], y, cv=LeaveOneGroupOut(),
+                                  groups=recordings, method="predict_proba")[:, 1]
+            auc = metrics.stop_auc(p, y, recordings, n_boot=200)
+            out.update({"stop_auc": auc.mean, "stop_auc_ci": list(auc.ci), "stop_groups": len(set(recordings))})
     return out
+
+
+def stop_groups(corpus: Any, segment_ids: list[str]) -> np.ndarray:
+    """[M] the recording each segment's STOP label comes from, the group STOP AUC leaves out one at a time
+    (the seed's leave-one-video-out: a teacher's stops within one masterclass video are not independent).
+    A corpus without recordings (the demo) has its performer stand in: one performer's takes share the skill
+    the labels follow, so a probe must be scored on performers it never saw."""
+    manifest = pd.concat([corpus.manifest(t).set_index("segment_id") for t in corpus.tiers])
+    manifest = manifest[~manifest.index.duplicated()]
+    column = "recording" if "recording" in manifest.columns else "performer"
+    return manifest.loc[segment_ids, column].astype(str).to_numpy()
 
 
 def _concat(parts: list[Predictions]) -> Predictions:

@@ -243,3 +243,40 @@ def test_paired_accuracy_gap_point_equals_accuracy_difference_and_ci_covers_it()
     with pytest.raises(ValueError, match="same pairs"):
         paired_accuracy_gap([(a, PairCounts(a.groups, a.correct, total + 1))])
     assert PairCounts.from_json(a.to_json()).accuracy() == pytest.approx(a.accuracy())
+
+
+def test_paired_r2_gap_known_value_shared_resamples_and_sets():
+    from pianoray.objectives.metrics import paired_r2_gap, r2
+
+    t = np.array([[0.0], [1.0], [2.0], [3.0]])
+    group = np.array(["p", "p", "q", "q"])
+    # A is exact (R2 = 1); B predicts 0: R2 = 1 - sum(t^2) / SS_tot = 1 - 14 / 5 = -1.8
+    gap, (lo, hi) = paired_r2_gap([(t, t, np.zeros_like(t), group)], n_boot=300, seed=2)
+    assert gap == pytest.approx(2.8)
+    assert gap == pytest.approx(r2(t, t, n_boot=0).mean - r2(np.zeros_like(t), t, n_boot=0).mean)
+    assert lo <= gap <= hi
+    # the same model twice: the gap is 0 on every resample (both scored on the same one)
+    noisy = t + np.array([[0.3], [-0.2], [0.1], [0.4]])
+    assert paired_r2_gap([(t, noisy, noisy, group)], n_boot=200) == (0.0, (0.0, 0.0))
+    # several sets: the mean of the per-set gaps
+    two, _ = paired_r2_gap([(t, t, np.zeros_like(t), group), (t, noisy, noisy, group)], n_boot=0)
+    assert two == pytest.approx(1.4)
+    with pytest.raises(ValueError, match="shapes"):
+        paired_r2_gap([(t, t, np.zeros((4, 2)), group)])
+
+
+def test_error_correlation_known_values_per_dimension():
+    from pianoray.objectives.metrics import error_correlation
+
+    e = np.array([[1.0, 1.0, 5.0], [2.0, 3.0, 5.0], [3.0, 2.0, 5.0]])
+    other = np.array([[2.0, 1.0, 1.0], [4.0, 2.0, 2.0], [6.0, 3.0, 3.0]])
+    r = error_correlation(e, other, n_boot=0)
+    # dim 0: perfectly correlated; dim 1: x=[1,3,2] vs y=[1,2,3] -> r = 0.5; dim 2: constant errors -> NaN
+    assert r.per_dim[0] == pytest.approx(1.0) and r.per_dim[1] == pytest.approx(0.5) and np.isnan(r.per_dim[2])
+    assert r.mean == pytest.approx(0.75)
+    assert error_correlation(e[:, :1], -e[:, :1], n_boot=0).mean == pytest.approx(-1.0)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 2))
+    b = 0.8 * a + 0.6 * rng.normal(size=(60, 2))
+    ci = error_correlation(a, b, np.repeat(np.arange(20), 3), n_boot=300).ci
+    assert ci[0] < error_correlation(a, b, n_boot=0).mean < ci[1]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pianoray.config import ProtocolConfig
@@ -16,7 +17,9 @@ from pianoray.protocol.ledger import Ledger
 from pianoray.protocol.run import RunContext, fusion_verdict, run_round3
 from pianoray.protocol.schema import ResultsJSON
 from pianoray.protocol.storage import RunStorage
+from pianoray.protocol.trials import BestStore
 from pianoray.records import ROUND3
+from pianoray.training.evaluate import Predictions
 from tests.protocol.test_faults import RUN_TIMEOUT, assert_epochs_contiguous
 
 
@@ -29,6 +32,47 @@ def test_round3_is_skipped_with_its_reason_when_a_fused_track_has_no_winner(tmp_
     verdict = fusion_verdict(ctx.ledger, cfg, r3, {"audio": None, "symbolic": "S2"})
     assert verdict["final"] == {"model": "S2", "kind": "single", "reason": "no audio winner to fuse"}
     assert verdict["comparisons"] == {} and verdict["skipped"] == "no audio winner to fuse"
+
+
+def _kept(store: BestStore, experiment: str, fold: int, labels: np.ndarray, regression: np.ndarray) -> None:
+    """A scored fold's kept test predictions (and its model, which marks the fold as stored whole)."""
+    m = len(labels)
+    ids = [f"f{fold}-s{i}" for i in range(m)]
+    has = np.ones(m, dtype=bool)
+    has[-1] = False  # an unlabelled segment: never counted
+    store.put_test(experiment, fold, Predictions(ids, regression, regression, labels, has,
+                                                 np.array([f"T1:p{i // 3}" for i in range(m)], dtype=object),
+                                                 np.zeros((m, 0))))
+    store.storage.write_bytes(store.rel(experiment, fold, BestStore.MODEL), b"weights")
+
+
+def test_fusion_verdict_pairs_r2_and_the_winners_errors_from_the_kept_predictions(tmp_path: Path) -> None:
+    """The R2 gap's CI (paired over passages, across folds) and the correlation of the two winners' errors come
+    from each scored fold's kept test predictions."""
+    cfg = ProtocolConfig.model_validate({"experiments": {"A1": {}, "S2": {}}})
+    storage = RunStorage(tmp_path, "r", fsync=False)
+    store = BestStore(storage.storage_uri, storage.name)
+    rng = np.random.default_rng(0)
+    for fold in (0, 1):
+        y = rng.uniform(0.2, 0.8, size=(31, 3))
+        noise = rng.normal(0, 0.1, size=y.shape)
+        _kept(store, "A1", fold, y, y + noise)  # audio: errs by `noise`
+        _kept(store, "S2", fold, y, y + 0.9 * noise + rng.normal(0, 0.02, size=y.shape))  # errs alike
+        _kept(store, "F3", fold, y, y + 0.1 * noise)  # the fusion: far closer
+    assert store.folds("F3") == [0, 1]
+    ctx = RunContext(cfg, storage, Ledger(storage), {"A1": ("audio", "candidate"), "S2": ("symbolic", "candidate")},
+                     feedback=None)
+    v = fusion_verdict(ctx.ledger, cfg, {"experiments": ["F3"], "fuses": {"audio": "A1", "symbolic": "S2"}},
+                       {"audio": "A1", "symbolic": "S2"}, store)
+    c = v["comparisons"]["F3"]
+    assert c["versus"] == "A1" and c["r2_gap"] > 0 and c["r2_ci"][0] > 0 and c["r2_verdict"] == "beats"
+    e = v["error_correlation"]
+    assert e["between"] == ["A1", "S2"] and e["segments"] == 60 and e["folds"] == 2
+    assert 0.9 < e["mean"] < 1.0 and e["ci"][0] < e["mean"] < e["ci"][1] and len(e["per_dim"]) == 3
+    # without kept predictions (a store that has none): no figure, never a made-up one
+    empty = BestStore(str(tmp_path), "other")
+    v = fusion_verdict(ctx.ledger, cfg, {"experiments": ["F3"]}, {"audio": "A1", "symbolic": "S2"}, empty)
+    assert v["error_correlation"] is None and v["comparisons"]["F3"]["r2_ci"] == [None, None]
 
 
 @pytest.mark.slow
@@ -61,6 +105,9 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
         c = v["comparisons"][f]
         assert c["versus"] == v["best_single"] and c["folds"] == 2 and None not in c["ci_points"]
         assert c["verdict"] in {"beats", "below", "no clear difference"}
+        assert c["r2_gap"] is not None and None not in c["r2_ci"] and c["r2_verdict"] is not None
+    assert -1 <= v["error_correlation"]["mean"] <= 1 and v["error_correlation"]["folds"] == 2
+    assert set(v["gates"]) == {"F3"} and all(0 < g < 1 for g in v["gates"]["F3"])
     final = v["final"]
     assert final["kind"] == ("fusion" if any(c["verdict"] == "beats" for c in v["comparisons"].values()) else "single")
     assert final["reason"]
@@ -76,4 +123,5 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     assert {rows[f]["furthest_round"] for f in ("F2", "F3")} == {ROUND3}
     assert len(rows["F2"]["folds"]) == 2 and rows["F2"]["pairwise_accuracy"]["mean"] is not None
     assert r["fusion"]["final"] == final and r["winners"]["fusion"] in {"F2", "F3"}
-    assert "Fusion track" in (run.dir / "report" / "report.md").read_text()
+    md = (run.dir / "report" / "report.md").read_text()
+    assert "Fusion track" in md and "R2 95% CI" in md and "errors of" in md and "gates_F3.png" in md

@@ -151,6 +151,23 @@ def add_search(results: dict[str, Any], *, importance: dict[str, float] | None =
     return results
 
 
+def add_fusion(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with a Round-3 verdict: F3 against the best single encoder A1, its gates, the winners' error
+    correlation."""
+    n = len(results["dimensions"])
+    results["fusion"] = {
+        "fuses": {"audio": "A1", "symbolic": "S2"}, "skipped": None, "best_single": "A1",
+        "comparisons": {"F3": {"versus": "A1", "gap_points": 2.1, "ci_points": [0.4, 3.9], "verdict": "beats",
+                               "r2_gap": 0.031, "r2_ci": [-0.012, 0.07], "r2_verdict": "no clear difference",
+                               "folds": 4, "passages": 40, "passages_left_out": 0}},
+        "error_correlation": {"between": ["A1", "S2"], "mean": 0.62, "ci": [0.55, 0.69], "per_dim": [0.6] * n,
+                              "segments": 160, "folds": 4},
+        "gates": {"F3": [0.1 + 0.8 * i / max(n - 1, 1) for i in range(n)]},
+        "winner": "F3", "final": {"model": "F3", "kind": "fusion", "reason": "F3 beats A1"},
+    }
+    return results
+
+
 def strip_optional(results: dict[str, Any]) -> dict[str, Any]:
     """Every field the schema allows to be None set to None (and optional lists emptied)."""
     r = copy.deepcopy(results)

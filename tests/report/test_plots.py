@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pianoray.report.plots import plot_all, plot_learning_curves, plot_per_dimension, plot_timeline
-from tests.report.conftest import add_search, strip_optional
+from pianoray.report.plots import plot_all, plot_gates, plot_learning_curves, plot_per_dimension, plot_timeline
+from tests.report.conftest import add_fusion, add_search, strip_optional
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -104,3 +104,13 @@ def test_importance_figure_per_searched_experiment_with_importances(run_results,
     assert path == tmp_path / "drawn" / "importance_A1.png"
     w, h = _png_size(path)
     assert h > placeholder[1]  # three bars, not the one-line placeholder
+
+
+def test_a_gated_fusion_gets_its_gate_figure(run_results, tmp_path):
+    """One bar per dimension (a tall figure); none without gates (a placeholder, and plot_all draws none)."""
+    assert not [k for k in plot_all(run_results, tmp_path / "none") if k.startswith("gates_")]
+    paths = plot_all(add_fusion(run_results), tmp_path)
+    assert paths["gates_F3"].name == "gates_F3.png"
+    w, h = _png_size(paths["gates_F3"])
+    we, he = _png_size(plot_gates(run_results | {"fusion": {}}, tmp_path / "empty", "F3"))
+    assert h > 1.5 * he and w > 400

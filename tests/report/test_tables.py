@@ -14,13 +14,15 @@ from pianoray.report.tables import (
     comparison_table,
     decision_rows,
     decisions_table,
+    error_correlation_text,
     fold_data,
+    fusion_data,
     hours_unit,
     md_text,
     resource_data,
     to_markdown,
 )
-from tests.report.conftest import add_search, strip_optional
+from tests.report.conftest import add_fusion, add_search, strip_optional
 
 
 def _render(table) -> str:
@@ -236,3 +238,16 @@ def test_parameter_headers_and_values():
     assert fmt_param(128, {"type": "categorical", "choices": [64, 128]}) == "128"
     assert fmt_param("adamw", None) == "adamw" and fmt_param(None, None) == "—"
     assert fmt_param(True, None) == "True" and fmt_param(float("nan"), {"type": "float"}) == "—"
+
+
+def test_fusion_table_gives_both_gaps_with_their_cis_and_the_text_the_error_correlation(run_results):
+    results = add_fusion(run_results)
+    data = fusion_data(results)
+    row = dict(zip(data.columns, data.rows[0]))
+    assert (row["Fusion"], row["Best single"], row["Gap (points)"], row["95% CI"], row["Verdict"]) == (
+        "F3", "A1", "+2.1", "+0.4 to +3.9", "beats")
+    assert (row["R2 gap"], row["R2 95% CI"], row["R2 verdict"]) == ("+0.031", "-0.012 to +0.070", "no clear difference")
+    assert data.highlight == [True]
+    text = error_correlation_text(results)
+    assert "A1 and S2" in text and "r = 0.62" in text and "0.55 to 0.69" in text and "160 segments over 4 folds" in text
+    assert error_correlation_text(run_results | {"fusion": {"error_correlation": None}}) == ""

@@ -1,4 +1,5 @@
-"""score_checkpoint's per-passage pair counts: what selection's paired bootstraps read for a neural fold."""
+"""score_checkpoint's per-passage pair counts (what selection's paired bootstraps read for a neural fold), the test
+predictions it keeps, and its STOP probe's groups."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pianoray.training.checkpoint import TopKSink
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions
 from pianoray.training.loop import Budget, fit
-from pianoray.training.scoring import passage_counts, score_checkpoint
+from pianoray.training.scoring import evaluate_checkpoint, passage_counts, stop_groups
 
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
 
@@ -34,9 +35,17 @@ def test_score_checkpoint_counts_give_back_the_reported_accuracies(tmp_path) -> 
     data = ExperimentData.from_config(cfg)
     sink = TopKSink(tmp_path / "ckpt", k=1)
     (epoch,) = list(fit(cfg, "audio-frozen", data, 1, Budget(1), sink=sink))
-    out = score_checkpoint(cfg, "audio-frozen", data, 1, sink.best(), n_boot=0)
+    out, predictions = evaluate_checkpoint(cfg, "audio-frozen", data, 1, sink.best(), n_boot=0)
     val, test = (PairCounts.from_json(out[PAIR_COUNTS][k]) for k in ("val", "test"))
     # the best checkpoint's validation counts are the validation the loop selected it on
     assert val.accuracy() == pytest.approx(epoch.metrics["val/pairwise_accuracy"])
     assert test.accuracy() == pytest.approx(out["pairwise_accuracy"])
     assert set(test.groups).isdisjoint(val.groups) and not any(g.startswith("T1:") for g in test.groups)
+    # the predictions it returns (kept beside the fold's best model) are the test part's, scored alike
+    assert set(predictions.segment_ids) == set(data.fold(1)["test"]) and "gates" not in out
+    assert passage_counts(predictions, 0.05).accuracy() == pytest.approx(out["pairwise_accuracy"])
+    # STOP AUC leaves one recording out; the demo has none, so its performers stand in
+    labelled = [s for s in data.corpus.stop]
+    performers = data.corpus.manifest("T1").set_index("segment_id").loc[labelled, "performer"]
+    assert stop_groups(data.corpus, labelled).tolist() == performers.astype(str).tolist()
+    assert 3 <= out["stop_groups"] <= performers.nunique() and 0.0 <= out["stop_auc"] <= 1.0
