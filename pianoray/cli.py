@@ -43,15 +43,26 @@ class UserError(PianorayError):
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the project's error types (``pianoray.errors.PianorayError``: a problem the user can fix, raised
-    where it is found) into one-line messages and exit code 2. Any other exception is a bug: it propagates
-    with its traceback."""
+    where it is found) into one-line messages and exit code 2; so too an operating-system error on a path (an
+    ``--out`` that is a folder, a ``--storage`` under a regular file, no permission, a full disk): one line
+    naming the path. Any other exception is a bug: it propagates with its traceback."""
     try:
         yield
     except PianorayError as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        for line in str(msg).splitlines() or ["error"]:
-            err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        _error_lines(str(msg))
         raise typer.Exit(EXIT_USAGE) from None
+    except OSError as e:
+        if e.filename is None:
+            raise  # no path to name: not the user's to fix from a message
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+        _error_lines(f"{where}: {e.strerror or type(e).__name__}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _error_lines(msg: str) -> None:
+    for line in msg.splitlines() or ["error"]:
+        err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
 
 
 def _feedback(as_json: bool = False) -> Feedback:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pianoray.data.tiers import Tier, parse_tier
 from pianoray.errors import PianorayError
+from pianoray.files import read_text
 from pianoray.settings import shared_data_dir
 
 
@@ -384,12 +385,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: extends: cycle through {' -> '.join(str(p) for p in seen)}")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty (a config names at least its experiments or `extends:`)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     parent = raw.pop("extends", None)

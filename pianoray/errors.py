@@ -27,3 +27,4 @@ class MissingInputError(PianorayError, FileNotFoundError):
 
 class InputError(PianorayError, ValueError):
     """A value the user gave (an option, a config field, a data file's content) that cannot be used."""
+

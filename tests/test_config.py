@@ -96,3 +96,26 @@ def test_dotted_overrides_nest_and_parse_values():
     assert dotted_overrides(["a.b.c=3", "a.d=true", "e=[1, 2]"]) == {"a": {"b": {"c": 3}, "d": True}, "e": [1, 2]}
     with pytest.raises(ConfigError, match="dotted.key=value"):
         dotted_overrides(["no-equals-sign"])
+
+
+def test_atomic_write_leaves_the_old_file_and_no_temp_file_when_the_write_fails(tmp_path) -> None:
+    from pianoray.files import atomic_write
+
+    target = atomic_write(tmp_path / "sub" / "x.json", '{"a": 1}')
+    assert target.read_text() == '{"a": 1}' and [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+    def half_then_fail(tmp):
+        tmp.write_text('{"a": ')
+        raise OSError(28, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == '{"a": 1}' and [p.name for p in target.parent.iterdir()] == ["x.json"]
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path / "sub", b"a folder is in the way")
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"]
+    # a writer that goes by the suffix (numpy) gets a temporary path with the same suffix
+    import numpy as np
+
+    atomic_write(tmp_path / "a.npz", lambda tmp: np.savez(tmp, x=np.arange(3)))
+    assert np.load(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2] and not list(tmp_path.glob(".*"))

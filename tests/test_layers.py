@@ -3,7 +3,7 @@ imports under ``if TYPE_CHECKING:`` are annotations, not dependencies).
 
     cli -> protocol, report -> training, validation, extraction -> models, objectives -> data
 
-``config``, ``settings``, ``records``, ``errors`` and ``feedback`` are the shared foundation every layer may
+``config``, ``settings``, ``records``, ``errors``, ``files`` and ``feedback`` are the shared foundation every layer may
 import. Only ``protocol/`` and the CLI import ray; rich (presentation) lives in the CLI and its
 ``terminal.py``, ``protocol/progress.py`` and ``report/``: library code speaks through ``feedback``.
 """
@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pianoray"
 # Higher may import lower or equal, never the other way.
 RANK = {"data": 0, "objectives": 1, "models": 1, "training": 2, "validation": 2, "extraction": 2,
         "protocol": 3, "report": 3, "cli": 4, "terminal": 4}
-FOUNDATION = {"config", "settings", "records", "errors", "feedback", "pianoray"}
+FOUNDATION = {"config", "settings", "records", "errors", "files", "feedback", "pianoray"}
 RAY_ALLOWED = {"protocol", "cli"}
 RICH_HOME = ("pianoray.cli", "pianoray.terminal", "pianoray.protocol.progress", "pianoray.report")
 

@@ -31,7 +31,6 @@ its ``competition_rounds[i]``, and its competition Spearman is computed on those
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pianoray.errors import InputError, PianorayError, UnknownNameError
+from pianoray.files import atomic_write
 
 FOLDS_VERSION = 1
 Unit = Literal["music", "passage", "performer"]
@@ -113,11 +113,7 @@ class FoldSet:
 
     def save(self, path: str | Path) -> None:
         """Write JSON through a temporary file and ``os.replace``, so a reader never sees half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def from_json(cls, data: object, source: str | Path = "<folds>") -> "FoldSet":

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pianoray.errors import PianorayError
+from pianoray.files import atomic_write
 
 
 class MidiError(PianorayError, ValueError):
@@ -159,8 +160,4 @@ def write_midi(notes: NoteTable, path: str | Path, tempo_qpm: float = 120.0) -> 
         track.controls.append(symusic.ControlChange(float(down), 64, 127, ttype="second"))
         track.controls.append(symusic.ControlChange(float(up), 64, 0, ttype="second"))
     score.tracks.append(track)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    score.to("tick").dump_midi(str(tmp))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: score.to("tick").dump_midi(str(tmp)))

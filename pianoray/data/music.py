@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pianoray.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -256,10 +257,7 @@ def _write_cache(cache_dir: Path | None, key: str, groups: MusicGroups) -> None:
         return
     folder = Path(cache_dir).expanduser()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.tmp.{os.getpid()}"
-        tmp.write_text(json.dumps(groups.to_json()))
-        os.replace(tmp, folder / f"{key}.json")
+        atomic_write(folder / f"{key}.json", json.dumps(groups.to_json()))
     except OSError as e:  # a read-only cache folder only costs a recomputation next time: say so, go on
         logger.warning("music groups not cached in %s (%s); they will be recomputed next time", folder, e)
 

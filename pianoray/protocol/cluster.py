@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
+from pianoray.errors import PianorayError
+from pianoray.files import read_text
+
 if TYPE_CHECKING:
     from pianoray.config import ProtocolConfig
 
@@ -80,9 +83,9 @@ def check_cluster_yaml(path: str | Path, *, require_filled: bool = False) -> lis
     path = Path(path)
     name = str(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        return [f"{name}: cannot read: {e.strerror or e}"]
+        text = read_text(path, "cluster YAML")
+    except PianorayError as e:
+        return [str(e)]
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -367,8 +370,8 @@ def fold_placement_warnings(path: str | Path, cfg: ProtocolConfig, config_name: 
     from pianoray.models import registry
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        raw = yaml.safe_load(read_text(path, "cluster YAML"))
+    except (PianorayError, yaml.YAMLError):
         return []
     node_gpus = _node_gpus(raw)
     workers = cfg.round2.workers_per_fold

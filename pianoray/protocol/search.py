@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pianoray.config import CANDIDATE_SEP, ProtocolConfig, SearchConfig, SearchParam, searched_experiment
+from pianoray.files import atomic_write
 from pianoray.protocol.storage import RunStorage
 from pianoray.records import SELECTION_METRIC
 
@@ -140,10 +141,7 @@ class StudyJournals:
         data = self.storage.read_bytes(self.rel(experiment))
         path = self.path(experiment)
         if not path.is_file() or path.stat().st_size < len(data):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            atomic_write(path, data)
 
     def save(self, experiment: str) -> None:
         """Object storage: copy the journal to ``<run>/optuna/``."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
+from pianoray.files import atomic_write
 from pianoray.report.plots import gates_key, importance_key, plot_all
 from pianoray.report.tables import (
     MISSING,
@@ -297,10 +297,7 @@ def json_safe(obj: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path | str) -> dict[str, Path]:

@@ -12,7 +12,6 @@ figure. Status colours (timeline) are fixed too.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from pianoray.files import atomic_write
 from pianoray.records import ROUND1, ROUND2
 from pianoray.report.tables import (
     comparison_rows,
@@ -62,13 +62,10 @@ def _safe_name(text: str) -> str:
 
 def _save(fig: Figure, path: Path) -> Path:
     """Write atomically (tmp + rename) so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     FigureCanvasAgg(fig)
     # An explicit empty metadata dict keeps the bytes identical across runs of the same matplotlib.
-    fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight",
+                                                      metadata={"Software": None}))
 
 
 def _empty(path: Path, title: str, message: str) -> Path:

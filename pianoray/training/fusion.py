@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from pianoray.config import ExperimentConfig, ProtocolConfig, model_config
+from pianoray.files import atomic_write
 from pianoray.models import registry
 from pianoray.training.data import ExperimentData
 from pianoray.training.loop import seed_everything
@@ -44,8 +45,4 @@ def initial_state(cfg: ProtocolConfig, fusion: str, winners: Mapping[str, Mappin
 
 def write_state(state: Mapping[str, torch.Tensor], path: Path) -> Path:
     """Write ``state`` to ``path`` atomically (a kill leaves no half-written starting state)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    torch.save(dict(state), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(dict(state), tmp))

@@ -24,6 +24,7 @@ import numpy as np
 from pianoray.config import ProtocolConfig, model_config
 from pianoray.data.tiers import Tier
 from pianoray.errors import PianorayError
+from pianoray.files import atomic_write
 from pianoray.models import registry
 from pianoray.records import PAIR_COUNTS
 from pianoray.training.data import ExperimentData
@@ -70,10 +71,7 @@ def _write_disk(path: Path, features_id: str) -> None:
         return
     x = np.stack([_MEMORY[(features_id, k)] for k in keys])
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp.npz")
-        np.savez(tmp, sha=np.array(keys), x=x)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: np.savez(tmp, sha=np.array(keys), x=x))
     except OSError:  # a read-only cache folder: features stay in memory for this process
         return
 

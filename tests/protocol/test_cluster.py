@@ -93,7 +93,7 @@ def test_yaml_parse_error_names_file_and_line(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     [problem] = check_cluster_yaml(tmp_path / "nope.yaml")
-    assert "nope.yaml: cannot read" in problem
+    assert problem == f"{tmp_path / 'nope.yaml'}: no such cluster YAML"
 
 
 def test_schema_error_names_key_path(tmp_path: Path) -> None:

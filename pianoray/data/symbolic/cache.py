@@ -44,6 +44,7 @@ from pianoray.data.symbolic.graphs import (
 from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
 from pianoray.feedback import Feedback, or_default
+from pianoray.files import atomic_write
 
 FEATURE_KINDS = ("remi", "graph", "hetero_graph", "curves")
 CACHE_FORMAT_VERSION = 1
@@ -153,9 +154,7 @@ def entry_dir(out_dir: Path, sha: str) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def _prepare_out_dir(out_dir: Path, config: SymbolicFeatureConfig) -> None:

@@ -17,7 +17,6 @@ The NoteTable <-> symusic Score conversion happens in memory (no temporary MIDI 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pianoray.data.midi import NoteTable, score_notes
 from pianoray.errors import InputError
+from pianoray.files import atomic_write
 
 
 class RemiConfig(BaseModel):
@@ -138,12 +138,8 @@ class RemiTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write the config and vocabulary as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": "pianoray-remi", "config": self.config.model_dump(mode="json"), "vocab": self.vocab()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(payload, indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | Path) -> "RemiTokenizer":

@@ -1,0 +1,51 @@
+"""Paths a new user gets wrong, at every entry point that reads or writes one: a binary file where a YAML goes,
+a folder where a file goes, a file where a folder goes, an empty config. Each gives exit 2 and one line naming
+the path, no traceback, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pianoray.cli import app
+from pianoray.settings import PROJECT_ROOT
+from tests.cli.test_cli import demo, one_error  # noqa: F401  (demo: a fixture)
+
+runner = CliRunner()
+DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Path:
+    (tmp_path / "binary.yaml").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(128, 256)))
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "a-folder").mkdir()
+    return tmp_path
+
+
+CASES = {
+    "cluster check: a binary file": (["cluster", "check", "{p}/binary.yaml"], ["binary.yaml", "not a text"]),
+    "cluster check: a folder": (["cluster", "check", "{p}/a-folder"], ["a-folder", "a folder, not a cluster YAML"]),
+    "validate: a binary config": (["validate", "--config", "{p}/binary.yaml"], ["binary.yaml", "not a text config"]),
+    "validate: a folder as the config": (["validate", "--config", "{p}/a-folder"], ["a-folder", "a folder"]),
+    "validate: an empty config": (["validate", "--config", "{p}/empty.yaml"], ["empty.yaml", "the config is empty"]),
+    "plan: an empty config": (["plan", "--config", "{p}/empty.yaml"], ["empty.yaml", "the config is empty"]),
+    "data demo: --out is a file": (["data", "demo", "--out", "{p}/a-file"], ["a-file"]),
+    "data demo: --out under a file": (["data", "demo", "--out", "{p}/a-file/demo"], ["a-file/demo"]),
+    "data folds: --out is a folder": (["data", "folds", "--out", "{p}/a-folder", "--data", "{demo}"], ["a-folder"]),
+    "run: --storage under a file": (["run", "--config", str(DEMO_YAML), "--storage", "{p}/a-file/runs"],
+                                    ["a-file/runs"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_a_bad_path_gives_one_line_naming_it(case: str, place: Path, demo: Path) -> None:  # noqa: F811
+    args, needles = CASES[case]
+    before = sorted(p.relative_to(place) for p in place.rglob("*"))
+    result = runner.invoke(app, [a.format(p=place, demo=demo) for a in args])
+    one_error(result, *needles)
+    assert sorted(p.relative_to(place) for p in place.rglob("*")) == before, "something was written"
+    assert (place / "a-file").read_text() == "not a folder\n"
