@@ -664,7 +664,11 @@ def data_symbolic(
         if not files:
             raise UserError(f"--midi: {midi}: no .mid/.midi files")
         rep = build_symbolic_cache(files, out, workers=workers or os.cpu_count() or 1, feedback=_feedback())
-    console.print(f"{len(files)} files: {rep.computed} computed, {rep.reused} reused, {len(rep.failed)} failed")
+        if len(rep.failed) == len(files):  # nothing usable: not a cache to go on with
+            raise UserError(f"--midi: {midi}: none of its {len(files)} MIDI files could be used; the first: "
+                            f"{rep.failed[0][1]}")
+    console.print(f"{len(files)} files: {rep.computed} computed, {rep.reused} reused, {len(rep.failed)} failed"
+                  + (f" ({rep.damaged} damaged entries computed again)" if rep.damaged else ""))
     for path, reason in rep.failed:
         err.print(f"[yellow]skipped:[/yellow] {reason}", highlight=False, soft_wrap=True)
 

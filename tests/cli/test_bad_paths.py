@@ -49,3 +49,12 @@ def test_a_bad_path_gives_one_line_naming_it(case: str, place: Path, demo: Path)
     one_error(result, *needles)
     assert sorted(p.relative_to(place) for p in place.rglob("*")) == before, "something was written"
     assert (place / "a-file").read_text() == "not a folder\n"
+
+
+def test_data_symbolic_on_a_folder_where_no_midi_can_be_used(tmp_path: Path) -> None:
+    """Not a cache to go on with: exit 2, one line naming the folder and the first file's reason."""
+    (tmp_path / "midi").mkdir()
+    (tmp_path / "midi" / "a.mid").write_bytes(b"MThd not midi at all")
+    (tmp_path / "midi" / "b.mid").write_bytes(b"")
+    result = runner.invoke(app, ["data", "symbolic", "--midi", str(tmp_path / "midi"), "--out", str(tmp_path / "c")])
+    one_error(result, str(tmp_path / "midi"), "none of its 2 MIDI files could be used", "a.mid")

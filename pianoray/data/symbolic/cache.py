@@ -9,17 +9,19 @@ Layout under ``out_dir``::
         graph.npz              homogeneous graph arrays (``graphs.graph_arrays``)
         hetero_graph.npz       heterogeneous graph arrays (``graphs.hetero_graph_arrays``)
         curves.npy             [T, C] float32
-        meta.json              n_notes, the source path it was first built from
+        meta.json              n_notes, the source path it was first built from, each file's size
 
 Keyed by content, so renamed or touched files are not redone and identical files are built once.
 An entry folder is written under a temporary name and renamed into place, so a reader (or a build that
-was killed) never sees half an entry: an entry exists completely or not at all. Plain .npy/.npz keep
+was killed) never sees half an entry: an entry exists completely or not at all. A build still checks each
+entry it reuses against the sizes in its meta.json (:func:`entry_state`) and computes a damaged one again. Plain .npy/.npz keep
 reads fast (no pickle, memory-light) and let a view read only the kind it needs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -45,6 +47,8 @@ from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
 from pianoray.feedback import Feedback, or_default
 from pianoray.files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 FEATURE_KINDS = ("remi", "graph", "hetero_graph", "curves")
 CACHE_FORMAT_VERSION = 1
@@ -90,6 +94,7 @@ class SymbolicCacheReport:
     seconds: float
     seconds_by_kind: dict[str, float]
     sha_by_path: dict[str, str] = field(default_factory=dict)
+    damaged: int = 0  # entries found damaged (``entry_state``) and computed again
 
     def notes_per_second(self, kind: str) -> float:
         """Single-core throughput of one stage (notes / worker-second); 0 when nothing was computed."""
@@ -157,6 +162,20 @@ def _write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
+def entry_state(entry: Path) -> str:
+    """"intact": the entry holds every file its ``meta.json`` lists, at the size it was written with;
+    "absent"; or "damaged" (a truncated or missing file, a meta.json without sizes or not JSON)."""
+    if not entry.is_dir():
+        return "absent"
+    try:
+        files = json.loads((entry / "meta.json").read_text())["files"]
+        if files and all((entry / name).stat().st_size == size for name, size in files.items()):
+            return "intact"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return "damaged"
+
+
 def _prepare_out_dir(out_dir: Path, config: SymbolicFeatureConfig) -> None:
     """Create the cache (or check an existing one was built with the same config)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +224,8 @@ def _build_entry(path: str, sha: str, out_dir: Path) -> tuple[int, dict[str, flo
                 np.savez(target, **value)
             else:
                 np.save(target, value)
-        (tmp / "meta.json").write_text(json.dumps({"n_notes": len(notes), "source": str(path)}))
+        sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+        (tmp / "meta.json").write_text(json.dumps({"n_notes": len(notes), "source": str(path), "files": sizes}))
         try:
             tmp.rename(final)
         except OSError:
@@ -245,7 +265,8 @@ def build_symbolic_cache(
     Files whose content hash already has an entry are reused, not redone. Files are processed in chunks
     of ``chunksize`` across ``workers`` processes (1 = in this process). A file that cannot be read
     (MidiError) is skipped and listed in ``report.failed`` with the reason naming it. ``feedback`` shows
-    the build's progress (None: logged).
+    the build's progress (None: logged). An existing entry that :func:`entry_state` finds damaged is computed again
+    (counted in ``report.damaged``).
     """
     config = config or SymbolicFeatureConfig()
     out_dir = Path(out_dir)
@@ -255,7 +276,7 @@ def build_symbolic_cache(
     failed: list[tuple[str, str]] = []
     sha_by_path: dict[str, str] = {}
     todo: dict[str, list[str]] = {}  # sha -> every path with that content (the first is built)
-    reused = 0
+    reused = damaged = 0
     for p in midi_paths:
         p = str(p)
         try:
@@ -264,10 +285,14 @@ def build_symbolic_cache(
             failed.append((p, str(MidiError(p, f"cannot read ({e.strerror or e})"))))
             continue
         sha_by_path[p] = sha
-        if entry_dir(out_dir, sha).is_dir():
+        state = "queued" if sha in todo else entry_state(entry_dir(out_dir, sha))
+        if state == "intact":
             reused += 1
-        else:
-            todo.setdefault(sha, []).append(p)
+            continue
+        if state == "damaged":  # its key is its input's hash: trusted as it is, it would be served as it is
+            shutil.rmtree(entry_dir(out_dir, sha), ignore_errors=True)
+            damaged += 1
+        todo.setdefault(sha, []).append(p)
 
     items = [(paths[0], sha) for sha, paths in todo.items()]
     chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
@@ -310,7 +335,11 @@ def build_symbolic_cache(
                     absorb(fut.result())
                     advance(futures[fut])
 
+    if damaged:
+        logger.warning("symbolic cache %s: %d damaged entries (or entries from before sizes were recorded) "
+                       "computed again", out_dir, damaged)
     return SymbolicCacheReport(
+        damaged=damaged,
         out_dir=out_dir,
         n_files=len(midi_paths),
         computed=computed,

@@ -14,6 +14,7 @@ from pianoray.data.symbolic.cache import (
     SymbolicCache,
     SymbolicFeatureConfig,
     build_symbolic_cache,
+    entry_dir,
 )
 from pianoray.data.symbolic.curves import CURVE_CHANNELS, CurveConfig
 
@@ -50,6 +51,25 @@ def test_build_is_incremental_and_lists_bad_files(tmp_path: Path) -> None:
     make_midis(tmp_path / "other", 5)[4].replace(paths[1])
     third = build_symbolic_cache(paths, out, workers=1)
     assert (third.computed, third.reused) == (1, 2)
+
+
+def test_a_damaged_entry_is_computed_again_not_trusted(tmp_path: Path) -> None:
+    """An entry is keyed by its input's hash; its outputs are checked against the sizes its meta.json recorded,
+    so a truncated file, a missing one or an unreadable meta.json gets the entry rebuilt on the next build."""
+    paths = make_midis(tmp_path / "midi", 3)
+    out = tmp_path / "cache"
+    build_symbolic_cache(paths, out, workers=1)
+    entries = [entry_dir(out, file_sha256(p)) for p in paths]
+    pristine = {e: {f.name: f.read_bytes() for f in e.iterdir()} for e in entries}
+    remi = entries[0] / "remi.npy"
+    remi.write_bytes(remi.read_bytes()[:-8])  # truncated
+    (entries[1] / "curves.npy").unlink()  # missing
+    (entries[2] / "meta.json").write_text("{not json")
+    again = build_symbolic_cache(paths, out, workers=1)
+    assert (again.computed, again.reused, again.damaged) == (3, 0, 3)
+    for e in entries:
+        assert {f.name: f.read_bytes() for f in e.iterdir()} == pristine[e]
+    assert build_symbolic_cache(paths, out, workers=1).reused == 3
 
 
 def test_cache_reads_every_kind(tmp_path: Path) -> None:
