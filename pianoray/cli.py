@@ -271,6 +271,7 @@ def train(
     shown = err if as_json else console
     with user_errors():
         cfg = _config(config or _default_config(), data)
+        _checked(cfg, only=experiment, as_json=as_json)
         table = EpochTable(f"{experiment} · fold {fold} · {cfg.data.labels} labels")
         with table.shown(shown):
             result = train_one(cfg, experiment, fold, epochs=epochs, patience=patience, out=out,
@@ -369,18 +370,29 @@ def run(
     console.print(f"report: {paths['html']}  ({paths['markdown']})")
 
 
-def _checked_run(cfg, **run_args) -> dict:
-    """Prepare the data, validate config and data (one line per problem, before anything runs), then run the
-    protocol (``run_args``: ``run_protocol``'s); what ``run`` and ``search`` share."""
-    from pianoray.protocol.run import ProtocolError, run_protocol
+def _checked(cfg: ProtocolConfig, only: str | None = None, as_json: bool = False) -> None:
+    """Prepare the data, then run ``validate``'s checks on config and data: every problem one line, raised
+    before anything trains (what every command that trains shares). ``only``: the one experiment a command
+    trains, whose checks alone apply (another experiment's needs do not stop it). ``as_json``: stdout carries
+    one JSON object, so the lines go to stderr."""
     from pianoray.validation import prepare_data, validate_all
 
-    prepare_data(cfg, _feedback())
+    if only is not None and only in cfg.experiments:
+        cfg = cfg.model_copy(update={"experiments": {only: cfg.experiments[only]}})
+    prepare_data(cfg, _feedback(as_json))
     problems, summary = validate_all(cfg)
     for line in summary:
-        console.print(line, highlight=False)
+        (err if as_json else console).print(line, highlight=False)
     if problems:
         raise UserError("\n".join(problems))
+
+
+def _checked_run(cfg, **run_args) -> dict:
+    """:func:`_checked`, then run the protocol (``run_args``: ``run_protocol``'s); what ``run`` and ``search``
+    share."""
+    from pianoray.protocol.run import ProtocolError, run_protocol
+
+    _checked(cfg)
     try:
         return run_protocol(cfg, feedback=_feedback(), **run_args)
     except ProtocolError as e:

@@ -198,6 +198,20 @@ def test_train_json(demo: Path) -> None:
     assert len(out["best"]["pairwise_accuracy"]["per_dim"]) == 6
 
 
+def test_train_runs_validates_checks_before_it_trains(corpus: Path, tmp_path: Path) -> None:
+    """A segment without labels was silently dropped by train; now it is the same one line as validate's,
+    before any epoch (no checkpoint folder is made)."""
+    path = corpus / "labels" / "percepiano19.json"
+    labels = json.loads(path.read_text())
+    dropped = sorted(labels)[0]
+    labels.pop(dropped)
+    path.write_text(json.dumps(labels))
+    r = runner.invoke(app, ["train", "--experiment", "symbolic-features", "--data", str(corpus), "--epochs", "1",
+                            "--out", str(tmp_path / "ckpt")])
+    one_error(r, "data without labels", dropped)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_train_unknown_experiment(demo: Path) -> None:
     one_error(runner.invoke(app, ["train", "--experiment", "Z9", "--data", str(demo)]), "--experiment", "Z9")
 
