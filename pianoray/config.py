@@ -381,7 +381,10 @@ def _resolve_path(value: str, yaml_path: Path) -> str:
     return str(p if p.is_absolute() else (yaml_path.parent / p).resolve())
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), origins: dict[tuple[str, ...], Path] | None = None
+               ) -> dict[str, Any]:
+    """The YAML at ``path`` merged over its ``extends:`` chain. ``origins``, when given, receives the file each
+    key path was last set in (a child's value over its parent's), so an error names the file to fix."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: extends: cycle through {' -> '.join(str(p) for p in seen)}")
@@ -396,8 +399,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     parent = raw.pop("extends", None)
+    own = raw
     if parent is not None:
-        raw = _deep_merge(_read_yaml(path.parent / str(parent), seen + (path,)), raw)
+        raw = _deep_merge(_read_yaml(path.parent / str(parent), seen + (path,), origins), raw)
+    if origins is not None:
+        origins.update({keys: path for keys in _key_paths(own)})
     # Relative data paths are relative to the YAML file that names them, so configs work from any cwd;
     # "{shared_data}" stands for the real-data folder (PIANORAY_SHARED_DATA, default ../shared/data).
     data = raw.get("data")
@@ -416,11 +422,26 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return raw
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
+def _key_paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of a nested mapping, inner nodes included: ("round1",), ("round1", "epochs"), ..."""
+    out = []
+    for k, v in tree.items():
+        out.append(prefix + (str(k),))
+        if isinstance(v, dict):
+            out += _key_paths(v, prefix + (str(k),))
+    return out
+
+
+def format_validation_error(source: str, err: ValidationError,
+                            origins: dict[tuple[str, ...], Path] | None = None) -> str:
+    """One line per error, ``<file>: <field path>: <message>``; the file is the one that set the field (the
+    longest key path of ``origins`` the field lies under), else ``source``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{source}: {loc}: {e['msg']}")
+        keys = tuple(str(p) for p in e["loc"])
+        where = next((str(origins[keys[:n]]) for n in range(len(keys), 0, -1) if keys[:n] in (origins or {})),
+                     source)
+        lines.append(f"{where}: {'.'.join(keys) or '(top level)'}: {e['msg']}")
     return "\n".join(lines)
 
 
@@ -536,13 +557,16 @@ def load_config(
     Raises ConfigError whose lines name the file and the field path.
     """
     source = str(path) if path is not None else "<defaults>"
-    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    origins: dict[tuple[str, ...], Path] = {}
+    raw: dict[str, Any] = _read_yaml(Path(path), origins=origins) if path is not None else {}
     if overrides:
         raw = _deep_merge(raw, overrides)
+        for keys in _key_paths(overrides):  # set by the caller (--data, a test), not by a file
+            origins.pop(keys, None)
     try:
         cfg = ProtocolConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(source, err)) from None
+        raise ConfigError(format_validation_error(source, err, origins)) from None
     for name, exp in cfg.experiments.items():
         if exp.pretrain_epochs is not None and not math.isfinite(exp.pretrain_epochs):
             raise ConfigError(f"{source}: experiments.{name}.pretrain_epochs: must be finite")

@@ -2,16 +2,17 @@
 
 :func:`atomic_write` is the one way a file is written (tmp sibling + ``os.replace``), and it cleans up after
 itself when the write fails (a full disk, a folder in the way); :func:`read_text` reads a file the user named,
-naming it when it is missing, a folder, unreadable or not text. A folder written whole (a checkpoint, a
+naming it when it is missing, a folder, unreadable or not text (:func:`read_json`: or not JSON). A folder written whole (a checkpoint, a
 pretraining result, a cache entry) uses its own tmp folder + rename: see where each is written.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pianoray.errors import InputError, MissingInputError
 
@@ -54,3 +55,13 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise InputError(f"{p}: not a text {what} (byte {e.start} is not UTF-8)") from None
     except OSError as e:
         raise InputError(f"{p}: cannot read the {what}: {e.strerror or e}") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """The parsed JSON of a file, or one error naming it (:func:`read_text`'s, or :class:`InputError` for text
+    that is not JSON, with the line and column)."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None

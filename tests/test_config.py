@@ -119,3 +119,16 @@ def test_atomic_write_leaves_the_old_file_and_no_temp_file_when_the_write_fails(
 
     atomic_write(tmp_path / "a.npz", lambda tmp: np.savez(tmp, x=np.arange(3)))
     assert np.load(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2] and not list(tmp_path.glob(".*"))
+
+
+def test_a_bad_value_is_blamed_on_the_file_in_the_extends_chain_that_set_it(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("round1:\n  epochs: -3\n  patience: 2\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nround1:\n  patience: 3\nseed: 7\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "child.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'base.yaml'}: round1.epochs:")
+    # the child's own bad value is the child's
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nround1:\n  epochs: 4\n  patience: -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "child.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'child.yaml'}: round1.patience:")

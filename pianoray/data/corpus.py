@@ -134,10 +134,18 @@ class Corpus:
 
     def labels(self, kind: str, taxonomy: Any = None) -> tuple[list[str], dict[str, np.ndarray]]:
         """(dimension names, {segment_id: float32 [N]}) for the T1 segments that have labels."""
-        from pianoray.data.labels import label_set
+        from pianoray.data.labels import LabelError, label_set
 
         t1 = set(self.manifest(Tier.T1)["segment_id"]) if Tier.T1 in self._manifests else set()
-        return label_set(kind, {k: v for k, v in self.labels19.items() if k in t1}, taxonomy)
+        try:
+            return label_set(kind, {k: v for k, v in self.labels19.items() if k in t1}, taxonomy)
+        except LabelError as e:
+            raise LabelError(f"{self.labels_file}: {e}") from None
+
+    @property
+    def labels_file(self) -> Path:
+        """Where this corpus's ratings come from (a cache's labels file, or a PercePiano folder)."""
+        return self.root / LABELS19_FILE if self.source == "cache" else self.root
 
     def hash(self) -> str:
         """Stable content hash: corpus.json's fields (which carry every file's hash) + manifest contents."""
@@ -175,7 +183,7 @@ class Corpus:
                 problems += self._check_frames(tier, m)
         if Tier.T1 in self._manifests:
             t1 = set(self._manifests[Tier.T1]["segment_id"])
-            lpath = self.root / LABELS19_FILE if self.source == "cache" else self.root
+            lpath = self.labels_file
             problems += [f"{lpath}: label key without data: {k}" for k in sorted(set(self.labels19) - t1)]
             problems += [f"{lpath}: data without labels: {k}" for k in sorted(t1 - set(self.labels19))]
         mismatches = getattr(self, "mismatches", None)  # PercePiano: dropped when opened, reported here

@@ -26,6 +26,7 @@ import numpy as np
 from pianoray.data.cache import CORPUS_FILE, FRAME_RATE, CacheError, CacheWriter
 from pianoray.data.midi import NoteTable
 from pianoray.errors import InputError
+from pianoray.files import read_json
 
 DEMO_TOOL = "pianoray.demo"
 DEMO_VERSION = 2  # 2: symbolic-visible timing, pedal blur and articulation; denser passages; less label noise
@@ -355,7 +356,8 @@ def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_fr
         raise InputError(f"max_frames={max_frames} must be a multiple of window_frames={WINDOW_FRAMES}")
     existing = out / CORPUS_FILE
     if existing.exists():
-        tool = json.loads(existing.read_text()).get("created_by", {}).get("tool")
+        made = read_json(existing, "corpus record")
+        tool = (made.get("created_by") or {}).get("tool") if isinstance(made, dict) else None
         if tool != DEMO_TOOL:
             raise CacheError(f"{existing}: not a demo corpus (created by {tool!r}); refusing to overwrite it")
     from pianoray.data.percepiano import PERCEPIANO_DIMS

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ import numpy as np
 from pianoray.data.percepiano import N_DIMS, PERCEPIANO_DIMS
 from pianoray.data.taxonomy import Taxonomy
 from pianoray.errors import PianorayError
+from pianoray.files import atomic_write
 
 LabelKind = Literal["percepiano19", "composite"]
 LABEL_KINDS: tuple[str, ...] = ("percepiano19", "composite")
@@ -50,13 +50,9 @@ def build_composite_labels(labels19: Mapping[str, np.ndarray], taxonomy: Taxonom
 
 
 def write_labels_json(path: str | Path, labels: Mapping[str, Mapping[str, float]]) -> None:
-    """Write labels.json atomically (temporary file + os.replace); keys sorted for stable diffs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    """Write labels.json atomically (:func:`pianoray.files.atomic_write`); keys sorted for stable diffs."""
     payload = {sid: {k: float(v) for k, v in dims.items()} for sid, dims in sorted(labels.items())}
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=1))
 
 
 def read_labels_json(path: str | Path, names: list[str] | None = None) -> dict[str, np.ndarray]:

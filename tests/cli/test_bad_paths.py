@@ -4,6 +4,7 @@ the path, no traceback, and leaves nothing half-written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from pianoray.cli import app
 from pianoray.settings import PROJECT_ROOT
-from tests.cli.test_cli import demo, one_error  # noqa: F401  (demo: a fixture)
+from tests.cli.test_cli import corpus, demo, one_error  # noqa: F401  (corpus, demo: fixtures)
 
 runner = CliRunner()
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
@@ -58,3 +59,27 @@ def test_data_symbolic_on_a_folder_where_no_midi_can_be_used(tmp_path: Path) -> 
     (tmp_path / "midi" / "b.mid").write_bytes(b"")
     result = runner.invoke(app, ["data", "symbolic", "--midi", str(tmp_path / "midi"), "--out", str(tmp_path / "c")])
     one_error(result, str(tmp_path / "midi"), "none of its 2 MIDI files could be used", "a.mid")
+
+
+def test_an_out_of_range_or_nan_rating_names_the_labels_file(corpus: Path) -> None:  # noqa: F811
+    path = corpus / "labels" / "percepiano19.json"
+    labels = json.loads(path.read_text())
+    first = sorted(labels)[0]
+    labels[first] = [1.5] + labels[first][1:]
+    path.write_text(json.dumps(labels))
+    one_error(runner.invoke(app, ["validate", "--config", str(DEMO_YAML), "--data", str(corpus)]),
+              str(path), repr(first), "[0, 1]")
+    labels[first] = [float("nan")] + labels[first][1:]
+    path.write_text(json.dumps(labels))  # json writes NaN, and reads it back
+    one_error(runner.invoke(app, ["validate", "--config", str(DEMO_YAML), "--data", str(corpus)]),
+              str(path), repr(first))
+
+
+def test_a_damaged_symbolic_cache_record_is_named(tmp_path: Path) -> None:
+    from tests.data.symbolic.test_cache import make_midis
+
+    make_midis(tmp_path / "midi", 2)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cache.json").write_text('{"format_version": ')
+    result = runner.invoke(app, ["data", "symbolic", "--midi", str(tmp_path / "midi"), "--out", str(tmp_path / "cache")])
+    one_error(result, str(tmp_path / "cache" / "cache.json"), "not valid JSON at line 1")

@@ -46,7 +46,7 @@ from pianoray.data.symbolic.graphs import (
 from pianoray.data.symbolic.remi import RemiConfig, RemiTokenizer
 from pianoray.errors import InputError, MissingInputError, UnknownNameError
 from pianoray.feedback import Feedback, or_default
-from pianoray.files import atomic_write
+from pianoray.files import atomic_write, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +108,11 @@ class SymbolicCache:
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
         meta_path = self.out_dir / "cache.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except OSError:
-            raise MissingInputError(f"{meta_path}: no symbolic cache here (run build_symbolic_cache)") from None
+        if not meta_path.exists():
+            raise MissingInputError(f"{meta_path}: no symbolic cache here (run build_symbolic_cache)")
+        meta = read_json(meta_path, "symbolic cache record")
+        if not isinstance(meta, dict):
+            raise InputError(f"{meta_path}: not a symbolic cache record (expected an object)")
         if meta.get("format_version") != CACHE_FORMAT_VERSION:
             raise InputError(f"{meta_path}: format_version {meta.get('format_version')} != {CACHE_FORMAT_VERSION}")
         self.config = SymbolicFeatureConfig.model_validate(meta["config"])
@@ -182,7 +183,7 @@ def _prepare_out_dir(out_dir: Path, config: SymbolicFeatureConfig) -> None:
     meta_path = out_dir / "cache.json"
     wanted = {"format_version": CACHE_FORMAT_VERSION, "config": config.model_dump(mode="json")}
     if meta_path.is_file():
-        have = json.loads(meta_path.read_text())
+        have = read_json(meta_path, "symbolic cache record")
         if have != wanted:
             raise ValueError(
                 f"{meta_path}: cache was built with another feature config or format "
