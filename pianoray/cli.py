@@ -361,7 +361,8 @@ def run(
     fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming a run of that name."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a Ray cluster (e.g. auto) instead of a local head."),
 ) -> None:
-    """Run (or resume) the staged-elimination protocol: Round 1 screening, Round 2 4-fold Ray Train, selection."""
+    """Run (or resume) the staged-elimination protocol: Round 1 screening, Round 2 4-fold Ray Train, selection,
+    Round 3 fusion of the track winners."""
     with user_errors():
         results = _checked_run(_config(config or _default_config(), data), storage=storage, name=name, fresh=fresh,
                                address=address)
