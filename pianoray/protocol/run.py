@@ -550,14 +550,18 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
     mean validation pairwise accuracy) on the test parts, paired over passages across folds, on pairwise accuracy
     and on R2; the fusion track's winner; and the run's final model: a fusion only if one beats the best single
     encoder on pairwise accuracy with its whole CI above zero (the best such by validation), else that single
-    encoder, with the reason. With ``store`` (the folds' kept test predictions): the R2 gaps' CIs, the
-    correlation of the fused winners' errors, and each gated fusion's mean gate per dimension."""
-    from pianoray.protocol.selection import fold_counts, paired_gap, verdict
+    encoder, with the reason, and the final model against the strongest reference of the fused tracks on the
+    test parts (``final.versus_references``: reported, never used to choose). With ``store`` (the folds' kept
+    test predictions): the R2 gaps' CIs, the correlation of the fused winners' errors, and each gated fusion's
+    mean gate per dimension."""
+    from pianoray.protocol.selection import fold_counts, paired_gap, verdict, versus_references
     from pianoray.protocol.view import RunView
 
     singles = [w for w in (winners.get(t) for t in cfg.round3.fuse) if w]
     fusions = list(round3.get("experiments", []))
-    outcomes = RunView.read(ledger).fold_outcomes(fusions + singles)
+    references = [n for n in cfg.enabled_experiments() if registry.get(cfg.encoder_name(n)).role == "reference"
+                  and registry.get(cfg.encoder_name(n)).track in cfg.round3.fuse]
+    outcomes = RunView.read(ledger).fold_outcomes(fusions + singles + references)
     summaries = {n: summarise(f) for n, f in outcomes.items()}
 
     def val(name: str | None) -> float:
@@ -593,6 +597,12 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
                          for f, c in comparisons.items())
         reason = (round3.get("skipped") or "") + (
             f"no fusion beats {single} on the test parts with a CI above zero: {told}" if fusions else "")
+    against = (versus_references(final, [r for r in references if r in outcomes], summaries, outcomes,
+                                 n_boot=cfg.selection.n_boot, seed=cfg.seed) if final else None)
+    if against is not None and against.get("gap_points") is not None:
+        reason += (f"; against the strongest reference, {against['reference']}, on the test parts: "
+                   f"{against['gap_points']:+.1f} points ({_ci_text(against['ci_points'])}): "
+                   f"{_AGAINST.get(against['verdict'], 'no CI')}")
     gates = {f: _mean_over_folds([o.test.get("gates") for o in outcomes.get(f, [])]) for f in fusions}
     fused = [w for w in (winners.get(t) for t in cfg.round3.fuse) if w]
     errors = (winner_error_correlation(store, fused, n_boot=cfg.selection.n_boot, seed=cfg.seed)
@@ -600,9 +610,18 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
     return {"fuses": round3.get("fuses", {}), "skipped": round3.get("skipped"), "best_single": single,
             "comparisons": comparisons, "error_correlation": errors,
             "gates": {f: g for f, g in gates.items() if g is not None},
-            "winners": fusion_sel.get("winners", {}), "summaries": summaries,
+            "winners": fusion_sel.get("winners", {}),
+            "summaries": {n: summaries[n] for n in fusions + singles if n in summaries},
             "selection": {k: v for k, v in fusion_sel.items() if k != "winners"},
-            "final": {"model": final, "kind": "fusion" if final in fusions else "single", "reason": reason}}
+            "final": {"model": final, "kind": "fusion" if final in fusions else "single", "reason": reason,
+                      "versus_references": against}}
+
+
+_AGAINST = {"beats": "beats it", "below": "falls below it", "no clear difference": "no clear difference"}
+
+
+def _ci_text(ci: list[Any]) -> str:
+    return "no CI" if None in ci else f"95% CI {ci[0]:+.1f} to {ci[1]:+.1f}"
 
 
 def _fold_predictions(store: BestStore, experiment: str) -> dict[int, Predictions]:

@@ -30,7 +30,8 @@ def test_round3_is_skipped_with_its_reason_when_a_fused_track_has_no_winner(tmp_
     r3 = run_round3(ctx, {"audio": None, "symbolic": "S2"})
     assert r3 == {"skipped": "no audio winner to fuse", "experiments": []}
     verdict = fusion_verdict(ctx.ledger, cfg, r3, {"audio": None, "symbolic": "S2"})
-    assert verdict["final"] == {"model": "S2", "kind": "single", "reason": "no audio winner to fuse"}
+    assert verdict["final"] == {"model": "S2", "kind": "single", "reason": "no audio winner to fuse",
+                                "versus_references": None}
     assert verdict["comparisons"] == {} and verdict["skipped"] == "no audio winner to fuse"
 
 
@@ -110,7 +111,11 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     assert set(v["gates"]) == {"F3"} and all(0 < g < 1 for g in v["gates"]["F3"])
     final = v["final"]
     assert final["kind"] == ("fusion" if any(c["verdict"] == "beats" for c in v["comparisons"].values()) else "single")
-    assert final["reason"]
+    # the final model against the fused tracks' references (reported, never used to choose), named in its reason
+    against = final["versus_references"]
+    assert {r["reference"] for r in against["references"]} == {"audio-frozen", "symbolic-features"}
+    assert against["winner"] == final["model"] and None not in against["ci_points"]
+    assert f"against the strongest reference, {against['reference']}" in final["reason"]
 
     env = {**os.environ, "COLUMNS": "160"}
     report = subprocess.run([sys.executable, "-m", "pianoray.cli", "report", "--storage", str(run.dir), "--json"],
