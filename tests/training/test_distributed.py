@@ -59,6 +59,10 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, loss: dict | 
     try:
         recs = _records(_cfg(Path(root), loss), Path(root))
         Path(out, f"rank{rank}.json").write_text(json.dumps(recs))
+        # every rank past its last collective before any tears the group down: a rank destroying it while
+        # gloo's threads still hold the other's pending work aborted the process now and then (SIGABRT,
+        # "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
