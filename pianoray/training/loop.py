@@ -32,6 +32,7 @@ import torch
 
 from pianoray.config import ProtocolConfig, model_config
 from pianoray.data.tiers import Tier
+from pianoray.errors import InputError
 from pianoray.models import registry
 from pianoray.models.contract import PerformanceModel, Stage
 from pianoray.objectives.losses import multitask_loss
@@ -95,6 +96,20 @@ UNFROZEN = "unfrozen"  # the stage a fusion trains in after its plateau, its win
 
 def _can_unfreeze(model: PerformanceModel, budget: Budget) -> bool:
     return budget.unfreeze_lr is not None and hasattr(model.encoder, "unfreeze")
+
+
+def _load_own(model: PerformanceModel, state: dict[str, Any], experiment: str, where: str | Path) -> None:
+    """Load a checkpoint's weights to resume ``experiment``, refusing one written for another experiment (its
+    state names it) or one whose weights do not fit this model (a changed config): one error naming the
+    checkpoint, never another model's weights trained on."""
+    other = state.get("experiment")
+    if other is not None and other != experiment:
+        raise InputError(f"{where}: a checkpoint of experiment {other!r}, not {experiment!r}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise InputError(f"{where}: its weights do not fit {experiment}'s model as configured now ({first})") from None
 
 
 def plan_stages(model: PerformanceModel, epochs: int) -> list[Stage]:
@@ -245,7 +260,7 @@ def fit(
     start_epoch, early = 0, EarlyStopping(budget.patience)
     restored = read_state(resume_from) if resume_from is not None else None
     if restored is not None:
-        model.load_state_dict(restored["model"])
+        _load_own(model, restored, experiment, resume_from)
         start_epoch = restored["epoch"]
         early = EarlyStopping(budget.patience, restored["best_metric"], restored["best_epoch"], restored["since_best"])
     opt = StageOptimizer(model, optim_cfg, restored)

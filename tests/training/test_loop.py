@@ -92,3 +92,24 @@ def test_each_epoch_carries_its_pair_counts_beside_the_metrics(tmp_path: Path) -
         stored = PairCounts.from_json(json.loads((folder / PAIR_COUNTS_FILE).read_text()))
         assert stored.groups == r.pair_counts.groups and (stored.correct == r.pair_counts.correct).all()
         assert json.loads((folder / METRICS_FILE).read_text())["epoch"] == r.epoch
+
+
+def test_a_checkpoint_that_is_not_this_experiments_is_refused_by_name(tmp_path: Path) -> None:
+    """Resuming from another experiment's checkpoint, or from weights that no longer fit the configured
+    model, is one error naming the checkpoint, never a run continued on the wrong weights."""
+    from pianoray.errors import InputError
+    from pianoray.training.checkpoint import write_state
+
+    cfg, data = _cfg(), SyntheticData()
+    sink = TopKSink(tmp_path / "ckpt", k=1)
+    list(fit(cfg, "audio-frozen", data, 0, Budget(epochs=1), sink=sink))
+    state = read_state(sink.latest())
+    other = tmp_path / "other"
+    write_state(other, {**state, "experiment": "A3"}, {"epoch": 1})
+    with pytest.raises(InputError, match=f"{other}: a checkpoint of experiment 'A3', not 'audio-frozen'"):
+        list(fit(cfg, "audio-frozen", data, 0, Budget(epochs=2), resume_from=other))
+    bent = tmp_path / "bent"
+    write_state(bent, {**state, "experiment": None, "model": {k: v[..., :1] for k, v in state["model"].items()}},
+                {"epoch": 1})
+    with pytest.raises(InputError, match=f"{bent}: its weights do not fit audio-frozen's model as configured now"):
+        list(fit(cfg, "audio-frozen", data, 0, Budget(epochs=2), resume_from=bent))

@@ -174,11 +174,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         path = candidates[0]
     if not path.is_file():
         raise MuQCheckpointError(f"{path}: MuQ checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a file that is no checkpoint fails deep in a (un)pickler or safetensors' parser
+        raise MuQCheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e!s:.200})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
