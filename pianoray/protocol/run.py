@@ -17,7 +17,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -350,7 +350,7 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
         raise
 
     survivors, stopped, errored = round1_outcome(grid, scheduler.decisions)
-    if unfinished := round1_unfinished(grid, survivors):
+    if unfinished := round1_unfinished(grid, survivors, round1_finished(ctx.ledger)):
         raise RunInterrupted(f"round 1 interrupted before {', '.join(unfinished)} finished its budget; nothing "
                              "was promoted. Rerun the same command to resume.")
     if not survivors:
@@ -398,9 +398,11 @@ def round2_config(cfg: ProtocolConfig, round1: dict[str, Any]) -> ProtocolConfig
     return with_promoted(cfg, promoted) if promoted else cfg
 
 
-def round1_unfinished(results: Any, survivors: list[str]) -> list[str]:
+def round1_unfinished(results: Any, survivors: list[str], finished: Iterable[str] = ()) -> list[str]:
     """Survivors whose newest trial's last report is not its last epoch (budget spent or early stopped):
-    Tune ended without them finishing, as it does after a Ctrl-C."""
+    Tune ended without them finishing, as it does after a Ctrl-C. ``finished``: experiments the ledger has
+    seen finish (:func:`round1_finished`), whatever this session's Tune results say: a survivor that finished
+    in an earlier session, restored by Tune and ended at once, reports nothing in this one."""
     from pianoray.protocol.scheduler import REVIVED_KEY
 
     last: dict[str, Any] = {}
@@ -409,7 +411,13 @@ def round1_unfinished(results: Any, survivors: list[str]) -> list[str]:
         if name not in last or int(trial_config(result).get(REVIVED_KEY) or 0) >= \
                 int(trial_config(last[name]).get(REVIVED_KEY) or 0):
             last[name] = result
-    return sorted(n for n in survivors if n in last and not (last[n].metrics or {}).get("stop"))
+    done = set(finished)
+    return sorted(n for n in survivors if n in last and n not in done and not (last[n].metrics or {}).get("stop"))
+
+
+def round1_finished(ledger: Ledger) -> set[str]:
+    """Experiments with a Round-1 epoch recorded as their last (budget spent or early stopped)."""
+    return {e.experiment for e in ledger.epochs(round=ROUND1) if e.experiment and e.data.metrics.get("stop")}
 
 
 def trial_config(result: Any) -> dict[str, Any]:

@@ -32,6 +32,11 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, dashbo
     # Tune warns when a callback takes > 0.5 s; on a 2-core laptop starting fold jobs that happens by load
     # alone (our callback writes one small ledger object per report): warn only past 2 s.
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "2")
+    # Tune reads that variable once, when ray.tune is first imported, and the run's modules import it before
+    # Ray starts: without this the threshold stayed at 0.5 s and the warnings reached the run's output.
+    from ray.tune.utils.util import warn_if_slow
+
+    warn_if_slow.DEFAULT_THRESHOLD = float(os.environ["TUNE_WARN_THRESHOLD_S"])
     if not ray.is_initialized():
         if address:
             ctx = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
