@@ -510,7 +510,7 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
 def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any]:
     """Round 3: each of ``round3.fusions`` over the winners of the ``round3.fuse`` tracks, every fold, as fold
     jobs like Round 2's. Skipped (the summary says why) when a fused track has no winner."""
-    from pianoray.protocol.trials import BestStore
+    from pianoray.protocol.trials import START_DIR, BestStore
     from pianoray.training.data import ExperimentData
     from pianoray.training.fusion import fusion_experiment, initial_state, write_state
 
@@ -520,7 +520,7 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
         return {"skipped": f"no {' and no '.join(missing)} winner to fuse", "experiments": []}
     parts = {t: str(winners[t]) for t in r3.fuse}
     store, data = BestStore(ctx.storage.storage_uri, ctx.storage.name), ExperimentData.from_config(cfg)
-    starts = _local_dir(ctx.storage, "round3-init")
+    starts = _local_dir(ctx.storage, START_DIR)
     experiments = dict(cfg.experiments)
     for fusion in r3.fusions:
         exp = fusion_experiment(cfg, fusion, parts)
@@ -533,6 +533,7 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
                                           data), path)
             paths[k] = path
         experiments[fusion] = exp.model_copy(update={"init_encoder_folds": paths})
+        publish_starts(cfg.model_copy(update={"experiments": {fusion: experiments[fusion]}}), ctx.storage, [fusion])
         spec = registry.get(fusion)
         ctx.tracks[fusion] = (spec.track, spec.role)
     ctx.cfg = cfg.model_copy(update={"experiments": experiments})
@@ -749,6 +750,19 @@ def pretrain_encoders(cfg: ProtocolConfig, feedback: Feedback | None = None, led
     return cfg
 
 
+def publish_starts(cfg: ProtocolConfig, storage: RunStorage, names: list[str]) -> None:
+    """Copy the encoder weights each of ``names`` starts from (pretrained weights, a fusion's starting states:
+    files on the driver's disk) into the run's storage, once, where a trial on another node fetches them
+    (``trials.local_starts``). A file already inside a local run's folder is already there."""
+    from pianoray.protocol.trials import start_files, start_rel
+
+    for name in names:
+        for fold, path in start_files(cfg, name).items():
+            rel = start_rel(name, fold)
+            if not storage.exists(rel):
+                storage.write_bytes(rel, path.read_bytes())
+
+
 def record_folds(cfg: ProtocolConfig, run_storage: RunStorage) -> dict[str, Any]:
     """Store the run's folds (``folds.json``, what every trial regenerates from the config) and return
     how they group segments: ``{"unit", "statement"}`` for run.json and the report."""
@@ -820,6 +834,7 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
 
         cfg = with_candidates(cfg, candidates)
     cfg = pretrain_encoders(cfg, feedback, ledger)
+    publish_starts(cfg, run_storage, list(cfg.experiments))
     tracks = {}
     for n in cfg.enabled_experiments() + sorted({c.experiment for c in candidates}):
         spec = registry.get(cfg.encoder_name(n))

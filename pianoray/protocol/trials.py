@@ -213,6 +213,7 @@ def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tup
         resume_from, stopped = newest_trial_checkpoint(tune.get_checkpoint(), scratch)
         if stopped:
             return
+        cfg = local_starts(cfg, name, config, scratch)
         data = experiment_data(cfg)
         extra = {"experiment": name, "track": config["track"], "role": config["role"], "round": ROUND1}
         sink = ReportSink(tune.report, tune.Checkpoint, extra, scratch, on_counts=round1_counts_recorder(config))
@@ -247,6 +248,7 @@ def fold_worker(config: dict[str, Any]) -> None:
     data = experiment_data(cfg)
     device = get_device()
     with trial_scratch() as scratch:
+        cfg = local_starts(cfg, name, config, scratch)
         resume = _resume_dir(ray.train.get_checkpoint(), scratch)
         at = _checkpoint_place(resume, folds[0])
         wrap = None
@@ -402,6 +404,47 @@ class BestStore:
 
         data = self.storage.read_bytes(self.rel(experiment, fold, self.MODEL))
         return torch.load(io.BytesIO(data), map_location="cpu")
+
+
+START_DIR = "starts"  # <run>/starts/<experiment>/{all,fold<k>}.pt: encoder weights the trials start from
+
+
+def start_rel(experiment: str, fold: int | None) -> str:
+    """Where ``experiment``'s starting encoder weights (pretrained, or a fusion's starting state) on ``fold``
+    (None: every fold's) are kept in the run's storage."""
+    return f"{START_DIR}/{experiment}/{'all' if fold is None else f'fold{fold}'}.pt"
+
+
+def start_files(cfg: ProtocolConfig, name: str) -> dict[int | None, Path]:
+    """fold (None: every fold) -> the file ``name``'s encoder starts from, as the driver set them."""
+    from pianoray.training.pretrain import ENCODER_FILE
+
+    exp = cfg.experiments.get(name)
+    paths: dict[int | None, Path] = {None: exp.init_encoder} if exp and exp.init_encoder else {}
+    paths.update(exp.init_encoder_folds if exp else {})
+    return {k: Path(p) / ENCODER_FILE if Path(p).is_dir() else Path(p) for k, p in paths.items()}
+
+
+def local_starts(cfg: ProtocolConfig, name: str, config: Mapping[str, Any], scratch: Path) -> ProtocolConfig:
+    """``cfg`` with ``name``'s starting weights on this node. The driver makes them on its own disk (the
+    pretraining cache; Round 3's starting states) and copies them into the run's storage (:func:`start_rel`,
+    ``run.publish_starts``); a node that lacks the driver's file (another machine of a cluster) fetches it from
+    there into ``scratch``. Unchanged without a run (a bare test trainable) or when every file is here."""
+    exp = cfg.experiments.get(name)
+    missing = [k for k, p in start_files(cfg, name).items() if not p.exists()]
+    if not missing or not config.get("run_storage") or not config.get("run_name"):
+        return cfg
+    from pianoray.files import atomic_write
+    from pianoray.protocol.storage import RunStorage
+
+    storage = RunStorage(config["run_storage"], config["run_name"])
+    here = {k: atomic_write(scratch / "starts" / f"{'all' if k is None else f'fold{k}'}.pt",
+                            storage.read_bytes(start_rel(name, k))) for k in missing}
+    update: dict[str, Any] = {"init_encoder_folds": {**exp.init_encoder_folds,
+                                                     **{k: p for k, p in here.items() if k is not None}}}
+    if None in here:
+        update["init_encoder"] = here[None]
+    return cfg.model_copy(update={"experiments": {**cfg.experiments, name: exp.model_copy(update=update)}})
 
 
 def best_store(config: Mapping[str, Any]) -> BestStore | None:

@@ -48,3 +48,37 @@ def test_a_new_scratch_sweeps_those_of_processes_that_are_gone(tmp_path: Path) -
         assert not dead.exists() and live.exists() and other.exists() and mine.exists()
     sweep_scratch(tmp_path)
     assert live.exists() and other.exists()
+
+
+def test_a_node_without_the_drivers_starting_weights_fetches_them_from_the_run(tmp_path: Path) -> None:
+    """Pretrained weights and Round 3's starting states are made on the driver's disk, and published into the
+    run's storage: a trial on another node (here: the driver's files are gone) fetches its own from the run,
+    and leaves present ones be."""
+    from pianoray.config import ProtocolConfig
+    from pianoray.protocol.run import publish_starts
+    from pianoray.protocol.storage import RunStorage
+    from pianoray.protocol.trials import local_starts, start_rel
+    from pianoray.training.pretrain import ENCODER_FILE
+
+    storage = RunStorage(tmp_path / "runs", "r", fsync=False)
+    driver = tmp_path / "driver"
+    (driver / "pretrained").mkdir(parents=True)
+    (driver / "pretrained" / ENCODER_FILE).write_bytes(b"every fold")
+    (driver / "fold0.pt").write_bytes(b"fold-0 state")
+    (driver / "fold1.pt").write_bytes(b"fold-1 state")
+    cfg = ProtocolConfig.model_validate({"experiments": {"S2": {
+        "init_encoder": str(driver / "pretrained"),
+        "init_encoder_folds": {0: str(driver / "fold0.pt"), 1: str(driver / "fold1.pt")}}}})
+    publish_starts(cfg, storage, ["S2"])
+    assert storage.read_bytes(start_rel("S2", None)) == b"every fold"
+    assert storage.read_bytes(start_rel("S2", 1)) == b"fold-1 state"
+
+    (driver / "fold1.pt").unlink()
+    (driver / "pretrained" / ENCODER_FILE).unlink()
+    config = {"run_storage": storage.storage_uri, "run_name": storage.name}
+    exp = local_starts(cfg, "S2", config, tmp_path / "scratch").experiments["S2"]
+    assert exp.init_encoder_folds[0] == driver / "fold0.pt"  # present: left as it is
+    assert exp.init_encoder_folds[1].read_bytes() == b"fold-1 state" and exp.init_encoder.read_bytes() == b"every fold"
+    assert tmp_path / "scratch" in exp.init_encoder.parents
+    assert local_starts(cfg, "S2", {}, tmp_path / "scratch2") is cfg  # no run: nothing to fetch from
+    assert not (tmp_path / "scratch2").exists()
