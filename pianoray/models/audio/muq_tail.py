@@ -152,12 +152,18 @@ class MuQTail(nn.Module):
         return self
 
     def warn_if_random(self) -> None:
-        if not self.pretrained:
+        """Say once per process (Round 3 builds an audio winner per fusion and fold) that this tail is random."""
+        key = (self.cfg.width, self.cfg.n_layers)
+        if not self.pretrained and key not in _WARNED_RANDOM:
+            _WARNED_RANDOM.add(key)
             log.warning(
                 "random-initialised MuQ tail: demo only (width %d, %d layers); give muq_checkpoint for real use",
                 self.cfg.width,
                 self.cfg.n_layers,
             )
+
+
+_WARNED_RANDOM: set[tuple[int, int]] = set()
 
 
 class MuQCheckpointError(PianorayError, ValueError):

@@ -129,7 +129,11 @@ def test_config_validation_names_field() -> None:
         MuQTailConfig(widht=12)
 
 
-def test_random_init_warns(caplog) -> None:
+def test_random_init_warns_once_per_process(caplog, monkeypatch) -> None:
+    from pianoray.models.audio import muq_tail
+
+    monkeypatch.setattr(muq_tail, "_WARNED_RANDOM", set())  # other tests may have built a random tail already
     with caplog.at_level(logging.WARNING):
         MuQTail(MuQTailConfig.demo()).warn_if_random()
-    assert "random-initialised MuQ tail: demo only" in caplog.text
+        MuQTail(MuQTailConfig.demo()).warn_if_random()  # Round 3 builds one per fusion and fold
+    assert caplog.text.count("random-initialised MuQ tail: demo only") == 1
