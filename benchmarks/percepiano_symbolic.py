@@ -67,7 +67,7 @@ def train_folds(cfg, experiment: str, data, folds: list[int], epochs: int, patie
     from pianoray.training.checkpoint import TopKSink
     from pianoray.training.loop import Budget, fit
     from pianoray.training.runner import ensure_pretrained
-    from pianoray.training.scoring import score_checkpoint
+    from pianoray.training.scoring import evaluate_checkpoint
 
     done = json.loads(store.read_text()) if store is not None and store.exists() else {}
     todo = [k for k in folds if str(k) not in done]
@@ -80,7 +80,7 @@ def train_folds(cfg, experiment: str, data, folds: list[int], epochs: int, patie
             last, val = None, {}
             for r in fit(cfg, experiment, data, k, Budget(epochs, patience), tiers=cfg.round2.tiers, sink=sink):
                 last, val[r.epoch] = r, r.metrics
-            test = score_checkpoint(cfg, experiment, data, k, sink.best(), n_boot=200)
+            test = evaluate_checkpoint(cfg, experiment, data, k, sink.best(), n_boot=200)[0]
             test["seconds"] = time.perf_counter() - t0
             test["epochs"] = last.epoch
             best = val.get(last.best_epoch, {})

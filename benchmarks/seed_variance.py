@@ -4,7 +4,7 @@ seed spread next to the passage-bootstrap CI?
 Round 2 of ``experiments/demo.yaml`` (its budgets: epochs, patience, folds, tiers) is run in-process, without
 Ray, once per training seed: every experiment is trained on every fold with the shared loop (model selection on
 the inner validation split, early stopping), scored once on its test part from the best checkpoint
-(``score_checkpoint``), and the fitted reference is fitted per fold (``fit_and_score``). The folds are fixed
+(``evaluate_checkpoint``), and the fitted reference is fitted per fold (``fit_and_score``). The folds are fixed
 (generated once with the config's seed and stored beside the results), so only the training seed moves:
 initialisation, batch order and crops, dropout, and the reference's boosting seed. Each seed's selection is then
 made exactly as a run makes it (``pianoray.protocol.selection.select_winners``: highest mean inner-validation
@@ -53,7 +53,7 @@ def run_fold(cfg, experiment: str, data, fold: int, epochs: int, patience: int |
     from pianoray.training.checkpoint import TopKSink
     from pianoray.training.loop import Budget, fit
     from pianoray.training.reference import fit_and_score
-    from pianoray.training.scoring import score_checkpoint
+    from pianoray.training.scoring import evaluate_checkpoint
 
     t0 = time.perf_counter()
     if registry.get(cfg.encoder_name(experiment)).kind == "fitted":
@@ -67,7 +67,7 @@ def run_fold(cfg, experiment: str, data, fold: int, epochs: int, patience: int |
         results = list(fit(cfg, experiment, data, fold, Budget(epochs, patience), tiers=cfg.round2.tiers, sink=sink))
         last = results[-1]
         best = next((r for r in results if r.epoch == last.best_epoch), last)
-        test = score_checkpoint(cfg, experiment, data, fold, Path(tmp) / f"epoch-{best.epoch:04d}", n_boot=0)
+        test = evaluate_checkpoint(cfg, experiment, data, fold, Path(tmp) / f"epoch-{best.epoch:04d}", n_boot=0)[0]
     counts = test.pop(PAIR_COUNTS)
     return {"val_pairwise": best.metrics["val/pairwise_accuracy"], "val_r2": best.metrics["val/r2"],
             "best_epoch": best.epoch, "epochs": last.epoch,

@@ -1,7 +1,7 @@
 """First window against whole segment: trained checkpoints scored on their fold's test part both ways.
 
 Trains nothing. For each ``EXPERIMENT=DIR`` (a ``pianoray train --out DIR`` folder) the best checkpoint (by
-validation pairwise accuracy) is scored with ``score_checkpoint`` twice: on the single pre-window evaluation
+validation pairwise accuracy) is scored with ``evaluate_checkpoint`` twice: on the single pre-window evaluation
 crop (``eval_windows="crop"``: the first max_len items of a symbolic view, the centre of frames and notes) and
 on whole segments (``"all"``: every window, merged by ``segment_mean``). Also printed: how many test segments
 need more than one window, and the checkpoint's recorded validation pairwise accuracy beside the one
@@ -66,7 +66,7 @@ def main() -> None:
     from pianoray.models import registry
     from pianoray.training.checkpoint import METRICS_FILE, TopKSink
     from pianoray.training.data import ExperimentData
-    from pianoray.training.scoring import score_checkpoint
+    from pianoray.training.scoring import evaluate_checkpoint
 
     cfg = load_config(args.config)
     data = ExperimentData.from_config(cfg)
@@ -88,7 +88,7 @@ def main() -> None:
         for mode in ("crop", "all"):
             data.eval_windows = mode
             t0 = time.perf_counter()
-            s = score_checkpoint(cfg, experiment, data, args.fold, checkpoint, device="cpu", n_boot=args.n_boot)
+            s = evaluate_checkpoint(cfg, experiment, data, args.fold, checkpoint, device="cpu", n_boot=args.n_boot)[0]
             t.add_row(experiment, str(s["epoch"]), f"{recorded:.3f} / {val:.3f}",
                       f"{(counts > 1).mean():.0%} of {len(counts)} (max {counts.max()})",
                       "first window (crop)" if mode == "crop" else "whole segment",

@@ -454,12 +454,14 @@ def _print_results(results: dict) -> None:
     console.print(f"round 1: {len(decisions)} rung decisions, {len(stops)} stop(s)")
     for d in stops:
         console.print(f"  rung {d['rung']}: stopped {d['experiment']}: {d['reason']}", highlight=False)
-    from pianoray.report.tables import margin_text, reference_text
+    from pianoray.report.tables import final_reference_text, margin_text, reference_text
 
     fusion = results.get("fusion") or {}
     if fusion.get("final"):
         final = fusion["final"]
         console.print(f"[bold]final model:[/bold] {final['model'] or '-'} — {final['reason']}", highlight=False)
+        if against := final_reference_text(results):
+            console.print(f"  {against}", highlight=False)
     elif fusion.get("skipped"):
         console.print(f"round 3 skipped: {fusion['skipped']}", highlight=False)
     for track, sel in results["selection"].items():

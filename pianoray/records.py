@@ -124,7 +124,7 @@ class FoldScore:
 
     @classmethod
     def from_scores(cls, experiment: str, fold: int, scores: Mapping[str, Any], round: str = ROUND2) -> "FoldScore":
-        """From a scorer's dict (``score_checkpoint``, ``fit_and_score``), whose ``pair_counts`` entry it
+        """From a scorer's dict (``evaluate_checkpoint``, ``fit_and_score``), whose ``pair_counts`` entry it
         takes out of the test metrics."""
         test = dict(scores)
         return cls(experiment, fold, test, test.pop(PAIR_COUNTS, None), round)

@@ -16,7 +16,6 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
@@ -520,7 +519,7 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
         return {"skipped": f"no {' and no '.join(missing)} winner to fuse", "experiments": []}
     parts = {t: str(winners[t]) for t in r3.fuse}
     store, data = BestStore(ctx.storage.storage_uri, ctx.storage.name), ExperimentData.from_config(cfg)
-    starts = _local_dir(ctx.storage, START_DIR)
+    starts = ctx.storage.driver_dir(START_DIR)
     experiments = dict(cfg.experiments)
     for fusion in r3.fusions:
         exp = fusion_experiment(cfg, fusion, parts)
@@ -541,16 +540,6 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
                                       for f in r3.fusions})
     run_fold_jobs(ctx, ROUND3, list(r3.fusions))
     return {"experiments": list(r3.fusions), "fuses": parts}
-
-
-def _local_dir(storage: RunStorage, name: str) -> Path:
-    """A folder of this run on the driver's disk: inside the run folder, or for object storage a cache."""
-    import hashlib
-
-    local = storage.local_dir()
-    if local is not None:
-        return local / name
-    return Path("~/.cache/pianoray/runs").expanduser() / hashlib.sha256(storage.uri.encode()).hexdigest()[:16] / name
 
 
 def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], winners: dict[str, str | None],
@@ -608,10 +597,6 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
             f"no fusion beats {single} on the test parts with a CI above zero: {told}" if fusions else "")
     against = (versus_references(final, [r for r in references if r in outcomes], summaries, outcomes,
                                  n_boot=cfg.selection.n_boot, seed=cfg.seed) if final else None)
-    if against is not None and against.get("gap_points") is not None:
-        reason += (f"; against the strongest reference, {against['reference']}, on the test parts: "
-                   f"{against['gap_points']:+.1f} points ({_ci_text(against['ci_points'])}): "
-                   f"{_AGAINST.get(against['verdict'], 'no CI')}")
     gates = {f: _mean_over_folds([o.test.get("gates") for o in outcomes.get(f, [])]) for f in fusions}
     fused = [w for w in (winners.get(t) for t in cfg.round3.fuse) if w]
     errors = (winner_error_correlation(store, fused, n_boot=cfg.selection.n_boot, seed=cfg.seed)
@@ -624,13 +609,6 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
             "selection": {k: v for k, v in fusion_sel.items() if k != "winners"},
             "final": {"model": final, "kind": "fusion" if final in fusions else "single", "reason": reason,
                       "versus_references": against}}
-
-
-_AGAINST = {"beats": "beats it", "below": "falls below it", "no clear difference": "no clear difference"}
-
-
-def _ci_text(ci: list[Any]) -> str:
-    return "no CI" if None in ci else f"95% CI {ci[0]:+.1f} to {ci[1]:+.1f}"
 
 
 def _fold_predictions(store: BestStore, experiment: str) -> dict[int, Predictions]:

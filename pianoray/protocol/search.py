@@ -26,7 +26,7 @@ PRUNED when the scheduler stopped it (Tune would report a stopped trial as compl
 which would skew TPE), FAIL when it errored, else COMPLETE with its last rung's value. Telling is idempotent,
 so a resumed run tells what a killed one had not. Each study is an Optuna journal, ``<run>/optuna/<experiment>
 .journal``, which ``optuna-dashboard`` opens. With ``s3://`` storage the journal lives on the driver's disk
-(:data:`JOURNAL_CACHE`) and is copied to ``<run>/optuna/`` after every change, and restored from there on
+(``RunStorage.driver_dir``) and is copied to ``<run>/optuna/`` after every change, and restored from there on
 resume (the longer of the two wins: a journal only grows). ``round1.study_storage`` (an Optuna RDB URL) keeps
 the studies in a database instead.
 """
@@ -42,13 +42,12 @@ from typing import Any, Iterable, Mapping
 
 from pianoray.config import CANDIDATE_SEP, ProtocolConfig, SearchConfig, SearchParam, searched_experiment
 from pianoray.files import atomic_write
-from pianoray.protocol.storage import RunStorage
+from pianoray.protocol.storage import DRIVER_CACHE, RunStorage
 from pianoray.records import SELECTION_METRIC
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_DIR = "optuna"
-JOURNAL_CACHE = Path("~/.cache/pianoray/optuna")  # local journals of runs in object storage
 
 STATES = ("complete", "pruned", "failed", "running")
 
@@ -105,13 +104,11 @@ class StudyJournals:
     ``url`` (``round1.study_storage``), studies named ``<run>/<experiment>`` in that database (Optuna's
     ``RDBStorage``: ``sqlite:///...``, ``postgresql://...``), which the driver writes directly."""
 
-    def __init__(self, storage: RunStorage, cache: Path = JOURNAL_CACHE, url: str | None = None) -> None:
+    def __init__(self, storage: RunStorage, cache: Path = DRIVER_CACHE, url: str | None = None) -> None:
         self.storage = storage
         self.url = url
-        local = storage.local_dir()
-        self.remote = local is None and url is None
-        key = hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
-        self.dir = local / JOURNAL_DIR if local is not None else cache.expanduser() / key
+        self.remote = storage.local_dir() is None and url is None
+        self.dir = storage.driver_dir(JOURNAL_DIR, cache)
 
     def rel(self, experiment: str) -> str:
         return f"{JOURNAL_DIR}/{experiment}.journal"

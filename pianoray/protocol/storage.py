@@ -18,6 +18,7 @@ S3 request may hang (an endpoint that accepts connections but never answers) is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -35,6 +36,7 @@ from pianoray.errors import InputError, MissingInputError, PianorayError
 T = TypeVar("T")
 
 TMP_PREFIX = ".tmp-"
+DRIVER_CACHE = Path("~/.cache/pianoray/runs")  # RunStorage.driver_dir of runs in object storage
 
 
 class StorageError(PianorayError, OSError):
@@ -122,6 +124,15 @@ class RunStorage:
     def local_dir(self) -> Path | None:
         """The run folder on the local/NFS filesystem, or None for object storage."""
         return Path(self._root) if self._local else None
+
+    def driver_dir(self, name: str, cache: Path = DRIVER_CACHE) -> Path:
+        """A folder of this run on this machine's disk: ``<run>/<name>`` for a run on a filesystem; for one in
+        object storage, ``<cache>/<hash of the run's URI>/<name>`` (what the driver keeps beside the run:
+        Optuna journals, Round 3's starting states)."""
+        local = self.local_dir()
+        if local is not None:
+            return local / name
+        return Path(cache).expanduser() / hashlib.sha256(self.uri.encode()).hexdigest()[:16] / name
 
     def _abs(self, rel: str) -> str:
         rel = _clean_rel(rel)

@@ -503,11 +503,15 @@ def _signed(x: Any) -> str:
 
 
 def error_correlation_text(results: Mapping[str, Any]) -> str:
-    """One sentence on how alike the fused winners err (empty when Round 3 recorded no figure)."""
-    e = (results.get("fusion") or {}).get("error_correlation") or {}
+    """One sentence on how alike the fused winners err; when Round 3 compared fusions without that figure, one
+    saying why it is missing (empty before Round 3)."""
+    fusion = results.get("fusion") or {}
+    e = fusion.get("error_correlation") or {}
     r, ci = finite(e.get("mean")), e.get("ci") or [None, None]
     if r is None:
-        return ""
+        return ("The fused winners' error correlation is not available: their folds kept no test predictions "
+                "(a run scored before they were kept), so the R2 gaps have no CI either.") if (
+            fusion.get("comparisons") and not e) else ""
     between = " and ".join(e.get("between") or [])
     ci_text = "" if None in (finite(x) for x in ci) else f" (95% CI {ci[0]:.2f} to {ci[1]:.2f})"
     return (f"The errors of {between} on the test parts correlate at r = {r:.2f}{ci_text}, mean over dimensions, "
@@ -526,8 +530,10 @@ def fusion_text(results: Mapping[str, Any]) -> str:
     if not final:
         return ""
     fuses = ", ".join(f"{t} {w}" for t, w in (fusion.get("fuses") or {}).items())
+    against = final_reference_text(results)
     return (f"Round 3 fused the winners ({fuses}), frozen at each fold's best Round-2 model. Final model: "
-            f"{final.get('model') or MISSING} ({final.get('kind')}): {final.get('reason')}.")
+            f"{final.get('model') or MISSING} ({final.get('kind')}): {final.get('reason')}."
+            + (f" {against}" if against else ""))
 
 
 def _text(x: Any) -> str:
@@ -596,6 +602,18 @@ def reference_text(results: Mapping[str, Any], track: str) -> str | None:
         return None
     if not v:
         return f"{sel['winner']} has no reference to beat: no reference of the {track} track reached Round 2."
+    return versus_text(v)
+
+
+def final_reference_text(results: Mapping[str, Any]) -> str | None:
+    """One sentence on the run's final model (Round 3's verdict) against the strongest reference of the fused
+    tracks on the test parts, as :func:`reference_text` says it of a track's winner; None without one."""
+    v = ((results.get("fusion") or {}).get("final") or {}).get("versus_references")
+    return versus_text(v) if v else None
+
+
+def versus_text(v: Mapping[str, Any]) -> str:
+    """A model against its best reference and the others (``selection.versus_references``' shape)."""
     text = (f"{v['winner']} against the best reference, {v['reference']}, on the test parts (reported, never used "
             f"to choose): {fmt_points(v.get('gap_points'))} points")
     if finite((v.get("ci_points") or [None])[0]) is not None:

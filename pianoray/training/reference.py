@@ -15,6 +15,7 @@ run, and later runs, compute each file once.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from pianoray.records import PAIR_COUNTS
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions, validation_metrics
 from pianoray.training.scoring import passage_counts
+
+logger = logging.getLogger(__name__)
 
 FEATURES_FOLDER = "performance-features"
 _MEMORY: dict[tuple[str, str], np.ndarray] = {}  # (features_id, sha) -> [F]
@@ -55,13 +58,15 @@ def features_cache_file(cfg: ProtocolConfig, corpus: Any, features_id: str) -> P
 
 
 def _read_disk(path: Path, features_id: str) -> None:
-    """Load a features file into the in-memory cache (an unreadable file is ignored: it is recomputed)."""
+    """Load a features file into the in-memory cache (an unreadable one is said and recomputed)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             for sha, row in zip(z["sha"].tolist(), z["x"]):
                 _MEMORY.setdefault((features_id, str(sha)), np.asarray(row, dtype=np.float64))
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
         return
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("reference features %s unreadable (%s); computing them again", path, e)
 
 
 def _write_disk(path: Path, features_id: str) -> None:
@@ -72,8 +77,8 @@ def _write_disk(path: Path, features_id: str) -> None:
     x = np.stack([_MEMORY[(features_id, k)] for k in keys])
     try:
         atomic_write(path, lambda tmp: np.savez(tmp, sha=np.array(keys), x=x))
-    except OSError:  # a read-only cache folder: features stay in memory for this process
-        return
+    except OSError as e:  # a read-only cache folder: features stay in memory for this process
+        logger.warning("reference features not cached in %s (%s); they will be computed again next time", path, e)
 
 
 def segment_features(spec: Any, corpus: Any, segment_ids: list[str], cache_file: Path | None = None
@@ -125,8 +130,8 @@ def fit_and_score(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fo
 
     Returns (val, test): ``val`` has the keys of ``validation_metrics(prefix="val")`` (``val/pairwise_accuracy``,
     ``val/r2``, their CIs and per-dimension values, ...); ``test`` has the same metrics without prefix, like
-    ``scoring.score_checkpoint``, plus ``epoch`` (1: one fit), ``fit_seconds``, ``n_train``, ``n_features``,
-    and, like ``score_checkpoint``, ``pair_counts`` = {"val", "test"}: per-passage pair counts
+    ``scoring.evaluate_checkpoint``, plus ``epoch`` (1: one fit), ``fit_seconds``, ``n_train``, ``n_features``,
+    and, like ``evaluate_checkpoint``, ``pair_counts`` = {"val", "test"}: per-passage pair counts
     (``PairCounts.to_json()``, passages keyed by name) for selection's paired bootstraps; the metrics a
     fitted reference does not have (robustness, competition rho, difficulty rho, STOP AUC: no audio twins, no
     representation z) are None.

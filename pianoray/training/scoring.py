@@ -27,7 +27,7 @@ import torch
 from pianoray.config import ProtocolConfig
 from pianoray.data.tiers import Tier
 from pianoray.objectives import metrics
-from pianoray.records import PAIR_COUNTS  # the per-passage counts' key in score_checkpoint's test dict
+from pianoray.records import PAIR_COUNTS  # the per-passage counts' key in evaluate_checkpoint's test dict
 from pianoray.training.checkpoint import read_state
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import Predictions, predict, segment_mean, validation_metrics
@@ -59,21 +59,6 @@ def load_trained(cfg: ProtocolConfig, experiment: str, data: ExperimentData, che
     return model.to(device).eval()
 
 
-def score_checkpoint(
-    cfg: ProtocolConfig,
-    experiment: str,
-    data: ExperimentData,
-    fold: int,
-    checkpoint: str | Path,
-    *,
-    device: str | torch.device | None = None,
-    n_boot: int = 1000,
-) -> dict[str, Any]:
-    """Test-part metrics of ``experiment`` on ``fold`` from ``checkpoint``: a JSON-able dict, flat but for
-    ``pair_counts`` = {"val": PairCounts.to_json(), "test": ...} (the caller takes it out before reporting)."""
-    return evaluate_checkpoint(cfg, experiment, data, fold, checkpoint, device=device, n_boot=n_boot)[0]
-
-
 def evaluate_checkpoint(
     cfg: ProtocolConfig,
     experiment: str,
@@ -84,10 +69,11 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     n_boot: int = 1000,
 ) -> tuple[dict[str, Any], Predictions]:
-    """:func:`score_checkpoint`'s metrics and the test part's per-segment predictions they come from (kept
-    with the fold's best model: the paired R2 gap and the error correlation of Round 3 read them). A model
-    whose encoder has per-dimension gates (F3) also gets ``gates``: each label dimension's mean weight on
-    audio over the test segments."""
+    """Test-part metrics of ``experiment`` on ``fold`` from ``checkpoint`` (a JSON-able dict, flat but for
+    ``pair_counts`` = {"val": PairCounts.to_json(), "test": ...}, which the caller takes out before reporting),
+    and the test part's per-segment predictions they come from (kept with the fold's best model: Round 3's
+    paired R2 gap and error correlation read them). A model whose encoder has per-dimension gates (F3) also
+    gets ``gates``: each label dimension's mean weight on audio over the test segments."""
     dev = pick_device(device)
     model = load_trained(cfg, experiment, data, Path(checkpoint), dev)
     views = model.encoder.views
@@ -187,7 +173,8 @@ def _competition(data: ExperimentData, pred: Predictions | None, held_rounds: li
 def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) -> dict[str, Any]:
     """Difficulty rho (ridge on per-piece mean z, over every tier's segments: a piece's grade needs no
     performance labels) and STOP AUC (logistic on the T1 segments' z, leave one recording out:
-    :func:`stop_groups`), both out of fold."""
+    :func:`stop_groups`), both out of fold. A figure that cannot be computed is None, with ``<name>_why``
+    saying why."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import KFold, LeaveOneGroupOut, cross_val_predict
 
@@ -203,16 +190,23 @@ def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) ->
         y = np.array([grades[p] for p in graded], dtype=float)
         guess = cross_val_predict(Ridge(alpha=10.0), zp, y, cv=KFold(min(5, len(graded)), shuffle=True, random_state=0))
         out["difficulty_rho"] = metrics.spearman_difficulty(guess, y, n_boot=200).mean
+    else:  # a missing figure says why (the fold's record keeps it)
+        out["difficulty_rho_why"] = f"{len(graded)} graded pieces among the scored segments (5 needed)"
     stop = getattr(data.corpus, "stop", None) or {}
     rows = [i for i, s in enumerate(pred.segment_ids) if s in stop]
-    if len(rows) >= 20:
-        y = np.array([stop[pred.segment_ids[i]] for i in rows], dtype=int)
-        recordings = stop_groups(corpus, [pred.segment_ids[i] for i in rows])
-        if 0 < y.sum() < len(y) and len(set(recordings)) >= 3:
-            p = cross_val_predict(LogisticRegression(max_iter=1000, C=0.1), pred.z[rows], y, cv=LeaveOneGroupOut(),
-                                  groups=recordings, method="predict_proba")[:, 1]
-            auc = metrics.stop_auc(p, y, recordings, n_boot=200)
-            out.update({"stop_auc": auc.mean, "stop_auc_ci": list(auc.ci), "stop_groups": len(set(recordings))})
+    y = np.array([stop[pred.segment_ids[i]] for i in rows], dtype=int)
+    recordings = stop_groups(corpus, [pred.segment_ids[i] for i in rows]) if rows else np.array([])
+    if len(rows) < 20:
+        out["stop_auc_why"] = f"{len(rows)} scored segments carry a STOP label (20 needed)"
+    elif not 0 < y.sum() < len(y):
+        out["stop_auc_why"] = "every STOP label is the same"
+    elif len(set(recordings)) < 3:
+        out["stop_auc_why"] = f"{len(set(recordings))} recordings to leave out (3 needed)"
+    else:
+        p = cross_val_predict(LogisticRegression(max_iter=1000, C=0.1), pred.z[rows], y, cv=LeaveOneGroupOut(),
+                              groups=recordings, method="predict_proba")[:, 1]
+        auc = metrics.stop_auc(p, y, recordings, n_boot=200)
+        out.update({"stop_auc": auc.mean, "stop_auc_ci": list(auc.ci), "stop_groups": len(set(recordings))})
     return out
 
 

@@ -115,7 +115,7 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     against = final["versus_references"]
     assert {r["reference"] for r in against["references"]} == {"audio-frozen", "symbolic-features"}
     assert against["winner"] == final["model"] and None not in against["ci_points"]
-    assert f"against the strongest reference, {against['reference']}" in final["reason"]
+    said = f"{final['model']} against the best reference, {against['reference']}, on the test parts"
 
     env = {**os.environ, "COLUMNS": "160"}
     report = subprocess.run([sys.executable, "-m", "pianoray.cli", "report", "--storage", str(run.dir), "--json"],
@@ -130,3 +130,4 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     assert r["fusion"]["final"] == final and r["winners"]["fusion"] in {"F2", "F3"}
     md = (run.dir / "report" / "report.md").read_text()
     assert "Fusion track" in md and "R2 95% CI" in md and "errors of" in md and "gates_F3.png" in md
+    assert said in md.split("## Round 3: fusion")[1].split("\n\n")[1]  # in Round 3's paragraph

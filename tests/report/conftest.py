@@ -163,7 +163,11 @@ def add_fusion(results: dict[str, Any]) -> dict[str, Any]:
         "error_correlation": {"between": ["A1", "S2"], "mean": 0.62, "ci": [0.55, 0.69], "per_dim": [0.6] * n,
                               "segments": 160, "folds": 4},
         "gates": {"F3": [0.1 + 0.8 * i / max(n - 1, 1) for i in range(n)]},
-        "winner": "F3", "final": {"model": "F3", "kind": "fusion", "reason": "F3 beats A1"},
+        "winner": "F3", "final": {"model": "F3", "kind": "fusion", "reason": "F3 beats A1", "versus_references": {
+            "winner": "F3", "reference": "symbolic-gbm", "gap_points": -4.6, "ci_points": [-8.2, -1.2],
+            "verdict": "below", "folds": 4, "passages": 24, "passages_left_out": 0,
+            "references": [{"reference": "symbolic-gbm", "gap_points": -4.6, "ci_points": [-8.2, -1.2],
+                            "verdict": "below"}]}},
     }
     return results
 

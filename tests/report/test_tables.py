@@ -15,8 +15,10 @@ from pianoray.report.tables import (
     decision_rows,
     decisions_table,
     error_correlation_text,
+    final_reference_text,
     fold_data,
     fusion_data,
+    fusion_text,
     hours_unit,
     md_text,
     resource_data,
@@ -251,3 +253,15 @@ def test_fusion_table_gives_both_gaps_with_their_cis_and_the_text_the_error_corr
     text = error_correlation_text(results)
     assert "A1 and S2" in text and "r = 0.62" in text and "0.55 to 0.69" in text and "160 segments over 4 folds" in text
     assert error_correlation_text(run_results | {"fusion": {"error_correlation": None}}) == ""
+    results["fusion"]["error_correlation"] = None  # Round 3 ran, but no fold kept its predictions
+    assert "not available: their folds kept no test predictions" in error_correlation_text(results)
+
+
+def test_the_final_model_is_set_against_the_strongest_reference_in_plain_words(run_results):
+    results = add_fusion(run_results)
+    said = final_reference_text(results)
+    assert said == ("F3 against the best reference, symbolic-gbm, on the test parts (reported, never used to "
+                    "choose): -4.6 points (95% CI -8.2 to -1.2; 4 folds, 24 passages): falls below it.")
+    assert fusion_text(results).endswith(said)
+    results["fusion"]["final"]["versus_references"] = None
+    assert final_reference_text(results) is None and fusion_text(results).endswith("F3 beats A1.")

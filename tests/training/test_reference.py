@@ -21,7 +21,7 @@ from pianoray.training.reference import ReferenceDataError, fit_and_score, segme
 DEMO_YAML = PROJECT_ROOT / "experiments" / "demo.yaml"
 PERCEPIANO_YAML = PROJECT_ROOT / "experiments" / "percepiano.yaml"
 SMALL = {"max_iter": 40}  # a quick fit: these tests check plumbing and metrics, not the reference's quality
-# What score_checkpoint adds to the validation metrics for a neural fold (None where a metric does not apply).
+# What evaluate_checkpoint adds to the validation metrics for a neural fold (None where a metric does not apply).
 SCORING_KEYS = {"epoch", "robustness_drop", "robustness_pearson", "competition_rho", "difficulty_rho", "stop_auc"}
 
 

@@ -1,4 +1,4 @@
-"""score_checkpoint's per-passage pair counts (what selection's paired bootstraps read for a neural fold), the test
+"""evaluate_checkpoint's per-passage pair counts (what selection's paired bootstraps read for a neural fold), the test
 predictions it keeps, and its STOP probe's groups."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_passage_counts_key_passages_by_name_and_skip_unlabelled() -> None:
     assert PairCounts.from_json(c.to_json()).groups == ("p",)
 
 
-def test_score_checkpoint_counts_give_back_the_reported_accuracies(tmp_path) -> None:
+def test_evaluate_checkpoint_counts_give_back_the_reported_accuracies(tmp_path) -> None:
     root = generate_demo(tmp_path / "demo", seed=5, scale=0.3)
     cfg = load_config(DEMO_YAML, {"data": {"root": str(root), "symbolic_cache": str(root / "symbolic")}})
     data = ExperimentData.from_config(cfg)
@@ -49,3 +49,29 @@ def test_score_checkpoint_counts_give_back_the_reported_accuracies(tmp_path) -> 
     performers = data.corpus.manifest("T1").set_index("segment_id").loc[labelled, "performer"]
     assert stop_groups(data.corpus, labelled).tolist() == performers.astype(str).tolist()
     assert 3 <= out["stop_groups"] <= performers.nunique() and 0.0 <= out["stop_auc"] <= 1.0
+
+
+def test_a_probe_that_cannot_be_scored_says_why() -> None:
+    """No figure is made up and none goes missing silently: None, with the reason beside it."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from pianoray.training.scoring import _probes
+
+    ids = [f"s{i}" for i in range(24)]
+    manifest = pd.DataFrame({"segment_id": ids, "piece": [f"p{i % 3}" for i in range(24)],
+                             "performer": [f"v{i % 4}" for i in range(24)]})
+    pred = Predictions(ids, np.zeros((24, 1)), np.zeros((24, 1)), np.zeros((24, 1)), np.ones(24, bool),
+                       np.array(["T1:p"] * 24, dtype=object), np.random.default_rng(0).normal(size=(24, 4)))
+
+    def probes(stop: dict, grades: dict) -> dict:
+        corpus = SimpleNamespace(tiers=["T1"], manifest=lambda t: manifest, difficulty=grades, stop=stop)
+        return _probes(SimpleNamespace(corpus=corpus), pred, pred)
+
+    out = probes({}, {"p0": 3.0})
+    assert out["difficulty_rho"] is None and out["difficulty_rho_why"] == "1 graded pieces among the scored segments (5 needed)"
+    assert out["stop_auc"] is None and out["stop_auc_why"] == "0 scored segments carry a STOP label (20 needed)"
+    assert probes({s: 0 for s in ids}, {})["stop_auc_why"] == "every STOP label is the same"
+    scored = probes({s: i % 2 for i, s in enumerate(ids)}, {})
+    assert scored["stop_groups"] == 4 and 0.0 <= scored["stop_auc"] <= 1.0 and "stop_auc_why" not in scored
