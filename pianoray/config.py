@@ -288,7 +288,7 @@ class Round3Config(Round2Config):
 
     enabled: bool = True
     folds: int | None = Field(None, ge=1)  # None: Round 2's (each fold fuses that fold's Round-2 models)
-    fusions: list[str] = Field(default_factory=lambda: ["F1", "F2", "F3"])
+    fusions: list[str] = Field(default_factory=lambda: ["F1", "F2", "F3", "F-score"])
     fuse: list[str] = Field(default_factory=lambda: ["audio", "symbolic"], min_length=2, max_length=2)
     epochs: int = Field(30, ge=1)
     patience: int = Field(5, ge=1)
@@ -297,6 +297,9 @@ class Round3Config(Round2Config):
     # own trainable parameters unfreeze at this rate (the fusion module and heads keep optim.lr) and training
     # goes on, with patience counted afresh, until the budget or a second plateau.
     unfreeze_lr: float | None = Field(None, gt=0)
+    # The weight of the fusions' auxiliary difficulty head (regression on the pieces' grades, scaled to [0, 1]):
+    # it trains on the graded training segments of pieces the fold does not hold out; 0: no head.
+    difficulty_head: float = Field(0.1, ge=0)
 
 
 class SelectionConfig(Strict):

@@ -52,7 +52,21 @@ def finite(x: Any) -> float | None:
 def reportable(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What a Ray result may carry: scalars, strings and lists of at most 64 items (None and the rest dropped)."""
     return {k: v for k, v in metrics.items()
-            if isinstance(v, (int, float, str, bool)) or (isinstance(v, list) and len(v) <= 64)}
+            if isinstance(v, (int, float, str, bool)) or (isinstance(v, list) and len(v) <= _MAX_REPORT_LIST)}
+
+
+_JSON_VALUE = "json:"  # a report value carried as JSON text (FoldScore.to_report)
+_MAX_REPORT_LIST = 64
+
+
+def _as_json(v: Any) -> Any:
+    numbers = isinstance(v, list) and len(v) <= _MAX_REPORT_LIST and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    return _JSON_VALUE + json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) and not numbers else v
+
+
+def _from_json(v: Any) -> Any:
+    return json.loads(v[len(_JSON_VALUE):]) if isinstance(v, str) and v.startswith(_JSON_VALUE) else v
 
 
 @dataclass
@@ -131,16 +145,19 @@ class FoldScore:
 
     def to_report(self) -> dict[str, Any]:
         """The fold's last Ray report: ``test/<key>`` metrics and ``final: True``; the pair counts travel as
-        one JSON string (Ray results keep only scalars and short lists, and a string passes whole)."""
-        out = reportable({**{f"{TEST_PREFIX}{k}": v for k, v in self.test.items()}, "experiment": self.experiment,
-                          "fold": self.fold, "round": self.round, "final": True})
+        one JSON string (Ray results keep only scalars and short lists, and a string passes whole), and so does a
+        test value that is not a short list of numbers (a list of passage names, per-pair outcomes): marked
+        ``json:``, it reaches :meth:`from_report` whole, and Ray's loggers, which take numbers, leave it alone."""
+        test = {f"{TEST_PREFIX}{k}": _as_json(v) for k, v in self.test.items()}
+        out = reportable({**test, "experiment": self.experiment, "fold": self.fold, "round": self.round,
+                          "final": True})
         if self.pair_counts is not None:
             out[PAIR_COUNTS] = json.dumps(self.pair_counts, separators=(",", ":"))
         return out
 
     @classmethod
     def from_report(cls, result: Mapping[str, Any], experiment: str, fold: int, round: str = ROUND2) -> "FoldScore":
-        test = {k.removeprefix(TEST_PREFIX): v for k, v in result.items() if k.startswith(TEST_PREFIX)}
+        test = {k.removeprefix(TEST_PREFIX): _from_json(v) for k, v in result.items() if k.startswith(TEST_PREFIX)}
         counts = result.get(PAIR_COUNTS)
         return cls(experiment, fold, test, json.loads(counts) if isinstance(counts, str) else None, round)
 
@@ -250,10 +267,17 @@ class SearchPayload(_Payload):
 
 class FusionPayload(_Payload):
     """``fusion``: Round 3's verdict (``protocol.run.fusion_verdict``): the fused winners, each fusion against
-    the best single encoder, the fusion track's winner and the run's final model with the reason."""
+    the best single encoder, the fusion track's winner and the run's final model with the reason; ``planted``:
+    each fusion's and fused winner's accuracy on the planted score-conditioned pairs; ``difficulty``: the
+    fusions' difficulty-head rho beside the probe's; ``not_run``: the fusions Round 3 left out (F-score on a
+    corpus without score MIDI), each with why."""
 
     fuses: dict[str, str] = {}
     skipped: Optional[str] = None
+    not_run: dict[str, str] = {}
+    planted: dict[str, dict[str, Any]] = {}
+    planted_why: Optional[str] = None
+    difficulty: dict[str, dict[str, Any]] = {}
     best_single: Optional[str] = None
     comparisons: dict[str, dict[str, Any]] = {}
     winners: dict[str, Optional[str]] = {}

@@ -25,6 +25,16 @@ def test_a_fold_score_carries_the_pair_counts_as_one_json_string_and_back() -> N
     assert back.ledger_payload() == {"test": back.test, "pair_counts": counts}
 
 
+def test_test_values_that_are_not_short_number_lists_travel_as_json_and_come_back_whole() -> None:
+    scores = {"planted_passages": ["p0", "p1"], "planted_correct": [1.0] * 70, "gates": [0.2, 0.8],
+              "per_dim": [0.5, None], "why": "text"}
+    out = FoldScore.from_scores("F3", 0, scores, "round3").to_report()
+    # nothing Ray's loggers would trip over (a list of names) or drop (more than 64 items)
+    assert out["test/planted_passages"] == 'json:["p0","p1"]' and out["test/gates"] == [0.2, 0.8]
+    assert out["test/planted_correct"].startswith("json:[1.0,") and out["test/why"] == "text"
+    assert FoldScore.from_report(out, "F3", 0, "round3").test == scores
+
+
 def test_an_epoch_record_round_trips_through_a_ray_result() -> None:
     rec = EpochRecord(epoch=3, stage="supervised", best_epoch=2, best_metric=0.71, stop=False, early_stopped=False,
                       rung_epoch=3, seconds=1.5, samples=64,

@@ -6,7 +6,9 @@ total can mask each loss term by tier without branching.
 
 Encoder inputs live in ``inputs``, keyed by *view* name ("frames", "notes", "remi", "graph",
 "hetero_graph", "curves", ...). An encoder declares the views it reads (``Encoder.views``) and the
-data layer loads only those. Sequence views are padded with a boolean mask (True = real position).
+data layer loads only those. Sequence views are padded with a boolean mask (True = real position). A score
+view (``score:<view>``, ``pianoray.data.views.score_view``) puts the score MIDI's inputs under ``score:`` keys;
+:meth:`Batch.score_batch` is the batch an encoder of the plain view reads them from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from pianoray.data.tiers import Tier
+from pianoray.data.views import SCORE
 
 
 @dataclass
@@ -38,6 +41,10 @@ class Batch:
         pair: [B] long; for T4, the batch index of the sample's clean/augmented twin; -1 = none.
         inputs: view name -> batched encoder input (tensors, masks, or a PyG batch).
         meta: free-form per-batch extras (e.g. passage keys for metrics); never used by encoders.
+        difficulty: [B] float in [0, 1], the piece's difficulty grade scaled over the corpus's grades; 0 where
+            ``has_difficulty`` is False. None for a split loaded without grades (all but training splits).
+        has_difficulty: [B] bool; True where the sample's piece has a grade the difficulty head may train on
+            (never a piece of the fold's held-out parts), or None with ``difficulty``.
     """
 
     segment_ids: list[str]
@@ -51,6 +58,8 @@ class Batch:
     pair: Tensor
     inputs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    difficulty: Tensor | None = None
+    has_difficulty: Tensor | None = None
 
     @classmethod
     def supervised(cls, inputs: dict[str, Any], labels: Tensor, groups: Tensor | None = None) -> "Batch":
@@ -79,6 +88,15 @@ class Batch:
     @property
     def size(self) -> int:
         return len(self.segment_ids)
+
+    def score_batch(self) -> "Batch":
+        """The same segments with their score MIDI's inputs as ``inputs`` (each ``score:<key>`` as ``<key>``),
+        so that a symbolic encoder reads the score exactly as it reads a performance. Raises KeyError when the
+        batch was loaded without score views."""
+        score = {k[len(SCORE):]: v for k, v in self.inputs.items() if k.startswith(SCORE)}
+        if not score:
+            raise KeyError("score_batch: the batch has no score views (load it with the encoder's views)")
+        return replace(self, inputs=score)
 
     def to(self, device: torch.device | str) -> "Batch":
         """A copy with every tensor (and every object with ``.to``) moved to ``device``."""

@@ -12,21 +12,31 @@ properties (``LABEL_WEIGHTS``). Some signal is planted so encoders differ (docs/
 - timbre (performer tone and brightness) exists only in the frames, never in the MIDI;
 - the dynamic arc (crescendo vs. diminuendo against the passage's intended shape) is temporal order:
   a mean pool of frames cannot see it.
+
+Beside the corpus, in ``planted/`` (:data:`PLANTED_DIR`), a separate set for Round 3's score-conditioned figure
+(:func:`write_planted`): for every T1 passage, pairs of performances of its score by one player, one with wrong
+notes (pitch errors and missing notes, otherwise played as written) and one with every note right but expressive
+timing and dynamics, each with its frames. It draws from its own random stream, after the corpus is written, so
+the corpus (its files, tiers and every figure from it) is byte for byte what it was without it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
 from pianoray.data.cache import CORPUS_FILE, FRAME_RATE, CacheError, CacheWriter
 from pianoray.data.midi import NoteTable
 from pianoray.errors import InputError
-from pianoray.files import read_json
+from pianoray.files import atomic_write, read_json
 
 DEMO_TOOL = "pianoray.demo"
 DEMO_VERSION = 2  # 2: symbolic-visible timing, pedal blur and articulation; denser passages; less label noise
@@ -66,6 +76,15 @@ PASSAGE_EFFECT_SD = 0.35  # raters' per-passage offset (in z units): with the pa
 # passage identity explains ~40% of label variance, as in PercePiano.
 LABEL_NOISE_SD = 0.35
 MAJOR = np.array([0, 2, 4, 5, 7, 9, 11])
+PLANTED_DIR = "planted"  # the planted score-conditioned pairs: a corpus of their own inside the demo's folder
+PLANTED_PAIRS_FILE = "pairs.json"  # [{"passage", "expressive": segment id, "wrong": segment id}, ...]
+PLANTED_PER_PASSAGE = 2  # pairs per T1 passage, each by another player (tone and brightness)
+PLANTED_PITCH_ERRORS = 0.15  # share of a wrong-notes take's notes played a semitone or a tone off
+PLANTED_MISSING = 0.10  # share of its notes left out
+# A planted player's musicality: 1 shapes the phrase (ritardando, dynamics along the arc, beyond the score's);
+# LITERAL plays the score's own dynamics (follow = 0.375 cancels the arc term of ``_perform``), with less rubato.
+PLANTED_EXPRESSIVE = 1.0
+PLANTED_LITERAL = 0.484375
 
 
 @dataclass
@@ -318,6 +337,95 @@ def _augment(frames: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndar
 AUGMENTATIONS = ("noise", "gain", "smooth", "noise+gain")
 
 
+def _planted_player(name: str, musicality: float, tone: float, bright: float) -> Performer:
+    """A planted pair's player: steady (timing, dynamics, articulation and pedalling skill 1), neutral style."""
+    return Performer(name, 1.0, 1.0, 1.0, 1.0, musicality, tone, bright, 0.5, 0.5, 0.5)
+
+
+def _wrong_notes(notes: NoteTable, rng: np.random.Generator) -> NoteTable:
+    """``notes`` with PLANTED_PITCH_ERRORS of them a semitone or a tone off and PLANTED_MISSING left out (at least
+    one of each in a take of three notes or more; two notes always stay)."""
+    n = len(notes)
+    pitch = notes.pitch.astype(int).copy()
+    wrong = rng.choice(n, size=max(1, int(round(PLANTED_PITCH_ERRORS * n))), replace=False)
+    pitch[wrong] = np.clip(pitch[wrong] + rng.choice([-2, -1, 1, 2], size=len(wrong)), 21, 108)
+    keep = np.ones(n, dtype=bool)
+    keep[rng.choice(n, size=min(n - 2, max(1, int(round(PLANTED_MISSING * n)))), replace=False)] = False
+    return NoteTable.from_arrays(pitch[keep], notes.onset[keep], notes.offset[keep], notes.velocity[keep],
+                                 notes.pedal_intervals)
+
+
+def write_planted(out_dir: str | Path, passages: list[Passage], projection: FrameProjection, seed: int,
+                  max_frames: int = MAX_FRAMES, width: int = WIDTH) -> Path:
+    """Write the planted score-conditioned pairs of ``passages`` to ``out_dir/planted`` and return that folder.
+
+    A corpus in the cache format (tier T1, unlabelled; each passage's score MIDI beside the performances) and
+    ``pairs.json`` naming each pair's two segments. Per passage, PLANTED_PER_PASSAGE players each play it twice
+    from one random state: once expressively (musicality PLANTED_EXPRESSIVE) with every note right, once
+    literally (PLANTED_LITERAL: the score's dynamics, less rubato) with wrong notes (:func:`_wrong_notes`). The two
+    share the recording's nuisance (room, microphone), so their frames differ by what was played alone. Its own
+    random stream (seed, 4099): the corpus never sees it.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4099]))
+    root = Path(out_dir) / PLANTED_DIR
+    writer = CacheWriter(root, width=width, window_frames=WINDOW_FRAMES, name=f"demo-planted-seed{seed}",
+                         created_by={"tool": DEMO_TOOL, "version": DEMO_VERSION, "seed": seed, "set": "planted"},
+                         overwrite=True)
+    pairs = []
+    for passage in passages:
+        score_rel, score_sha = writer.write_midi(passage.notes, f"midi/score/{passage.key}.mid")
+        for j in range(PLANTED_PER_PASSAGE):
+            tone, bright = (float(v) for v in rng.uniform(0.2, 0.8, 2))
+            nuisance = rng.normal(0, 0.25, width)
+            take_seed = int(rng.integers(2**63))
+            ids = {}
+            for kind, musicality in (("expressive", PLANTED_EXPRESSIVE), ("wrong", PLANTED_LITERAL)):
+                play = np.random.default_rng(take_seed)  # both takes from one state: the same jitter and noise
+                player = _planted_player(f"planted{j}", musicality, tone, bright)
+                notes, _, n_frames = _perform(passage, player, play, max_frames)
+                if kind == "wrong":
+                    notes = _wrong_notes(notes, play)
+                frames = projection(frame_features(notes, n_frames, tone, bright)) + nuisance[None, :] \
+                    + play.normal(0, 0.05, (n_frames, width))
+                sid = ids[kind] = f"{passage.key}_planted{j}_{kind}"
+                perf_rel, perf_sha = writer.write_midi(notes, f"midi/perf/{sid}.mid")
+                writer.add("T1", {"segment_id": sid, "piece": passage.piece.name, "passage": passage.key,
+                                  "performer": player.name, "perf_midi": perf_rel, "perf_midi_sha": perf_sha,
+                                  "score_midi": score_rel, "score_midi_sha": score_sha}, frames.astype(np.float32))
+            pairs.append({"passage": passage.key, **ids})
+    atomic_write(root / PLANTED_PAIRS_FILE, json.dumps(pairs, indent=1))
+    return writer.close()
+
+
+@dataclass(frozen=True)
+class PlantedPairs:
+    """The planted set of a demo folder: its corpus (T1, unlabelled) and its pairs, each
+    ``{"passage", "expressive": segment id, "wrong": segment id}``."""
+
+    corpus: Any  # pianoray.data.corpus.Corpus
+    pairs: list[dict[str, str]]
+
+    def of_passages(self, passages: Iterable[str]) -> list[dict[str, str]]:
+        """The pairs of ``passages`` (a fold's test passages), in the set's order."""
+        keep = set(passages)
+        return [p for p in self.pairs if p["passage"] in keep]
+
+
+def open_planted(root: str | Path) -> PlantedPairs | None:
+    """The planted pairs beside the corpus at ``root`` (``root/planted``), or None when it has none (any corpus
+    but the demo)."""
+    from pianoray.data.corpus import open_cache
+
+    folder = Path(root) / PLANTED_DIR
+    if not (folder / CORPUS_FILE).is_file():
+        return None
+    pairs = read_json(folder / PLANTED_PAIRS_FILE, "planted pairs")
+    if not isinstance(pairs, list) or not all(isinstance(p, dict) and {"passage", "expressive", "wrong"} <= set(p)
+                                              for p in pairs):
+        raise InputError(f"{folder / PLANTED_PAIRS_FILE}: expected a list of {{passage, expressive, wrong}} objects")
+    return PlantedPairs(open_cache(folder), pairs)
+
+
 def ensure_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> str | None:
     """Make ``out_dir`` hold a current demo corpus; returns what was done, or None when nothing was.
 
@@ -334,11 +442,28 @@ def ensure_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> str |
         made = json.loads(path.read_text()).get("created_by") or {}
     except (OSError, ValueError, AttributeError):
         return None  # not ours to judge: opening the corpus reports what is wrong with it
-    if made.get("tool") != DEMO_TOOL or made.get("version") == DEMO_VERSION:
+    if made.get("tool") != DEMO_TOOL:
         return None
+    if made.get("version") == DEMO_VERSION:
+        if (Path(out_dir) / PLANTED_DIR / CORPUS_FILE).is_file():
+            return None
+        add_planted(out_dir, seed=int(made.get("seed", seed)), scale=float(made.get("scale", scale)))
+        return "added the planted score-conditioned pairs (planted/); the corpus is unchanged"
     seed, scale = int(made.get("seed", seed)), float(made.get("scale", scale))
     generate_demo(out_dir, seed=seed, scale=scale)
     return f"regenerated: demo version {made.get('version')} is stale, now {DEMO_VERSION} (seed {seed}, scale {scale:g})"
+
+
+def add_planted(out_dir: str | Path, seed: int, scale: float) -> Path:
+    """Add the planted pairs to a current demo written without them (before they existed, or killed in between):
+    the demo is generated again beside ``out_dir`` (the same bytes: it is deterministic) and only its
+    ``planted/`` moves in, so the corpus's own files are never rewritten."""
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-planted-") as tmp:
+        generate_demo(tmp, seed=seed, scale=scale)
+        shutil.rmtree(out / PLANTED_DIR, ignore_errors=True)  # a half-written set (killed before corpus.json)
+        os.replace(Path(tmp) / PLANTED_DIR, out / PLANTED_DIR)
+    return out / PLANTED_DIR
 
 
 def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_frames: int = MAX_FRAMES,
@@ -346,7 +471,8 @@ def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_fr
     """Write the demo corpus into ``out_dir`` (the cache format) and return it. Same seed -> same bytes.
 
     Scale 1: 8 pieces x 6 passages x 6-10 performers (~380 T1 segments), ~120 T2 segments in 12
-    rounds, ~150 T3 segments, ~270 T4 pairs. ``scale`` multiplies the counts.
+    rounds, ~150 T3 segments, ~270 T4 pairs. ``scale`` multiplies the counts. Then the planted pairs
+    (:func:`write_planted`, PLANTED_PER_PASSAGE per T1 passage) go into ``planted/``.
     Refuses to overwrite a folder holding a cache that this generator did not write.
     """
     out = Path(out_dir)
@@ -405,8 +531,10 @@ def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_fr
 
     # ---- T1: labelled performances, 6-10 performers per passage.
     t1: list[tuple[dict, np.ndarray, dict, Passage, Performer]] = []
+    t1_passages: list[Passage] = []
     for piece in t1_pieces:
-        for passage in passages_of(piece, 6):
+        t1_passages += passages_of(piece, 6)
+        for passage in t1_passages[-6:]:
             chosen = rng.choice(len(performers), size=int(rng.integers(6, 11)), replace=False)
             for pi in sorted(chosen):
                 row, frames, props = render(passage, performers[pi], f"{passage.key}_{performers[pi].name}")
@@ -462,4 +590,6 @@ def generate_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, max_fr
                                        "score_midi", "score_midi_sha")}
         aug_row.update(segment_id=f"{row['segment_id']}~{kind}", clean_id=row["segment_id"], augmentation=kind)
         writer.add("T4", aug_row, _augment(frames, kind, rng))
-    return writer.close()
+    root = writer.close()
+    write_planted(out, t1_passages, projection, seed, max_frames, width)
+    return root

@@ -20,6 +20,7 @@ from itertools import accumulate, groupby
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pianoray.data.batch import Batch
@@ -194,6 +195,7 @@ class Sample:
     twin: str | None = None  # T4: clean and augmented samples share this key
     window: int = 0  # evaluation: the window's index within its segment
     weight: float = 1.0  # evaluation: the window's weight in its segment's prediction (items it holds)
+    difficulty: float | None = None  # the piece's scaled grade, where the split carries grades (training)
 
 
 EVAL_WINDOWS = ("all", "crop")  # make_loader(windows=...): whole segments, or the single pre-window crop
@@ -247,7 +249,8 @@ class SegmentDataset:
     one), so that both land in the same batch. Indexing with ``(i, seed, train)`` (what the sampler
     yields) makes crops reproducible; plain ``i`` uses the dataset's own seed and mode.
 
-    max_frames crops the ``frames`` view; max_notes crops every other (symbolic) view.
+    max_frames crops the ``frames`` view; max_notes crops every other (symbolic) view. ``grades`` (piece ->
+    scaled grade, :func:`scaled_grades`): the difficulty targets its samples carry (a piece without one: none).
     """
 
     def __init__(
@@ -262,9 +265,11 @@ class SegmentDataset:
         max_notes: int = 512,
         seed: int = 0,
         n_dims: int | None = None,
+        grades: Mapping[str, float] | None = None,
     ) -> None:
         self.corpus = corpus
         self.tier = parse_tier(tier)
+        self.grades = dict(grades) if grades is not None else None
         self.views = tuple(views)
         for v in self.views:
             get_view(v)  # fail now, naming the view, not in a worker
@@ -353,6 +358,8 @@ class SegmentDataset:
         )
         if window is not None:
             base.update(window=k, weight=window.weight)
+        if self.grades is not None:
+            base["difficulty"] = self.grades.get(str(row.get("piece")))
         sid = row["segment_id"]
         if self.tier is Tier.T1:
             y = self.labels.get(sid) if self.labels is not None else None
@@ -431,6 +438,7 @@ def build_split(
     max_frames: int = 64,
     max_notes: int = 512,
     seed: int = 0,
+    grades: Mapping[str, float] | None = None,
 ) -> SplitDataset:
     """The dataset of one split of one fold.
 
@@ -438,6 +446,8 @@ def build_split(
     competition rounds the fold holds out. val/test are T1 only. For "train", the other tiers join, minus
     anything that would leak the fold's held-out (val + test) segments: T2/T4 rows of a held-out passage,
     T2 rows of a held-out round, T3 rows of a held-out piece, T4 twins of a held-out segment.
+    ``grades`` (training only): the difficulty targets, of pieces the held-out parts do not hold
+    (:func:`training_grades`).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split {split!r}: expected train, val or test")
@@ -445,7 +455,7 @@ def build_split(
     train = split == "train"
     n_dims = len(next(iter(labels.values()))) if labels else None
     common = dict(views=views, labels=labels, train=train, max_frames=max_frames, max_notes=max_notes,
-                  seed=seed, n_dims=n_dims)
+                  seed=seed, n_dims=n_dims, grades=grades if train else None)
     parts = {Tier.T1: SegmentDataset(corpus, Tier.T1, list(fold[split]), **common)}
     if train:
         held = set(fold.get("val", ())) | set(fold.get("test", ()))
@@ -467,6 +477,30 @@ def build_split(
     return SplitDataset(parts)
 
 
+def scaled_grades(difficulty: Mapping[str, float]) -> dict[str, float]:
+    """piece -> its difficulty grade scaled to [0, 1] over the corpus's grades ((g - min) / (max - min)): what the
+    difficulty head predicts; {} for fewer than two distinct grades (nothing to scale, or to learn)."""
+    if len(set(difficulty.values())) < 2:
+        return {}
+    lo, hi = min(difficulty.values()), max(difficulty.values())
+    return {str(p): (float(g) - lo) / (hi - lo) for p, g in difficulty.items()}
+
+
+def held_pieces(corpus: Any, fold: Mapping[str, Sequence[str]]) -> set[str]:
+    """The pieces of a fold's held-out (val + test) T1 segments. Folds keep a passage's music together, not a
+    piece's: a piece may have passages on both sides, so its grade is held out with it."""
+    t1 = corpus.manifest(Tier.T1).set_index("segment_id")
+    held = [s for split in ("val", "test") for s in fold.get(split, ())]
+    return set(t1.loc[held, "piece"].astype(str))
+
+
+def training_grades(corpus: Any, fold: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """The difficulty head's training targets on a fold: the scaled grades (:func:`scaled_grades`) of the pieces
+    it does not hold out (:func:`held_pieces`), so that no grade of a held-out piece is trained on."""
+    held = held_pieces(corpus, fold)
+    return {p: g for p, g in scaled_grades(getattr(corpus, "difficulty", None) or {}).items() if p not in held}
+
+
 def augmented_twins(
     corpus: Any,
     segment_ids: Iterable[str],
@@ -480,6 +514,19 @@ def augmented_twins(
     m = corpus.manifest(Tier.T4)
     ids = m.loc[m["clean_id"].isin(set(segment_ids)), "segment_id"].tolist()
     return SegmentDataset(corpus, Tier.T4, ids, views, train=False, max_frames=max_frames, max_notes=max_notes)
+
+
+def segments_without_score(corpus: Any, tiers: Iterable[str | Tier] | None = None) -> list[str]:
+    """The segments of ``tiers`` (default: every tier of the corpus) whose manifest row has no score MIDI, the
+    ones a score view (``score:<view>``) cannot load, in tier then manifest order."""
+    out: list[str] = []
+    for tier in (corpus.tiers if tiers is None else [parse_tier(t) for t in tiers]):
+        if tier not in corpus.tiers:
+            continue
+        m = corpus.manifest(tier)
+        score = m["score_midi"] if "score_midi" in m.columns else pd.Series([None] * len(m), index=m.index)
+        out += m.loc[score.isna() | (score.astype(str) == ""), "segment_id"].astype(str).tolist()
+    return out
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -727,6 +774,7 @@ def collate(items: Sequence[Sample | list[Sample]], views: Sequence[str], n_dims
     for members in twins.values():
         if len(members) == 2:
             pair[members[0]], pair[members[1]] = members[1], members[0]
+    graded = [s.difficulty is not None for s in samples]
     inputs: dict[str, Any] = {}
     for v in views:
         inputs.update(get_view(v).collate([s.inputs[v] for s in samples]))
@@ -749,6 +797,8 @@ def collate(items: Sequence[Sample | list[Sample]], views: Sequence[str], n_dims
             "window": [s.window for s in samples],  # index of the window within its segment
             "weight": [s.weight for s in samples],  # the window's weight in its segment's prediction
         },
+        difficulty=torch.tensor([s.difficulty or 0.0 for s in samples], dtype=torch.float32) if any(graded) else None,
+        has_difficulty=torch.tensor(graded, dtype=torch.bool) if any(graded) else None,
     )
 
 

@@ -12,17 +12,25 @@ Evaluation sees whole segments (labels describe the whole segment): ``windows(ct
 spans, in the view's own unit, that cover every item of the segment exactly once, each at most ``ctx.max_len``
 long; ``load`` with ``ctx.span`` set returns exactly that span. Training ignores both and keeps its random
 crops. The window predictions are merged per segment by ``pianoray.training.evaluate.segment_mean``.
+
+Every view that reads the performance MIDI has a *score view*, ``score:<view>`` (:func:`score_view`): the same
+features built the same way from the segment's score MIDI (``score_midi``) instead, collated under
+``score:``-prefixed keys (``inputs["score:remi"]``, ``inputs["score:remi_mask"]``). F-score's encoder reads them
+(``Batch.score_batch`` turns them back into plain keys for the symbolic winner).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
 
-from pianoray.errors import UnknownNameError
+from pianoray.errors import InputError, UnknownNameError
+
+SCORE = "score:"  # the prefix of a score view's name and of its batch keys
 
 
 @dataclass
@@ -80,7 +88,32 @@ def register_view(view: View) -> View:
     return view
 
 
+def _as_score(ctx: SegmentContext) -> SegmentContext:
+    """``ctx`` with the segment's score MIDI standing in for its performance MIDI (the path and its hash)."""
+    score = ctx.row.get("score_midi")
+    if score is None or (isinstance(score, float) and score != score) or score == "":
+        raise InputError(f"segment {ctx.row.get('segment_id')!r}: a score view needs score_midi, but it is empty")
+    return replace(ctx, row={**ctx.row, "perf_midi": score, "perf_midi_sha": ctx.row.get("score_midi_sha")})
+
+
+@lru_cache(maxsize=None)
+def score_view(base: View) -> View:
+    """The score view of ``base`` (a view that reads perf_midi): ``base`` loaded from the score MIDI, its
+    windows planned on the score, and its batch keys prefixed with ``score:``."""
+    if base.needs != "perf_midi":
+        raise UnknownNameError(f"view {base.name!r} reads {base.needs}, not the performance MIDI: it has no score view")
+
+    def collate(items: list[Any]) -> dict[str, Any]:
+        return {SCORE + k: v for k, v in base.collate(items).items()}
+
+    plan = base.windows
+    return View(SCORE + base.name, lambda ctx: base.load(_as_score(ctx)), collate, needs="score_midi",
+                windows=(lambda ctx: plan(_as_score(ctx))) if plan is not None else None)
+
+
 def get_view(name: str) -> View:
+    if name.startswith(SCORE):
+        return score_view(get_view(name[len(SCORE):]))
     if name not in _VIEWS:
         for module in VIEW_MODULES:
             try:

@@ -1,7 +1,8 @@
 """The shared pipeline and the encoder contract.
 
 Seed pipeline: sequence [B, T, D] -> attention pooling [B, D] -> shared encoder (2-layer MLP + LayerNorm)
--> z [B, 512] -> per-dimension ranking heads and a sigmoid regression head, N dimensions each.
+-> z [B, 512] -> per-dimension ranking heads and a sigmoid regression head, N dimensions each; optionally
+(Round 3 by default) an auxiliary difficulty head, z -> the piece's difficulty grade scaled to [0, 1].
 
 Every encoder (audio, symbolic, fusion) implements ``encode(batch) -> EncoderOutput(tokens, mask, z)``:
 the sequence is kept (not only z) so that a fusion module can attend over the other modality's tokens.
@@ -37,13 +38,15 @@ class EncoderOutput(NamedTuple):
 
 class ModelOutput(NamedTuple):
     """z: [B, 512]; scores: [B, N] ranking-head scores (unbounded); regression: [B, N] in (0, 1);
-    tokens / mask: the encoder's sequence, for fusion and diagnostics."""
+    tokens / mask: the encoder's sequence, for fusion and diagnostics; difficulty: [B] in (0, 1), the difficulty
+    head's grade (scaled as ``Batch.difficulty``), or None for a model without one."""
 
     z: Tensor
     scores: Tensor
     regression: Tensor
     tokens: Tensor
     mask: Tensor
+    difficulty: Tensor | None = None
 
 
 class AttentionPooling(nn.Module):
@@ -119,6 +122,19 @@ class RegressionHead(nn.Module):
         return torch.sigmoid(self.linear(z))
 
 
+class DifficultyHead(nn.Module):
+    """z [B, 512] -> [B] in (0, 1) through a sigmoid: the piece's difficulty grade, scaled to [0, 1] as the
+    loaders scale it (``pianoray.data.loaders.scaled_grades``). An auxiliary regression head (the seed's
+    difficulty head); it reads the shared z, never the per-dimension representations."""
+
+    def __init__(self, z_dim: int = Z_DIM) -> None:
+        super().__init__()
+        self.linear = nn.Linear(z_dim, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.linear(z)).squeeze(-1)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One training stage of an experiment (A2 has two; most have one).
@@ -185,15 +201,19 @@ class PerformanceModel(nn.Module):
     """An encoder plus the shared heads; what the training loop trains, whatever the encoder.
 
     The heads read the encoder's ``z_dims`` when it gives them (one representation per dimension), else z.
+    ``difficulty``: also the auxiliary :class:`DifficultyHead` on z (its weights are ``difficulty.*``; a model
+    without it keeps the state dict it always had).
     """
 
-    def __init__(self, encoder: Encoder, n_dims: int) -> None:
+    def __init__(self, encoder: Encoder, n_dims: int, difficulty: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.ranking = RankingHeads(n_dims)
         self.regression = RegressionHead(n_dims)
+        self.difficulty = DifficultyHead() if difficulty else None
 
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.encoder.encode(batch)
         heads_in = out.z if out.z_dims is None else out.z_dims
-        return ModelOutput(out.z, self.ranking(heads_in), self.regression(heads_in), out.tokens, out.mask)
+        grade = self.difficulty(out.z) if self.difficulty is not None else None
+        return ModelOutput(out.z, self.ranking(heads_in), self.regression(heads_in), out.tokens, out.mask, grade)

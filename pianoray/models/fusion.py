@@ -1,4 +1,4 @@
-"""Fusion track (Round 3): a fusion module over a run's two frozen winners, and the F1/F2/F3 registrations.
+"""Fusion track (Round 3): a fusion module over a run's two frozen winners, and the F1/F2/F3/F-score registrations.
 
 A :class:`FusionEncoder` wraps the winning audio and symbolic encoders, their trained weights loaded and frozen
 (no gradient, and eval mode even while it trains, so their dropout and normalisation statistics never move),
@@ -11,6 +11,10 @@ train on top. Every fusion module maps the two encoders' outputs to one ``Encode
 - **F3** :class:`GatedFusion`: per label dimension d, a gate g_d = sigmoid(W_d [z_a; z_s] + b_d) mixes
   z_d = g_d z_a + (1 - g_d) z_s, and dimension d's heads read z_d. The gates say which modality each
   dimension relies on (:meth:`GatedFusionEncoder.gates`).
+- **F-score** :class:`ScoreConditionedFusion`: score-conditioned quality f(z_perf_audio, z_perf_midi,
+  z_score_midi), the score MIDI encoded by the same frozen symbolic winner (:class:`ScoreFusionEncoder`, which
+  reads the winner's score views, ``score:<view>``): [z_a; z_p; z_s; z_p - z_s] -> MLP -> z, so the heads see
+  what the score asks for, how the performance sounds, and where its notes depart from the score.
 
 Round 3 fills the config's ``audio`` and ``symbolic`` parts (each winner's encoder name and model config),
 builds with :func:`build_fusion`, then loads the winners' trained weights with
@@ -19,13 +23,14 @@ builds with :func:`build_fusion`, then loads the winners' trained weights with
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from pianoray.data.batch import Batch
+from pianoray.data.views import SCORE
 from pianoray.models import registry
 from pianoray.models.contract import Z_DIM, AttentionPooling, Encoder, EncoderOutput, PooledEncoder, SharedEncoder
 from pianoray.models.registry import DataSpec, FusionSpec, ModelConfig, register, register_track
@@ -43,8 +48,11 @@ class FusedPart(BaseModel):
 
 
 class FusionConfig(ModelConfig):
-    """What every fusion experiment shares: the two winners it fuses (unset until Round 3 knows them)."""
+    """What every fusion experiment shares: the two winners it fuses (unset until Round 3 knows them).
+    ``reads_score``: the fusion also reads each segment's score MIDI (F-score), so it runs only on a corpus that
+    has one for every segment Round 3 reads."""
 
+    reads_score: ClassVar[bool] = False
     audio: FusedPart = Field(default_factory=FusedPart)
     symbolic: FusedPart = Field(default_factory=FusedPart)
 
@@ -72,6 +80,13 @@ class ConcatConfig(FusionConfig):
 
 class GatedConfig(FusionConfig):
     """F3. The gates are one linear map of [z_a; z_s] (the seed's W_d): no size to choose; dropout is unused."""
+
+
+class ScoreConditionedConfig(FusionConfig):
+    """F-score. hidden: the MLP's hidden width; dropout: the MLP's."""
+
+    reads_score: ClassVar[bool] = True
+    hidden: int = Field(Z_DIM, ge=8)
 
 
 def _pair_tokens(audio: EncoderOutput, symbolic: EncoderOutput) -> tuple[Tensor, Tensor]:
@@ -143,6 +158,23 @@ class GatedFusion(nn.Module):
         return EncoderOutput(tokens, mask, z_dims.mean(dim=1), z_dims)
 
 
+class ScoreConditionedFusion(nn.Module):
+    """F-score: z_a (performance audio), z_p (performance MIDI), z_s (score MIDI), each [B, 512] ->
+    [z_a; z_p; z_s; z_p - z_s] [B, 2048] -> 2-layer MLP + LayerNorm -> z [B, 512]. z_p - z_s is the performance's
+    departure from the score in the symbolic winner's space: the same for every performance of a score that plays
+    it as written. Tokens: the three z's [B, 3, 512], all real."""
+
+    def __init__(self, cfg: ScoreConditionedConfig) -> None:
+        super().__init__()
+        self.mlp = SharedEncoder(4 * Z_DIM, hidden=cfg.hidden, dropout=cfg.dropout)
+
+    def forward(self, audio: EncoderOutput, symbolic: EncoderOutput, score: EncoderOutput) -> EncoderOutput:
+        tokens = torch.stack([audio.z, symbolic.z, score.z], dim=1)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        z = self.mlp(torch.cat([audio.z, symbolic.z, score.z, symbolic.z - score.z], dim=-1))
+        return EncoderOutput(tokens, mask, z)
+
+
 class FusionEncoder(Encoder):
     """Two frozen encoders + a trainable fusion module (``fusion(audio_out, symbolic_out) -> EncoderOutput``).
 
@@ -210,6 +242,25 @@ class GatedFusionEncoder(FusionEncoder):
         return self.fusion.gates(audio.z, symbolic.z)
 
 
+class ScoreFusionEncoder(FusionEncoder):
+    """F-score's encoder: a :class:`FusionEncoder` whose symbolic winner also encodes the segment's score MIDI.
+
+    ``views``: audio's, the symbolic winner's, then the score view of each of the symbolic winner's
+    (``score:<view>``); :meth:`parts` gives three outputs (audio, performance MIDI, score MIDI), the last the
+    symbolic winner on :meth:`~pianoray.data.batch.Batch.score_batch`.
+    """
+
+    fusion: ScoreConditionedFusion
+
+    def __init__(self, audio: Encoder, symbolic: Encoder, fusion: nn.Module) -> None:
+        super().__init__(audio, symbolic, fusion)
+        self.views = (*self.views, *(SCORE + v for v in symbolic.views))
+
+    def parts(self, batch: Batch) -> tuple[EncoderOutput, EncoderOutput, EncoderOutput]:  # type: ignore[override]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.unfrozen_lr is not None):
+            return self.audio.encode(batch), self.symbolic.encode(batch), self.symbolic.encode(batch.score_batch())
+
+
 def _build_part(part: FusedPart, modality: Modality, data: DataSpec) -> Encoder:
     """The winner of ``modality``'s track, built from its registered encoder and model config (weights untrained:
     :meth:`FusionEncoder.load_winners` loads them)."""
@@ -231,7 +282,7 @@ def _token_dim(encoder: Encoder) -> int:
 
 
 def build_fusion(cfg: FusionConfig, data: DataSpec) -> FusionEncoder:
-    """The fusion of ``cfg.audio`` and ``cfg.symbolic`` by the config's experiment (F1, F2 or F3)."""
+    """The fusion of ``cfg.audio`` and ``cfg.symbolic`` by the config's experiment (F1, F2, F3 or F-score)."""
     audio, symbolic = _build_part(cfg.audio, "audio", data), _build_part(cfg.symbolic, "symbolic", data)
     if isinstance(cfg, CrossAttentionConfig):
         return FusionEncoder(audio, symbolic, CrossAttentionFusion(cfg, _token_dim(audio), _token_dim(symbolic)))
@@ -239,6 +290,8 @@ def build_fusion(cfg: FusionConfig, data: DataSpec) -> FusionEncoder:
         return FusionEncoder(audio, symbolic, ConcatFusion(cfg))
     if isinstance(cfg, GatedConfig):
         return GatedFusionEncoder(audio, symbolic, GatedFusion(data.n_dims))
+    if isinstance(cfg, ScoreConditionedConfig):
+        return ScoreFusionEncoder(audio, symbolic, ScoreConditionedFusion(cfg))
     raise TypeError(f"build_fusion: no fusion module for {type(cfg).__name__}")
 
 
@@ -249,6 +302,8 @@ for _name, _config, _description in (
     ("F1", CrossAttentionConfig, "cross-attention: each modality's tokens attend to the other's"),
     ("F2", ConcatConfig, "concatenation baseline: z_audio and z_symbolic concatenated -> MLP"),
     ("F3", GatedConfig, "gated per dimension: z_d = g_d z_audio + (1 - g_d) z_symbolic"),
+    ("F-score", ScoreConditionedConfig, "score-conditioned quality: f(z_audio, z_midi, z_score), the score MIDI "
+     "encoded by the symbolic winner"),
 ):
     register(FusionSpec(name=_name, track="fusion", role="candidate", config_cls=_config, build=build_fusion,
                         description=_description))

@@ -14,8 +14,8 @@ Three kinds of experiment (``spec.kind``):
 - ``"fitted"`` (:class:`FittedReferenceSpec`): a non-neural reference fitted once per fold on one summary
   vector per segment (no epochs, no rungs, never stopped); exempt from the encoder contract, always a
   reference, scored on every fold with the same metrics as the neural ones.
-- ``"fusion"`` (:class:`FusionSpec`): a fusion module over a run's two frozen winners (F1-F3), built only in
-  Round 3 once the winners are known. It is never a Round-1/2 experiment (a configuration naming one is
+- ``"fusion"`` (:class:`FusionSpec`): a fusion module over a run's two frozen winners (F1-F3, F-score), built only
+  in Round 3 once the winners are known. It is never a Round-1/2 experiment (a configuration naming one is
   refused), and loops over ``names(kind="neural")`` never see it.
 
 Encoders register themselves when their module is imported; :func:`load_builtin` imports them all.

@@ -627,6 +627,46 @@ def competition_spearman(
     return MetricResult(mean, None, ci, int(ok.sum()), int(ok.sum()), {"per_round": per_round})
 
 
+def planted_outcomes(expressive: Any, wrong: Any) -> np.ndarray:
+    """Planted score-conditioned pairs: [P] overall scores of each pair's expressive take and of its wrong-notes
+    take -> [P] outcomes, 1 where the expressive take scores higher, 1/2 on a tie, 0 otherwise."""
+    e = as_numpy(expressive).astype(np.float64).reshape(-1)
+    w = as_numpy(wrong).astype(np.float64).reshape(-1)
+    if e.size != w.size:
+        raise ValueError(f"planted_outcomes: expressive has {e.size} entries, wrong {w.size}")
+    return (e > w) + 0.5 * (e == w)
+
+
+def planted_accuracy(
+    correct: Any,
+    pairs: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MetricResult:
+    """Accuracy of telling planted pairs apart (chance = 0.5), from per-passage sums.
+
+    Args:
+        correct: [G] per passage, the sum of its pairs' :func:`planted_outcomes`. pairs: [G] its number of pairs.
+    Returns:
+        mean = sum(correct) / sum(pairs); the CI resamples passages; n pairs, n_groups passages.
+    """
+    c = as_numpy(correct).astype(np.float64).reshape(-1)
+    n = as_numpy(pairs).astype(np.float64).reshape(-1)
+    if c.size != n.size:
+        raise ValueError(f"planted_accuracy: correct has {c.size} entries, pairs {n.size}")
+    if (n < 1).any() or (c < 0).any() or (c > n).any():
+        raise ValueError("planted_accuracy: each passage needs >= 1 pair and 0 <= correct <= pairs")
+
+    def stat(weights: np.ndarray) -> np.ndarray:
+        return (weights @ c) / (weights @ n)
+
+    mean = float(c.sum() / n.sum()) if n.size else float("nan")
+    ci = group_bootstrap(stat, int(n.size), n_boot=n_boot, seed=seed, alpha=alpha) if n.size else NAN_INTERVAL
+    return MetricResult(mean, None, ci, int(n.sum()), int(n.size))
+
+
 def _auc(score: np.ndarray, positive: np.ndarray) -> float:
     """ROC AUC via the rank-sum (Mann-Whitney) identity, ties counted 1/2 (equals sklearn's
     ``roc_auc_score``); NaN when one class is absent."""

@@ -455,9 +455,15 @@ def plan(
 
 
 def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throughput: ThroughputTable) -> RoundPlan:
-    """Round 3: each fusion on every fold over two frozen winners, whose forward passes dominate its cost. The
-    winners are unknown before the run, so each fused track is priced at its most expensive candidate (an upper
-    bound; expected: the same, since Round 3 stops nothing) and a fusion epoch at the sum of the two."""
+    """Round 3: each fusion on every fold over two winners, whose passes dominate its cost. The winners are unknown
+    before the run, so each fused track is priced at its most expensive candidate (an upper bound; expected: the
+    same, since Round 3 stops nothing).
+
+    A frozen epoch runs the winners forward only: each winner's training and validation samples at the evaluation
+    rate (``eval_speedup``). An unfrozen epoch (``round3.unfreeze_lr``) trains them too: each winner's training
+    epoch. The upper bound unfreezes at the earliest plateau, after epoch 1 + patience (the more unfrozen epochs,
+    the dearer). A fusion that reads the score (F-score) runs its symbolic winner twice, on the performance and
+    on the score."""
     from pianoray.models import registry
 
     r3 = cfg.round3
@@ -471,14 +477,24 @@ def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throug
         missing = ", ".join(t for t in r3.fuse if t not in by_track)
         return RoundPlan(ROUND3, r3.epochs, 0, 0, {}, {}, [f"skipped: no candidate of the {missing} track"])
     scaling = {t.device: throughput.scaling(t.device, r3.workers_per_fold) for t in by_track.values()}
+    unfrozen = max(0, r3.epochs - r3.patience - 1) if r3.unfreeze_lr is not None else 0
     hours: dict[str, float] = {}
-    for t in by_track.values():
-        hours[t.device] = hours.get(t.device, 0.0) + (t.epoch_hours * r3.epochs * r3.folds * len(r3.fusions)
-                                                      / scaling[t.device].efficiency)
+    for fusion in r3.fusions:
+        reads_score = getattr(registry.get(fusion).config_cls, "reads_score", False)
+        for track, t in by_track.items():
+            passes = 2 if reads_score and track == "symbolic" else 1
+            forward = (t.train_samples + t.eval_samples) / (t.samples_per_s * throughput.eval_speedup) / 3600 * t.units
+            epochs = (r3.epochs - unfrozen) * forward + unfrozen * t.epoch_hours
+            hours[t.device] = hours.get(t.device, 0.0) + passes * epochs * r3.folds / scaling[t.device].efficiency
     jobs = len(r3.fusions) * r3.folds
-    notes = [f"{', '.join(r3.fusions)} over the {' and '.join(r3.fuse)} winners (frozen) on {r3.folds} folds, tiers "
+    notes = [f"{', '.join(r3.fusions)} over the {' and '.join(r3.fuse)} winners on {r3.folds} folds, tiers "
              f"{[t.name for t in r3.tiers]}, {r3.epochs} epochs (no early stop assumed); each fused track priced at "
-             f"its most expensive candidate's training epoch ({', '.join(t.experiment for t in by_track.values())})"]
+             f"its most expensive candidate ({', '.join(t.experiment for t in by_track.values())}): forward passes "
+             "while frozen" + (f", its training epoch for the {unfrozen} epochs after the earliest plateau "
+                               f"(unfreeze_lr {r3.unfreeze_lr:g})" if unfrozen else "")
+             + ("; F-score runs the symbolic winner twice (performance and score)"
+                if any(getattr(registry.get(f).config_cls, "reads_score", False)
+                       for f in r3.fusions) else "")]
     return RoundPlan(ROUND3, r3.epochs, jobs, jobs, hours, dict(hours), notes, None, scaling)
 
 

@@ -508,7 +508,9 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
 
 def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any]:
     """Round 3: each of ``round3.fusions`` over the winners of the ``round3.fuse`` tracks, every fold, as fold
-    jobs like Round 2's. Skipped (the summary says why) when a fused track has no winner."""
+    jobs like Round 2's. Skipped (the summary says why) when a fused track has no winner. A fusion that reads the
+    score (F-score) is left out, the summary's ``not_run`` saying why, when a segment Round 3 reads has no score
+    MIDI (:func:`score_missing`)."""
     from pianoray.protocol.trials import START_DIR, BestStore
     from pianoray.training.data import ExperimentData
     from pianoray.training.fusion import fusion_experiment, initial_state, write_state
@@ -519,9 +521,13 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
         return {"skipped": f"no {' and no '.join(missing)} winner to fuse", "experiments": []}
     parts = {t: str(winners[t]) for t in r3.fuse}
     store, data = BestStore(ctx.storage.storage_uri, ctx.storage.name), ExperimentData.from_config(cfg)
+    not_run = {f: why for f in r3.fusions if (why := score_missing(f, data.corpus))}
+    for f, why in not_run.items():
+        or_default(ctx.feedback).say(f"round 3: {f} not run: {why}")
+    fusions = [f for f in r3.fusions if f not in not_run]
     starts = ctx.storage.driver_dir(START_DIR)
     experiments = dict(cfg.experiments)
-    for fusion in r3.fusions:
+    for fusion in fusions:
         exp = fusion_experiment(cfg, fusion, parts)
         with_exp = cfg.model_copy(update={"experiments": {**cfg.experiments, fusion: exp}})
         paths = {}
@@ -537,9 +543,23 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
         ctx.tracks[fusion] = (spec.track, spec.role)
     ctx.cfg = cfg.model_copy(update={"experiments": experiments})
     ctx.ledger.round_started(ROUND3, {f: {"track": ctx.tracks[f][0], "role": ctx.tracks[f][1], "fuses": parts}
-                                      for f in r3.fusions})
-    run_fold_jobs(ctx, ROUND3, list(r3.fusions))
-    return {"experiments": list(r3.fusions), "fuses": parts}
+                                      for f in fusions})
+    run_fold_jobs(ctx, ROUND3, fusions)
+    return {"experiments": fusions, "fuses": parts, "not_run": not_run}
+
+
+def score_missing(fusion: str, corpus: Any) -> str | None:
+    """Why ``fusion`` cannot run on ``corpus``: a fusion that reads the score (``reads_score``: F-score) needs a
+    score MIDI for every segment Round 3 trains or scores on (every tier's); None when it can run."""
+    from pianoray.data.loaders import segments_without_score
+
+    if not getattr(registry.get(fusion).config_cls, "reads_score", False):
+        return None
+    missing, total = segments_without_score(corpus), sum(len(corpus.manifest(t)) for t in corpus.tiers)
+    if not missing:
+        return None
+    return (f"{len(missing)} of {total} segments have no score MIDI (e.g. {missing[0]}); it reads the score of "
+            "every segment it trains and is scored on")
 
 
 def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], winners: dict[str, str | None],
@@ -551,7 +571,10 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
     encoder, with the reason, and the final model against the strongest reference of the fused tracks on the
     test parts (``final.versus_references``: reported, never used to choose). With ``store`` (the folds' kept
     test predictions): the R2 gaps' CIs, the correlation of the fused winners' errors, and each gated fusion's
-    mean gate per dimension."""
+    mean gate per dimension. ``planted``: each fusion's and each fused winner's accuracy on the planted
+    score-conditioned pairs (:func:`planted_figure`, Round 3's folds); ``difficulty``: the difficulty rho of each
+    fusion's head beside its probe's, and the fused winners' probe (:func:`difficulty_figures`); ``not_run``: the
+    fusions Round 3 left out, each with why."""
     from pianoray.protocol.selection import fold_counts, paired_gap, verdict, versus_references
     from pianoray.protocol.view import RunView
 
@@ -599,11 +622,19 @@ def fusion_verdict(ledger: Ledger, cfg: ProtocolConfig, round3: dict[str, Any], 
                                  n_boot=cfg.selection.n_boot, seed=cfg.seed) if final else None)
     gates = {f: _mean_over_folds([o.test.get("gates") for o in outcomes.get(f, [])]) for f in fusions}
     fused = [w for w in (winners.get(t) for t in cfg.round3.fuse) if w]
+    r3_folds = {n: [o for o in outcomes.get(n, []) if o.fold < (cfg.round3.folds or 0)] for n in fusions + singles}
+    planted = {n: planted_figure(r3_folds[n], n_boot=cfg.selection.n_boot, seed=cfg.seed) for n in fusions + singles}
+    planted_why = next((o.test.get("planted_why") for n in fusions + singles for o in outcomes.get(n, [])
+                        if o.test.get("planted_why")), None)
     errors = (winner_error_correlation(store, fused, n_boot=cfg.selection.n_boot, seed=cfg.seed)
               if store is not None and len(fused) == 2 else None)
     return {"fuses": round3.get("fuses", {}), "skipped": round3.get("skipped"), "best_single": single,
             "comparisons": comparisons, "error_correlation": errors,
             "gates": {f: g for f, g in gates.items() if g is not None},
+            "planted": {n: p for n, p in planted.items() if p is not None},
+            "difficulty": {n: d for n in fusions + singles if (d := difficulty_figures(r3_folds[n]))},
+            "planted_why": None if any(planted.values()) else planted_why,
+            "not_run": dict(round3.get("not_run") or {}),
             "winners": fusion_sel.get("winners", {}),
             "summaries": {n: summaries[n] for n in fusions + singles if n in summaries},
             "selection": {k: v for k, v in fusion_sel.items() if k != "winners"},
@@ -660,6 +691,40 @@ def winner_error_correlation(store: BestStore, pair: list[str], *, n_boot: int, 
     r = error_correlation(err[0], err[1], groups, n_boot=n_boot, seed=seed)
     return {"between": list(pair), "mean": finite(r.mean), "ci": [finite(v) for v in r.ci],
             "per_dim": [finite(v) for v in r.per_dim], "segments": int(r.n), "folds": len(folds)}
+
+
+def planted_figure(folds: list[FoldOutcome], *, n_boot: int, seed: int) -> dict[str, Any] | None:
+    """Accuracy on the planted score-conditioned pairs (chance 0.5), pooled over ``folds``: each fold's pairs
+    are those of its own test passages (``planted_*`` of its test scores), so every passage counts once; the CI
+    resamples passages (:func:`pianoray.objectives.metrics.planted_accuracy`). ``verdict`` compares the CI with
+    chance. None when no fold scored a pair."""
+    from pianoray.objectives.metrics import planted_accuracy
+
+    scored = [o.test for o in folds if o.test.get("planted_passages")]
+    if not scored:
+        return None
+    correct = [c for t in scored for c in t["planted_correct"]]
+    r = planted_accuracy(correct, [k for t in scored for k in t["planted_pairs"]], n_boot=n_boot, seed=seed)
+    ci = [finite(v) for v in r.ci]
+    above = "above chance" if ci[0] is not None and ci[0] > 0.5 else None
+    below = "below chance" if ci[1] is not None and ci[1] < 0.5 else None
+    return {"accuracy": finite(r.mean), "ci": ci, "pairs": int(r.n), "passages": int(r.n_groups or 0),
+            "folds": len(scored), "verdict": above or below or "not distinguishable from chance"}
+
+
+def difficulty_figures(folds: list[FoldOutcome]) -> dict[str, Any] | None:
+    """Difficulty rho over ``folds`` (the mean of the folds that have it): ``head``, a difficulty head's on the
+    test parts (None for a model without one), and ``probe``, the linear probe's on z; each with the number of
+    folds it is the mean of. None when neither was scored."""
+
+    def mean(key: str) -> tuple[float | None, int]:
+        values = [v for o in folds if (v := finite(o.test.get(key))) is not None]
+        return (float(np.mean(values)) if values else None), len(values)
+
+    (head, head_folds), (probe, probe_folds) = mean("difficulty_head_rho"), mean("difficulty_rho")
+    if head is None and probe is None:
+        return None
+    return {"head": head, "head_folds": head_folds, "probe": probe, "probe_folds": probe_folds}
 
 
 def _mean_over_folds(values: list[Any]) -> list[float] | None:

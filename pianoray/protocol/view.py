@@ -377,8 +377,9 @@ class RunView:
 
     def fusion_summary(self) -> dict[str, Any] | None:
         """Round 3 (the public ``fusion`` object): what it fused, each fusion against the best single encoder,
-        on pairwise accuracy and R2, how alike the fused winners err, the gated fusions' mean gates, and the run's
-        final model with its reason; the skip reason when it was skipped; None before it."""
+        on pairwise accuracy and R2, how alike the fused winners err, the gated fusions' mean gates, the planted
+        score-conditioned pairs, the difficulty head against the probe, the fusions left out and why, and the
+        run's final model with its reason; the skip reason when it was skipped; None before it."""
         r3 = self.round_summaries.get(ROUND3)
         if self.fusion is None and r3 is None:
             return None
@@ -387,6 +388,9 @@ class RunView:
         return {"fuses": v.get("fuses", r3.get("fuses", {})), "skipped": v.get("skipped", r3.get("skipped")),
                 "best_single": v.get("best_single"), "comparisons": v.get("comparisons", {}),
                 "error_correlation": v.get("error_correlation"), "gates": v.get("gates", {}),
+                "planted": v.get("planted", {}), "planted_why": v.get("planted_why"),
+                "difficulty": v.get("difficulty", {}),
+                "not_run": v.get("not_run", r3.get("not_run", {})),
                 "winner": (v.get("winners") or {}).get("fusion"), "final": v.get("final")}
 
     def search_summary(self, experiment: str) -> dict[str, Any]:

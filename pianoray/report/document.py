@@ -24,6 +24,7 @@ from pianoray.report.tables import (
     TableData,
     comparison_data,
     decisions_data,
+    difficulty_data,
     error_correlation_text,
     fold_data,
     fusion_data,
@@ -31,6 +32,8 @@ from pianoray.report.tables import (
     margin_data,
     margin_text,
     md_text,
+    planted_data,
+    planted_text,
     reference_data,
     reference_text,
     resource_data,
@@ -142,6 +145,12 @@ def build_blocks(results: Mapping[str, Any], images: Mapping[str, Path]) -> list
             blocks.append(TableBlock(fusion_data(results)))
         if text := error_correlation_text(results):
             blocks.append(Paragraph(text))
+        if (results.get("fusion") or {}).get("planted"):
+            blocks.append(TableBlock(planted_data(results)))
+        elif text := planted_text(results):
+            blocks.append(Paragraph(text))
+        if (results.get("fusion") or {}).get("difficulty"):
+            blocks.append(TableBlock(difficulty_data(results)))
         for fusion in (results.get("fusion") or {}).get("gates") or {}:
             if gates_key(fusion) in images:
                 blocks.append(_image(images, gates_key(fusion), f"Mean gate per dimension, {fusion}"))

@@ -497,6 +497,71 @@ def fusion_data(results: Mapping[str, Any]) -> TableData:
              "final model only when its whole pairwise CI is above zero.")
 
 
+def planted_data(results: Mapping[str, Any]) -> TableData:
+    """Round 3's planted score-conditioned pairs: one row per fusion, then per fused winner, with the accuracy
+    of telling a take with expressive timing and dynamics from one with wrong notes (chance 50%), pooled over the
+    folds' test passages, and its CI over passages."""
+    fusion = results.get("fusion") or {}
+    planted = fusion.get("planted") or {}
+    final = (fusion.get("final") or {}).get("model")
+    cells, highlight = [], []
+    for name in _fusions_first(fusion, planted):
+        p = planted[name]
+        ci = p.get("ci") or [None, None]
+        cells.append([name, "fusion" if name in (fusion.get("comparisons") or {}) else "single",
+                      fmt_percent(p.get("accuracy")), MISSING if None in (finite(x) for x in ci) else
+                      f"{fmt_percent(ci[0])} to {fmt_percent(ci[1])}", str(p.get("pairs")), str(p.get("passages")),
+                      _text(p.get("verdict"))])
+        highlight.append(name == final)
+    return TableData(
+        title="Planted score-conditioned pairs",
+        columns=["Model", "Kind", "Accuracy", "95% CI", "Pairs", "Passages", "Against chance (50%)"],
+        rows=cells, highlight=highlight,
+        note="Per pair, two takes of one score by one player: every note right with expressive timing and dynamics, "
+             "or wrong notes (pitch errors, missing notes) played as written. A model tells them apart when its "
+             "overall score (mean over dimensions) is higher for the expressive take; each fold scores the pairs of "
+             "its own test passages, and the CI resamples passages. The demo's ratings never see a wrong note.")
+
+
+def difficulty_data(results: Mapping[str, Any]) -> TableData:
+    """Round 3's difficulty figures: per fusion, then fused winner, the difficulty rho of its head (test parts)
+    beside its linear probe's, each the mean over the folds that have it."""
+    fusion = results.get("fusion") or {}
+    difficulty = fusion.get("difficulty") or {}
+    cells = []
+    for name in _fusions_first(fusion, difficulty):
+        d = difficulty[name]
+        cells.append([name, "fusion" if name in (fusion.get("comparisons") or {}) else "single",
+                      _rho(d.get("head"), d.get("head_folds")), _rho(d.get("probe"), d.get("probe_folds"))])
+    return TableData(
+        title="Difficulty: the head against the probe",
+        columns=["Model", "Kind", "Head rho (test parts)", "Probe rho"],
+        rows=cells, highlight=[False] * len(cells),
+        note="Spearman rho against the pieces' grades. The head is an auxiliary regression trained with the fusion "
+             "on the graded training segments of pieces the fold does not hold out (a held-out piece's grade is "
+             "never trained on: folds keep a passage's music together, not a piece's), scored on the test part's "
+             "pieces; the probe is a ridge on z, cross-validated over pieces. Each is the mean over folds.")
+
+
+def _fusions_first(fusion: Mapping[str, Any], by_model: Mapping[str, Any]) -> list[str]:
+    """The models of ``by_model``: the fusions in the fusion table's order, then the single encoders."""
+    fusions = [n for n in (fusion.get("comparisons") or {}) if n in by_model]
+    return fusions + [n for n in by_model if n not in fusions]
+
+
+def _rho(x: Any, folds: Any) -> str:
+    v = finite(x)
+    return MISSING if v is None else f"{v:+.2f} ({folds} folds)"
+
+
+def planted_text(results: Mapping[str, Any]) -> str:
+    """Why Round 3 has no planted-pair figure (empty when it has one, or before Round 3)."""
+    fusion = results.get("fusion") or {}
+    if fusion.get("planted") or not fusion.get("comparisons"):
+        return ""
+    return f"No planted score-conditioned pairs were scored: {fusion.get('planted_why') or 'no fold scored one'}."
+
+
 def _signed(x: Any) -> str:
     v = finite(x)
     return MISSING if v is None else f"{v:+.3f}"
@@ -531,7 +596,8 @@ def fusion_text(results: Mapping[str, Any]) -> str:
         return ""
     fuses = ", ".join(f"{t} {w}" for t, w in (fusion.get("fuses") or {}).items())
     against = final_reference_text(results)
-    return (f"Round 3 fused the winners ({fuses}), frozen at each fold's best Round-2 model. Final model: "
+    not_run = "".join(f" {f} did not run: {why}." for f, why in (fusion.get("not_run") or {}).items())
+    return (f"Round 3 fused the winners ({fuses}), frozen at each fold's best Round-2 model.{not_run} Final model: "
             f"{final.get('model') or MISSING} ({final.get('kind')}): {final.get('reason')}."
             + (f" {against}" if against else ""))
 

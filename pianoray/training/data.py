@@ -7,6 +7,7 @@ default; piece-stratified, seeded) from the labelled T1 segments, so every run o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable
 
 import numpy as np
@@ -45,6 +46,14 @@ class ExperimentData:
                                  val_fraction=cfg.data.val_fraction, seed=cfg.seed)
         return cls(corpus, list(names), labels, folds, cfg.data.max_frames, cfg.data.max_notes)
 
+    @cached_property
+    def planted(self) -> Any:
+        """The corpus's planted score-conditioned pairs (``pianoray.data.demo.PlantedPairs``: the demo's
+        ``planted/``), or None (every other corpus)."""
+        from pianoray.data.demo import open_planted
+
+        return open_planted(self.corpus.root)
+
     def data_spec(self) -> DataSpec:
         width = self.corpus.meta.width if self.corpus.has_frames() else None
         return DataSpec(n_dims=len(self.label_names), frame_width=width)
@@ -58,7 +67,7 @@ class ExperimentData:
                 "held_rounds": list(rounds[index]) if rounds is not None else []}
 
     def dataset(self, fold: int, split: str, tiers: Iterable[Tier], views: Iterable[str]) -> Any:
-        from pianoray.data.loaders import build_split
+        from pianoray.data.loaders import build_split, training_grades
 
         key = (fold, split, tuple(sorted(tiers)), tuple(views))
         if key not in self._datasets:
@@ -71,6 +80,7 @@ class ExperimentData:
                 labels=self.labels,
                 max_frames=self.max_frames,
                 max_notes=self.max_notes,
+                grades=training_grades(self.corpus, self.fold(fold)) if split == "train" else None,
             )
         return self._datasets[key]
 

@@ -24,7 +24,8 @@ from pianoray.objectives import metrics
 
 @dataclass
 class Predictions:
-    """M evaluated segments: ids [M], scores/regression/labels [M,N], group keys [M], z [M,512]."""
+    """M evaluated segments: ids [M], scores/regression/labels [M,N], group keys [M], z [M,512]; difficulty [M],
+    the difficulty head's scaled grade, or None for a model without one."""
 
     segment_ids: list[str]
     scores: np.ndarray
@@ -33,6 +34,7 @@ class Predictions:
     has_labels: np.ndarray
     groups: np.ndarray
     z: np.ndarray
+    difficulty: np.ndarray | None = None
 
     def subset(self, ids: Iterable[str]) -> "Predictions":
         index = {s: i for i, s in enumerate(self.segment_ids)}
@@ -45,6 +47,7 @@ class Predictions:
             self.has_labels[rows],
             self.groups[rows],
             self.z[rows],
+            None if self.difficulty is None else self.difficulty[rows],
         )
 
 
@@ -90,7 +93,7 @@ def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.dev
     segment's first window (every window of a segment carries the same)."""
     was_training = model.training
     model.eval()
-    ids, weights, scores, reg, labels, has, groups, zs = [], [], [], [], [], [], [], []
+    ids, weights, scores, reg, labels, has, groups, zs, grades = [], [], [], [], [], [], [], [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     for batch in batches:
         b = batch.to(device)
@@ -104,6 +107,8 @@ def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.dev
         has.append(batch.has_labels.numpy())
         groups.extend(_group_keys(batch))
         zs.append(out.z.float().cpu().numpy())
+        if out.difficulty is not None:
+            grades.append(out.difficulty.float().cpu().numpy())
     model.train(was_training)
     if not ids:
         raise ValueError("nothing to evaluate: the split is empty")
@@ -121,6 +126,7 @@ def predict(model: PerformanceModel, batches: Iterable[Batch], device: torch.dev
         np.concatenate(has)[first],
         np.asarray(groups, dtype=object)[first],
         merge(zs),
+        merge(grades) if grades else None,
     )
 
 

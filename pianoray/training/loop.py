@@ -34,8 +34,9 @@ from pianoray.config import ProtocolConfig, model_config
 from pianoray.data.tiers import Tier
 from pianoray.errors import InputError
 from pianoray.models import registry
-from pianoray.models.contract import PerformanceModel, Stage
-from pianoray.objectives.losses import multitask_loss
+from pianoray.models.contract import DifficultyHead, PerformanceModel, Stage
+from pianoray.models.registry import DataSpec
+from pianoray.objectives.losses import mse_loss, multitask_loss
 from pianoray.records import SELECTION_METRIC, EpochRecord
 from pianoray.training.checkpoint import CheckpointSink, read_state, rng_state, set_rng_state, write_state
 from pianoray.training.data import ExperimentData
@@ -44,8 +45,8 @@ from pianoray.training.evaluate import predict, validation_scores
 from pianoray.training.step import autocast, cosine_with_warmup, make_optimizer, train_step
 
 __all__ = ["Budget", "EarlyStopping", "EpochRecord", "SELECTION_METRIC", "StageOptimizer", "UNFROZEN", "build_model",
-           "cosine_with_warmup", "fit", "param_groups", "pick_device", "plan_stages", "seed_everything",
-           "supervised_step"]
+           "cosine_with_warmup", "difficulty_weight", "fit", "param_groups", "pick_device", "plan_stages",
+           "seed_everything", "supervised_step"]
 
 ModelWrapper = Callable[[torch.nn.Module], torch.nn.Module]
 
@@ -80,15 +81,31 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def build_model(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fold: int | None = None) -> PerformanceModel:
     """The experiment's encoder (from its pretrained weights when the driver set them: ``fold``'s own under
     per-fold pretraining, which never saw that fold's validation/test MIDI) + heads."""
-    spec = registry.get(cfg.encoder_name(experiment))
-    encoder = spec.build(model_config(cfg, experiment), data.data_spec())
+    model = model_from(cfg.encoder_name(experiment), model_config(cfg, experiment), data.data_spec())
     init = cfg.init_encoder_for(experiment, fold)
     if init is not None:
         from pianoray.training.pretrain import ENCODER_FILE
 
         path = Path(init) / ENCODER_FILE if Path(init).is_dir() else Path(init)
-        encoder.load_state_dict(torch.load(path, map_location="cpu"))
-    return PerformanceModel(encoder, n_dims=len(data.label_names))
+        model.encoder.load_state_dict(torch.load(path, map_location="cpu"))
+    if difficulty_weight(cfg, experiment) > 0:  # after every other weight: their initialisation is unchanged
+        model.difficulty = DifficultyHead()
+    return model
+
+
+def difficulty_weight(cfg: ProtocolConfig, experiment: str) -> float:
+    """The weight of ``experiment``'s auxiliary difficulty head in its loss, 0 for none: Round 3's fusions
+    have one (``round3.difficulty_head``), Round-1/2 experiments none."""
+    return cfg.round3.difficulty_head if registry.get(cfg.encoder_name(experiment)).kind == "fusion" else 0.0
+
+
+def model_from(encoder: str, config: Any, spec: DataSpec) -> PerformanceModel:
+    """The registered ``encoder`` built from its model ``config`` (its config object, or that object's dict)
+    for ``spec``, with the shared heads: the one place a PerformanceModel is assembled (training, and an
+    exported model loading its weights)."""
+    reg = registry.get(encoder)
+    built = reg.build(reg.config_cls.model_validate(config), spec)
+    return PerformanceModel(built, n_dims=spec.n_dims)
 
 
 UNFROZEN = "unfrozen"  # the stage a fusion trains in after its plateau, its winners unfrozen (Budget.unfreeze_lr)
@@ -132,18 +149,24 @@ def _selecting_epochs(stages: list[Stage], epoch: int) -> int:
 
 
 def param_groups(model: PerformanceModel, lr: float) -> list[dict[str, Any]]:
-    """The encoder's own groups (e.g. LoRA vs the rest) plus one for the heads, all at ``lr`` unless the
-    encoder says otherwise."""
+    """The encoder's own groups (e.g. LoRA vs the rest) plus one for the heads (the difficulty head too, where
+    the model has one), all at ``lr`` unless the encoder says otherwise."""
     groups = model.encoder.param_groups(lr)
-    groups.append({"params": [p for m in (model.ranking, model.regression) for p in m.parameters()], "lr": lr})
+    heads = [h for h in (model.ranking, model.regression, model.difficulty) if h is not None]
+    groups.append({"params": [p for m in heads for p in m.parameters()], "lr": lr})
     return groups
 
 
 def supervised_step(model: torch.nn.Module, batch: Any, loss_cfg: Any, terms: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, grad_clip: float, device: torch.device, *, distributed: bool = False) -> dict[str, float]:
+                    scheduler: Any, grad_clip: float, device: torch.device, *, distributed: bool = False,
+                    difficulty: float = 0.0) -> dict[str, float]:
     """One fine-tuning step on a batch already on ``device``: forward (bf16 autocast on CUDA), the multitask
     loss restricted to the stage's ``terms``, then :func:`~pianoray.training.step.train_step`. Returns the
     loss parts (floats). ``model`` may be a wrapper (e.g. DDP) around a :class:`PerformanceModel`.
+
+    ``difficulty``: the weight of the model's auxiliary difficulty head (0: it has none). Where a stage runs every
+    term, ``difficulty * MSE(head, scaled grade)`` over the batch's graded samples (``batch.has_difficulty``;
+    none where the batch carries no grades) joins the total, reported as ``difficulty``.
 
     ``distributed``: a rank whose batch gives no gradient (none of the stage's terms) still backpropagates a
     zero through the model, because DDP's gradient all-reduce needs every rank's backward; that rank then
@@ -151,6 +174,10 @@ def supervised_step(model: torch.nn.Module, batch: Any, loss_cfg: Any, terms: An
     with autocast(device):
         out = model(batch)
         total, parts = multitask_loss(out.regression, out.scores, out.z, batch, loss_cfg, terms=terms)
+        if difficulty > 0 and terms is None and out.difficulty is not None and batch.difficulty is not None:
+            grade = mse_loss(out.difficulty[:, None], batch.difficulty[:, None], batch.has_difficulty)
+            total = total + difficulty * grade
+            parts = {**parts, "difficulty": grade.detach().float(), "total": total.detach().float()}
         if distributed and not total.requires_grad:
             total = out.regression.float().sum() * 0.0
     train_step(total, optimizer, scheduler, model.parameters(), grad_clip)
@@ -253,6 +280,7 @@ def fit(
     seed_everything(cfg.seed)
     rank, world = dist_place()
     model = build_model(cfg, experiment, data, fold).to(dev)
+    grade_weight = difficulty_weight(cfg, experiment)
     stages = plan_stages(model, budget.epochs)
     # Whole validation segments: one sample per window, merged per segment by ``predict``.
     val_batches = data.loader(fold, "val", (Tier.T1,), model.encoder.views, optim_cfg.batch_size, epoch=0)
@@ -295,7 +323,7 @@ def fit(
         for batch in train_batches:
             b = batch.to(dev)
             parts = supervised_step(trained, b, loss_cfg, stage.terms, opt.optimizer, opt.scheduler,
-                                    optim_cfg.grad_clip, dev, distributed=world > 1)
+                                    optim_cfg.grad_clip, dev, distributed=world > 1, difficulty=grade_weight)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_batches += 1

@@ -8,7 +8,14 @@
 - difficulty rho and STOP AUC as linear probes on z (a fusion's too): a ridge probe cross-validated over pieces,
   a logistic one leaving one recording out at a time (:func:`stop_groups`), each scored out of fold. These say
   how much the representation carries, not what a trained head would reach;
+- a model with a difficulty head (Round 3's fusions): its own difficulty rho on the test part, the per-piece
+  mean of the head's grade against the pieces' grades (``difficulty_head_rho``). The head never trained on a
+  test piece's grade (:func:`pianoray.data.loaders.training_grades`), so this is out of sample too;
 - ``gates`` (a gated fusion, F3): each label dimension's mean weight on audio over the test segments;
+- planted score-conditioned pairs (the demo's ``planted/`` set, :func:`pianoray.data.demo.open_planted`): on the
+  pairs of the fold's test passages, whether the model's overall score (mean ranking-head score) puts the take
+  with every note right but expressive timing and dynamics above the one with wrong notes; per passage
+  (``planted_passages``, ``planted_correct``, ``planted_pairs``), which Round 3's verdict pools over folds;
 - ``pair_counts``: per-passage pair counts (:class:`pianoray.objectives.metrics.PairCounts`) of the checkpoint on
   the fold's inner validation split and on its test part, what selection's paired bootstraps need (the winner's
   margin over the runner-up, the winner against the references). Passage keys are the bare passage name
@@ -90,13 +97,31 @@ def evaluate_checkpoint(
         out.update({"robustness_drop": None, "robustness_pearson": None})
     if hasattr(model.encoder, "gates"):
         out["gates"] = _mean_gates(model, data.eval_loader(fold, "test", views, bs), dev)
+    out.update(_planted(cfg, model, data, fold, views, bs, dev))
     others = {t: _predict_tier(model, data, t, views, bs, dev) for t in (Tier.T2, Tier.T3)}
     out.update(_competition(data, others[Tier.T2], data.fold(fold)["held_rounds"]))
+    if test.difficulty is not None:
+        out.update(_difficulty_head(data, test, n_boot=n_boot, seed=cfg.seed))
     t1 = [test] + [predict(model, data.eval_loader(fold, s, views, bs), dev) for s in ("train", "val")]
     out.update(_probes(data, _concat(t1), _concat(t1 + [p for p in others.values() if p is not None])))
     out[PAIR_COUNTS] = {"val": passage_counts(t1[2], threshold).to_json(),
                         "test": passage_counts(test, threshold).to_json()}
     return out, test
+
+
+def _difficulty_head(data: ExperimentData, test: Predictions, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Spearman rho of the difficulty head on the test part: each graded piece's mean head grade over its test
+    segments against its grade, with a CI resampling pieces; None, with ``difficulty_head_rho_why``, for fewer
+    than 3 graded pieces."""
+    grades = getattr(data.corpus, "difficulty", None) or {}
+    pieces = data.corpus.manifest(Tier.T1).set_index("segment_id").loc[test.segment_ids, "piece"].astype(str).to_numpy()
+    graded = sorted({p for p in pieces if p in grades})
+    if len(graded) < 3:
+        return {"difficulty_head_rho": None,
+                "difficulty_head_rho_why": f"{len(graded)} graded pieces in the test part (3 needed)"}
+    head = np.array([test.difficulty[pieces == p].mean() for p in graded])
+    r = metrics.spearman_difficulty(head, np.array([grades[p] for p in graded], dtype=float), n_boot=n_boot, seed=seed)
+    return {"difficulty_head_rho": r.mean, "difficulty_head_rho_ci": list(r.ci), "difficulty_head_pieces": len(graded)}
 
 
 def _mean_gates(model: torch.nn.Module, batches: Any, dev: torch.device) -> list[float]:
@@ -141,6 +166,34 @@ def _robustness(model, data, fold, views, bs, dev, threshold, clean_test: Predic
         "robustness_pearson": r.pearson.mean,
         "robustness_pairs": len(clean_scores),
     }
+
+
+def _planted(cfg: ProtocolConfig, model, data: ExperimentData, fold: int, views, bs, dev) -> dict[str, Any]:
+    """The planted pairs of the fold's test passages: per passage, the sum of its pairs'
+    :func:`~pianoray.objectives.metrics.planted_outcomes` and its number of pairs, and the fold's accuracy with a
+    CI over passages. None, with ``planted_why``, where the corpus has no planted set or the fold no pair."""
+    from pianoray.data.loaders import SegmentDataset, make_loader
+
+    planted = data.planted
+    if planted is None:
+        return {"planted_accuracy": None, "planted_why": "the corpus has no planted pairs (only the demo makes them)"}
+    t1 = data.corpus.manifest(Tier.T1).set_index("segment_id")
+    pairs = planted.of_passages(t1.loc[data.fold(fold)["test"], "passage"].astype(str))
+    if not pairs:
+        return {"planted_accuracy": None, "planted_why": "no planted pair of this fold's test passages"}
+    ids = [p[k] for p in pairs for k in ("expressive", "wrong")]
+    ds = SegmentDataset(planted.corpus, Tier.T1, ids, views, train=False, max_frames=data.max_frames,
+                        max_notes=data.max_notes, n_dims=len(data.label_names))
+    pred = predict(model, make_loader(ds, batch_size=bs, shuffle=False, train=False, windows=data.eval_windows), dev)
+    overall = dict(zip(pred.segment_ids, pred.scores.mean(axis=1)))
+    outcome = metrics.planted_outcomes([overall[p["expressive"]] for p in pairs], [overall[p["wrong"]] for p in pairs])
+    passages = sorted({p["passage"] for p in pairs})
+    of = np.array([passages.index(p["passage"]) for p in pairs])
+    correct = np.bincount(of, weights=outcome, minlength=len(passages))
+    n = np.bincount(of, minlength=len(passages))
+    r = metrics.planted_accuracy(correct, n, n_boot=200, seed=cfg.seed)
+    return {"planted_accuracy": r.mean, "planted_accuracy_ci": list(r.ci), "planted_passages": passages,
+            "planted_correct": [float(c) for c in correct], "planted_pairs": [int(k) for k in n]}
 
 
 def _predict_tier(model, data: ExperimentData, tier: Tier, views, bs, dev) -> Predictions | None:

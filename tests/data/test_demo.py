@@ -169,3 +169,54 @@ def test_planted_symbolic_signal_is_measurable_in_the_performance_midi(tmp_path)
     # The unsteady players' timing noise is above the REMI grid (20.8 ms), so REMI keeps it too.
     resid = np.array([_onset_residual(n) for n in notes])
     assert np.percentile(resid, 75) > 0.0208, np.percentile(resid, [25, 50, 75])
+
+
+def _file_hashes(root, skip=()):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.relative_to(root).parts[0] in skip}
+
+
+def test_the_planted_pairs_leave_the_corpus_byte_for_byte_as_it_was(tmp_path, monkeypatch):
+    """The planted set draws from its own stream after the corpus is written: a demo made without it has the
+    same bytes, file for file; a current demo without it gets it added (the same set) and nothing else moved."""
+    import pianoray.data.demo as demo
+
+    generate_demo(tmp_path / "with", seed=1, scale=0.1)
+    with_planted = _file_hashes(tmp_path / "with")
+    with monkeypatch.context() as m:
+        m.setattr(demo, "write_planted", lambda *a, **k: None)
+        generate_demo(tmp_path / "without", seed=1, scale=0.1)
+    assert not (tmp_path / "without" / demo.PLANTED_DIR).exists()
+    assert _file_hashes(tmp_path / "with", skip=(demo.PLANTED_DIR,)) == _file_hashes(tmp_path / "without")
+    assert demo.ensure_demo(tmp_path / "without", seed=9, scale=9.0).startswith("added the planted")
+    assert _file_hashes(tmp_path / "without") == with_planted
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the replay's folder is gone
+
+
+def test_planted_pairs_are_right_notes_against_wrong_ones_of_each_passage(tmp_path):
+    from collections import Counter
+
+    from pianoray.data.demo import PLANTED_PER_PASSAGE, open_planted
+    from pianoray.data.midi import load_notes
+
+    root = generate_demo(tmp_path / "d", seed=2, scale=0.1)
+    assert open_planted(tmp_path / "elsewhere") is None
+    planted = open_planted(root)
+    passages = sorted(set(open_corpus(DataConfig(root=root)).manifest("T1")["passage"]))
+    assert Counter(p["passage"] for p in planted.pairs) == {p: PLANTED_PER_PASSAGE for p in passages}
+    assert planted.of_passages(passages[:1]) == planted.pairs[:PLANTED_PER_PASSAGE]
+    m = planted.corpus.manifest("T1").set_index("segment_id")
+    assert len(m) == 2 * len(planted.pairs) and m["n_frames"].between(16, 64).all()
+    strays, fewer = [], []
+    for pair in planted.pairs:
+        rows = {k: m.loc[pair[k]] for k in ("expressive", "wrong")}
+        assert rows["expressive"]["score_midi_sha"] == rows["wrong"]["score_midi_sha"]
+        score = Counter(load_notes(planted.corpus.path(rows["expressive"]["score_midi"])).pitch.tolist())
+        notes = {k: load_notes(planted.corpus.path(r["perf_midi"])) for k, r in rows.items()}
+        assert not Counter(notes["expressive"].pitch.tolist()) - score  # every note right
+        assert len(notes["wrong"]) < sum(score.values())  # missing notes
+        fewer.append(len(notes["wrong"]) < len(notes["expressive"]))
+        strays.append(bool(Counter(notes["wrong"].pitch.tolist()) - score))  # pitches the score does not have
+    assert np.mean(strays) > 0.8 and np.mean(fewer) > 0.8

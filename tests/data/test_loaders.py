@@ -307,7 +307,7 @@ def test_predict_over_windows_sees_the_whole_segment(corpus):
         def forward(self, b):
             x, m = b.inputs["frames"], b.inputs["frames_mask"]
             mean = (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-            return SimpleNamespace(scores=mean, regression=mean, z=mean)
+            return SimpleNamespace(scores=mean, regression=mean, z=mean, difficulty=None)
 
     ids = ["pa0-0", "pa0-1", "pb0-1"]
     ds = _val_split(corpus, ids, ["frames"], max_frames=8)
@@ -422,3 +422,54 @@ def test_sharding_arguments_are_checked(corpus):
             make_loader(ds, 4, shuffle=True, rank=rank, world_size=world_size)
     with pytest.raises(ValueError, match="rank=3"):
         make_loader(ds, 4, shuffle=False, rank=3, world_size=2)  # checked even where nothing is sharded
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Two T1 segments of one passage: s-0 with a score MIDI of its own (12 notes, pitches 40..51, unlike its
+    performance's 20 notes, 60..79), s-1 without a score."""
+    root = tmp_path_factory.mktemp("scored")
+    w = CacheWriter(root, width=WIDTH, window_frames=WINDOW)
+    perf = NoteTable.from_arrays(np.arange(60, 80), np.arange(20) * 0.1, np.arange(20) * 0.1 + 0.3, np.full(20, 80))
+    score = NoteTable.from_arrays(np.arange(40, 52), np.arange(12) * 0.2, np.arange(12) * 0.2 + 0.2, np.full(12, 64))
+    midi, sha = w.write_midi(perf, "midi/perf/x.mid")
+    score_midi, score_sha = w.write_midi(score, "midi/score/x.mid")
+    for k, has_score in enumerate((True, False)):
+        row = {"segment_id": f"s-{k}", "piece": "A", "passage": "pa", "performer": f"q{k}", "perf_midi": midi,
+               "perf_midi_sha": sha, "labels19": np.full(19, k / 2)}
+        if has_score:
+            row.update(score_midi=score_midi, score_midi_sha=score_sha)
+        w.add("T1", row, _ramp(8, 0))
+    w.close()
+    return open_corpus(DataConfig(root=root))
+
+
+def test_a_score_view_is_its_view_on_the_score_midi(scored):
+    """score:notes loads the score's notes the notes view's way, under score: keys; evaluation windows are
+    planned on the score too, and the longer performance leads the segment's windows."""
+    ds = SegmentDataset(scored, "T1", ["s-0"], ["notes", "score:notes"], _labels(scored), train=False, max_notes=8)
+    b = collate([ds[0]], ["notes", "score:notes"])
+    assert set(b.inputs) == {"notes", "notes_mask", "score:notes", "score:notes_mask"}
+    centre = torch.arange(42, 50, dtype=torch.float32)  # the centre 8 of the score's 12 notes
+    assert torch.allclose(b.inputs["score:notes"][0, :, 0] * 127, centre)
+    assert torch.equal(b.score_batch().inputs["notes"], b.inputs["score:notes"])
+    assert set(b.score_batch().inputs) == {"notes", "notes_mask"} and b.score_batch().segment_ids == ["s-0"]
+    windows = ds.windows(0)
+    assert [w.spans["notes"] for w in windows] == [(0, 8), (8, 16), (16, 20)]
+    assert [w.spans["score:notes"] for w in windows] == [(0, 8), (0, 8), (8, 12)]
+    with pytest.raises(KeyError, match="no score views"):
+        collate([ds[0]], ["notes"]).score_batch()
+
+
+def test_a_segment_without_a_score_has_no_score_view(scored):
+    from pianoray.data.loaders import segments_without_score
+    from pianoray.data.views import get_view
+    from pianoray.errors import InputError, UnknownNameError
+
+    assert segments_without_score(scored) == ["s-1"] and segments_without_score(scored, ["T2"]) == []
+    ds = SegmentDataset(scored, "T1", ["s-1"], ["score:notes"], _labels(scored), train=False)
+    with pytest.raises(InputError, match="'s-1': a score view needs score_midi"):
+        ds[0]
+    with pytest.raises(UnknownNameError, match="'frames' reads frames, not the performance MIDI"):
+        get_view("score:frames")
+    assert get_view("score:notes") is get_view("score:notes") and get_view("score:notes").needs == "score_midi"

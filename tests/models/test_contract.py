@@ -17,6 +17,7 @@ import torch
 
 from pianoray.config import model_config
 from pianoray.data.tiers import Tier
+from pianoray.data.views import SCORE
 from pianoray.models import registry
 from pianoray.models.contract import Z_DIM, Encoder, EncoderOutput, PerformanceModel
 from pianoray.objectives.losses import multitask_loss
@@ -40,11 +41,15 @@ def _config(cfg, name: str):
 
 
 def _views(name: str) -> tuple[str, ...]:
-    """The views ``name``'s encoder reads: its spec's, or for a fusion its winners' (audio's first)."""
+    """The views ``name``'s encoder reads: its spec's, or for a fusion its winners' (audio's first), then for a
+    fusion that reads the score (F-score) the score view of each of the symbolic winner's."""
     spec = registry.get(name)
     if spec.kind != "fusion":
         return spec.views
-    return tuple(dict.fromkeys(v for part in FUSED.values() for v in registry.get(part["encoder"]).views))
+    views = tuple(dict.fromkeys(v for part in FUSED.values() for v in registry.get(part["encoder"]).views))
+    if spec.config_cls.reads_score:
+        views += tuple(SCORE + v for v in registry.get(FUSED["symbolic"]["encoder"]).views)
+    return views
 
 
 def _experiment(cfg, encoder: str) -> str:

@@ -1,12 +1,14 @@
-"""The fusion modules (F1-F3) over frozen winners, and the per-dimension heads F3 needs.
+"""The fusion modules (F1-F3, F-score) over frozen winners, and the per-dimension heads F3 needs.
 
 The contract matrix (test_contract.py) covers every fusion module's shapes, one training step and its checkpoint
 round trip; here: that they stay out of Rounds 1-2, need both winners, train nothing of the winners (no gradient,
-weights and normalisation statistics unchanged, eval mode), load the winners' Round-2 checkpoints, and F3's
-gates and per-dimension mixing, by known values.
+weights and normalisation statistics unchanged, eval mode), load the winners' Round-2 checkpoints, F3's
+gates and per-dimension mixing, by known values, and F-score's score, read by the symbolic winner.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from pianoray.data.tiers import Tier
 from pianoray.models import registry
 from pianoray.models.baselines import FrozenProbe, FrozenProbeConfig
 from pianoray.models.contract import Z_DIM, EncoderOutput, PerformanceModel, RankingHeads, RegressionHead
-from pianoray.models.fusion import FusionEncoder, GatedFusion, GatedFusionEncoder
+from pianoray.models.fusion import FusionEncoder, GatedFusion, GatedFusionEncoder, ScoreFusionEncoder
 from pianoray.objectives.losses import multitask_loss
 from pianoray.training.loop import param_groups
 from tests.models.conftest import DEMO_YAML, FUSED
@@ -40,9 +42,9 @@ def _frozen_state(enc: FusionEncoder) -> dict[str, torch.Tensor]:
 def test_fusion_experiments_stay_out_of_rounds_1_and_2() -> None:
     order = {t.name: t.order for t in registry.tracks()}
     assert order["fusion"] > max(order["audio"], order["symbolic"])
-    assert registry.names(kind="fusion") == registry.names(track="fusion") == ["F1", "F2", "F3"]
+    assert registry.names(kind="fusion") == registry.names(track="fusion") == ["F-score", "F1", "F2", "F3"]
     assert not set(registry.names(kind="fusion")) & set(registry.names(kind="neural"))
-    for name in ("F1", "F2", "F3"):
+    for name in ("F1", "F2", "F3", "F-score"):
         spec = registry.get(name)
         assert (spec.kind, spec.role, spec.views, spec.pretrain) == ("fusion", "candidate", (), None)
     assert "fusion" not in {t.name for t in registry.tracks(("neural", "fitted"))}  # what run.json records
@@ -85,7 +87,7 @@ def test_encode_shapes_and_masks(demo, name: str) -> None:
         torch.testing.assert_close(out.z, out.z_dims.mean(dim=1))
 
 
-@pytest.mark.parametrize("name", ["F1", "F2", "F3"])
+@pytest.mark.parametrize("name", ["F1", "F2", "F3", "F-score"])
 def test_a_step_trains_the_fusion_and_heads_only(demo, name: str) -> None:
     cfg, data = demo
     model = PerformanceModel(_fusion(data, name), n_dims=len(data.label_names)).train()
@@ -218,3 +220,36 @@ def test_a_fusion_checkpoint_holds_the_winners_and_the_module(demo) -> None:
     _, data = demo
     keys = _fusion(data, "F2").state_dict().keys()
     assert {k.split(".")[0] for k in keys} == {"audio", "symbolic", "fusion"}
+
+
+def test_f_score_reads_the_score_with_the_same_frozen_symbolic_winner(demo) -> None:
+    """Its third part is the symbolic winner on the score MIDI's inputs; a performance that is its score
+    (the score's inputs as the performance's) encodes to the same z, so the departure z_p - z_s is 0."""
+    _, data = demo
+    enc = _fusion(data, "F-score").eval()
+    assert isinstance(enc, ScoreFusionEncoder) and enc.views == ("frames", "notes", "score:notes")
+    batch = _batch(data, enc.views)
+    assert not torch.equal(batch.inputs["notes"], batch.inputs["score:notes"])  # performances depart from scores
+    with torch.no_grad():
+        audio, perf, score = enc.parts(batch)
+        assert torch.equal(score.z, enc.symbolic.encode(batch.score_batch()).z)
+        assert torch.equal(perf.z, enc.symbolic.encode(batch).z) and not torch.equal(perf.z, score.z)
+        out = enc.encode(batch)
+        assert torch.equal(out.tokens, torch.stack([audio.z, perf.z, score.z], dim=1)) and out.mask.all()
+        as_written = replace(batch, inputs={**batch.inputs, "notes": batch.inputs["score:notes"],
+                                            "notes_mask": batch.inputs["score:notes_mask"]})
+        _, perf_w, score_w = enc.parts(as_written)
+        assert torch.equal(perf_w.z, score_w.z)
+        expected = enc.fusion.mlp(torch.cat([audio.z, perf_w.z, score_w.z, torch.zeros_like(audio.z)], dim=-1))
+        torch.testing.assert_close(enc.encode(as_written).z, expected)
+        # the score moves the quality: the same performance against another score, another z
+        other = replace(batch, inputs={**batch.inputs, "score:notes": batch.inputs["notes"],
+                                       "score:notes_mask": batch.inputs["notes_mask"]})
+        assert not torch.allclose(enc.encode(other).z, out.z)
+
+
+def test_f_score_needs_the_score_views_in_its_batch(demo) -> None:
+    _, data = demo
+    enc = _fusion(data, "F-score").eval()
+    with pytest.raises(KeyError, match="no score views"):
+        enc.encode(_batch(data, ("frames", "notes")))

@@ -280,3 +280,23 @@ def test_error_correlation_known_values_per_dimension():
     b = 0.8 * a + 0.6 * rng.normal(size=(60, 2))
     ci = error_correlation(a, b, np.repeat(np.arange(20), 3), n_boot=300).ci
     assert ci[0] < error_correlation(a, b, n_boot=0).mean < ci[1]
+
+
+def test_planted_outcomes_known_values() -> None:
+    np.testing.assert_array_equal(metrics.planted_outcomes([2.0, 1.0, 3.0], [1.0, 1.0, 4.0]), [1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="expressive has 2 entries, wrong 1"):
+        metrics.planted_outcomes([1.0, 2.0], [1.0])
+
+
+def test_planted_accuracy_known_value_and_passage_bootstrap() -> None:
+    r = metrics.planted_accuracy([1.5, 2.0, 0.0], [2, 2, 1], n_boot=2000, seed=0)
+    assert r.mean == pytest.approx(3.5 / 5) and (r.n, r.n_groups) == (5, 3)
+    # resampling passages: the lowest resample is the 0/1 passage alone, the highest the 2/2 one alone
+    assert 0.0 <= r.ci[0] < 0.7 < r.ci[1] <= 1.0
+    weights = resample_weights(3, 2000, 0)
+    stats = (weights @ np.array([1.5, 2.0, 0.0])) / (weights @ np.array([2.0, 2.0, 1.0]))
+    assert r.ci == pytest.approx(tuple(np.percentile(stats, [2.5, 97.5])))
+    every = metrics.planted_accuracy([2.0, 2.0], [2, 2], n_boot=200)
+    assert every.mean == 1.0 and every.ci == (1.0, 1.0)
+    with pytest.raises(ValueError, match="0 <= correct <= pairs"):
+        metrics.planted_accuracy([3.0], [2])

@@ -79,7 +79,7 @@ def test_fusion_verdict_pairs_r2_and_the_winners_errors_from_the_kept_prediction
 @pytest.mark.slow
 def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> None:
     run = fault_run_factory("r3", ["audio-frozen", "symbolic-features", "A1", "S2"],
-                            round3={"enabled": True, "fusions": ["F2", "F3"], "epochs": 3, "patience": 3})
+                            round3={"enabled": True, "fusions": ["F2", "F3", "F-score"], "epochs": 3, "patience": 3})
     cli = run.start()
     cli.wait_until("round 3 fold 1 of a fusion", lambda: run.epochs(ROUND3).get(("F2", 1)) or
                    run.epochs(ROUND3).get(("F3", 1)), timeout=RUN_TIMEOUT, poll=0.1)
@@ -95,20 +95,28 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     assert not [e for e in run.events("epoch") if e["round"] != ROUND3 and e["time"] > kill_t]
     assert_epochs_contiguous(run, ROUND3)
     folds = {(e["experiment"], e["fold"]) for e in run.events("fold") if e["round"] == ROUND3}
-    assert folds == {(f, k) for f in ("F2", "F3") for k in (0, 1)}
+    assert folds == {(f, k) for f in ("F2", "F3", "F-score") for k in (0, 1)}
 
     (verdict,) = run.events("fusion")
     v = verdict["payload"]
     winners = next(e["payload"]["winners"] for e in run.events("selection"))
     assert v["fuses"] == {"audio": winners["audio"], "symbolic": winners["symbolic"]}
     assert v["best_single"] in v["fuses"].values()
-    for f in ("F2", "F3"):
+    for f in ("F2", "F3", "F-score"):
         c = v["comparisons"][f]
         assert c["versus"] == v["best_single"] and c["folds"] == 2 and None not in c["ci_points"]
         assert c["verdict"] in {"beats", "below", "no clear difference"}
         assert c["r2_gap"] is not None and None not in c["r2_ci"] and c["r2_verdict"] is not None
     assert -1 <= v["error_correlation"]["mean"] <= 1 and v["error_correlation"]["folds"] == 2
     assert set(v["gates"]) == {"F3"} and all(0 < g < 1 for g in v["gates"]["F3"])
+    # the planted score-conditioned pairs of each fold's test passages, for every fusion and fused winner; the
+    # fusions' difficulty head beside their probe
+    assert v["not_run"] == {} and set(v["planted"]) == {"F2", "F3", "F-score", *v["fuses"].values()}
+    for p in v["planted"].values():
+        assert p["folds"] == 2 and p["pairs"] == 2 * p["passages"] > 0 and 0 <= p["accuracy"] <= 1
+        assert p["ci"][0] <= p["accuracy"] <= p["ci"][1]
+    assert all(v["difficulty"][f]["probe"] is not None for f in ("F2", "F3", "F-score"))
+    assert all(v["difficulty"][w]["head"] is None for w in v["fuses"].values())
     final = v["final"]
     assert final["kind"] == ("fusion" if any(c["verdict"] == "beats" for c in v["comparisons"].values()) else "single")
     # the final model against the fused tracks' references (reported, never used to choose), named in its reason
@@ -127,7 +135,66 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     assert {rows[f]["track"] for f in ("F2", "F3")} == {"fusion"}
     assert {rows[f]["furthest_round"] for f in ("F2", "F3")} == {ROUND3}
     assert len(rows["F2"]["folds"]) == 2 and rows["F2"]["pairwise_accuracy"]["mean"] is not None
-    assert r["fusion"]["final"] == final and r["winners"]["fusion"] in {"F2", "F3"}
+    assert r["fusion"]["final"] == final and r["winners"]["fusion"] in {"F2", "F3", "F-score"}
     md = (run.dir / "report" / "report.md").read_text()
     assert "Fusion track" in md and "R2 95% CI" in md and "errors of" in md and "gates_F3.png" in md
+    assert "| Against chance (50%) |" in md and "| Head rho (test parts) | Probe rho |" in md
     assert said in md.split("## Round 3: fusion")[1].split("\n\n")[1]  # in Round 3's paragraph
+
+
+def test_f_score_is_left_out_with_its_reason_where_a_segment_has_no_score(tmp_path: Path) -> None:
+    """A fusion that reads the score runs only when every segment has one; the verdict carries why it did not."""
+    from pianoray.data.cache import CacheWriter
+    from pianoray.data.corpus import open_cache
+    from pianoray.data.midi import NoteTable
+    from pianoray.protocol.run import score_missing
+
+    w = CacheWriter(tmp_path / "c", width=4, window_frames=4)
+    midi, sha = w.write_midi(NoteTable.from_arrays([60, 62], [0.0, 0.5], [0.4, 0.9], [80, 80]), "midi/x.mid")
+    for k in range(3):
+        w.add("T1", {"segment_id": f"s-{k}", "piece": "A", "passage": "p", "performer": f"q{k}", "perf_midi": midi,
+                     "perf_midi_sha": sha, **({"score_midi": midi, "score_midi_sha": sha} if k else {})},
+              np.zeros((4, 4), dtype=np.float32))
+    w.close()
+    corpus = open_cache(tmp_path / "c")
+    cfg = ProtocolConfig.model_validate({"experiments": {"A1": {}, "S2": {}}})
+    assert score_missing("F1", corpus) is None
+    assert score_missing("F-score", corpus) == ("1 of 3 segments have no score MIDI (e.g. s-0); it reads the "
+                                                     "score of every segment it trains and is scored on")
+    storage = RunStorage(tmp_path, "r", fsync=False)
+    r3 = {"experiments": [], "fuses": {"audio": "A1", "symbolic": "S2"}, "not_run": {"F-score": "no score"}}
+    v = fusion_verdict(Ledger(storage), cfg, r3, {"audio": "A1", "symbolic": "S2"})
+    assert v["not_run"] == {"F-score": "no score"} and v["planted"] == {}
+
+
+def test_planted_pairs_pool_each_folds_own_test_passages() -> None:
+    from pianoray.protocol.run import planted_figure
+    from pianoray.protocol.selection import FoldOutcome
+
+    def fold(k: int, test: dict) -> FoldOutcome:
+        return FoldOutcome(fold=k, val_pairwise=0.6, val_r2=0.1, best_epoch=1, epochs=2, test=test)
+
+    folds = [fold(0, {"planted_passages": ["a", "b"], "planted_correct": [2.0, 1.5], "planted_pairs": [2, 2]}),
+             fold(1, {"planted_passages": ["c"], "planted_correct": [2.0], "planted_pairs": [2]}),
+             fold(2, {"planted_accuracy": None, "planted_why": "no planted pair of this fold's test passages"})]
+    p = planted_figure(folds, n_boot=500, seed=0)
+    assert p["accuracy"] == pytest.approx(5.5 / 6) and (p["pairs"], p["passages"], p["folds"]) == (6, 3, 2)
+    assert p["ci"][0] <= p["accuracy"] <= p["ci"][1] <= 1.0 and p["verdict"] == "above chance"
+    assert planted_figure(folds[2:], n_boot=500, seed=0) is None
+
+
+def test_difficulty_figures_set_the_head_beside_the_probe_over_the_folds_that_have_them() -> None:
+    from pianoray.protocol.run import difficulty_figures
+    from pianoray.protocol.selection import FoldOutcome
+
+    def fold(k: int, test: dict) -> FoldOutcome:
+        return FoldOutcome(fold=k, val_pairwise=0.6, val_r2=0.1, best_epoch=1, epochs=2, test=test)
+
+    folds = [fold(0, {"difficulty_head_rho": 0.8, "difficulty_rho": 0.4}),
+             fold(1, {"difficulty_head_rho": 0.4, "difficulty_rho": None}),
+             fold(2, {"difficulty_head_rho": None, "difficulty_head_rho_why": "2 pieces", "difficulty_rho": 0.2})]
+    assert difficulty_figures(folds) == {"head": pytest.approx(0.6), "head_folds": 2, "probe": pytest.approx(0.3),
+                                         "probe_folds": 2}
+    assert difficulty_figures([fold(0, {"difficulty_rho": 0.5})]) == {"head": None, "head_folds": 0, "probe": 0.5,
+                                                                      "probe_folds": 1}
+    assert difficulty_figures([fold(0, {})]) is None

@@ -153,7 +153,7 @@ def add_search(results: dict[str, Any], *, importance: dict[str, float] | None =
 
 def add_fusion(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` with a Round-3 verdict: F3 against the best single encoder A1, its gates, the winners' error
-    correlation."""
+    correlation, the planted pairs of F3 and A1, and F-score left out."""
     n = len(results["dimensions"])
     results["fusion"] = {
         "fuses": {"audio": "A1", "symbolic": "S2"}, "skipped": None, "best_single": "A1",
@@ -163,6 +163,13 @@ def add_fusion(results: dict[str, Any]) -> dict[str, Any]:
         "error_correlation": {"between": ["A1", "S2"], "mean": 0.62, "ci": [0.55, 0.69], "per_dim": [0.6] * n,
                               "segments": 160, "folds": 4},
         "gates": {"F3": [0.1 + 0.8 * i / max(n - 1, 1) for i in range(n)]},
+        "planted": {"F3": {"accuracy": 0.75, "ci": [0.6, 0.875], "pairs": 48, "passages": 24, "folds": 4,
+                           "verdict": "above chance"},
+                    "A1": {"accuracy": 0.5, "ci": [0.375, 0.625], "pairs": 48, "passages": 24, "folds": 4,
+                           "verdict": "not distinguishable from chance"}},
+        "planted_why": None, "not_run": {"F-score": "12 of 400 segments have no score MIDI"},
+        "difficulty": {"F3": {"head": 0.45, "head_folds": 4, "probe": 0.3, "probe_folds": 4},
+                       "A1": {"head": None, "head_folds": 0, "probe": 0.2, "probe_folds": 3}},
         "winner": "F3", "final": {"model": "F3", "kind": "fusion", "reason": "F3 beats A1", "versus_references": {
             "winner": "F3", "reference": "symbolic-gbm", "gap_points": -4.6, "ci_points": [-8.2, -1.2],
             "verdict": "below", "folds": 4, "passages": 24, "passages_left_out": 0,

@@ -14,6 +14,7 @@ from pianoray.report.tables import (
     comparison_table,
     decision_rows,
     decisions_table,
+    difficulty_data,
     error_correlation_text,
     final_reference_text,
     fold_data,
@@ -21,6 +22,8 @@ from pianoray.report.tables import (
     fusion_text,
     hours_unit,
     md_text,
+    planted_data,
+    planted_text,
     resource_data,
     to_markdown,
 )
@@ -265,3 +268,27 @@ def test_the_final_model_is_set_against_the_strongest_reference_in_plain_words(r
     assert fusion_text(results).endswith(said)
     results["fusion"]["final"]["versus_references"] = None
     assert final_reference_text(results) is None and fusion_text(results).endswith("F3 beats A1.")
+    assert "F-score did not run: 12 of 400 segments have no score MIDI. Final model" in fusion_text(results)
+
+
+def test_the_planted_pairs_table_gives_each_models_accuracy_with_its_ci(run_results):
+    results = add_fusion(run_results)
+    data = planted_data(results)
+    rows = [dict(zip(data.columns, r)) for r in data.rows]
+    got = [(r["Model"], r["Kind"], r["Accuracy"], r["95% CI"], r["Pairs"], r["Against chance (50%)"]) for r in rows]
+    assert got == [
+        ("F3", "fusion", "75.0%", "60.0% to 87.5%", "48", "above chance"),
+        ("A1", "single", "50.0%", "37.5% to 62.5%", "48", "not distinguishable from chance")]
+    assert data.highlight == [True, False] and planted_text(results) == ""
+    results["fusion"].update(planted={}, planted_why="the corpus has no planted pairs (only the demo makes them)")
+    assert planted_text(results) == ("No planted score-conditioned pairs were scored: the corpus has no planted "
+                                     "pairs (only the demo makes them).")
+
+
+def test_the_difficulty_table_sets_each_head_beside_its_probe(run_results):
+    results = add_fusion(run_results)
+    results["fusion"]["difficulty"] = dict(reversed(results["fusion"]["difficulty"].items()))  # fusions first
+    data = difficulty_data(results)
+    assert data.columns == ["Model", "Kind", "Head rho (test parts)", "Probe rho"]
+    assert data.rows == [["F3", "fusion", "+0.45 (4 folds)", "+0.30 (4 folds)"],
+                         ["A1", "single", "—", "+0.20 (3 folds)"]]

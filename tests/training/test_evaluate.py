@@ -27,7 +27,7 @@ class _Echo(torch.nn.Module):
 
     def forward(self, batch: Batch) -> SimpleNamespace:
         v = batch.inputs["v"]  # [B, 2]
-        return SimpleNamespace(scores=v, regression=v / 10, z=torch.cat([v, -v], dim=1))
+        return SimpleNamespace(scores=v, regression=v / 10, z=torch.cat([v, -v], dim=1), difficulty=None)
 
 
 def _batch(ids, weights, values, labels, groups) -> Batch:

@@ -4,6 +4,7 @@ each winner's fold-k weights loaded (frozen) and its fusion module initialised u
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pianoray.config import ExperimentConfig, ResourcesConfig
@@ -93,3 +94,77 @@ def test_unfreeze_lr_trains_the_winners_after_the_plateau_and_a_resume_decides_a
         assert [r.epoch for r in rest] == list(range(epoch + 1, last + 1)) and rest[-1].stage == UNFROZEN
         again = read_state(tmp_path / f"resume{epoch}" / f"epoch-{last:04d}")["model"]
         assert all(torch.equal(final[k], again[k]) for k in final), f"resumed from epoch {epoch}: other weights"
+
+
+def test_round3_fusions_get_the_difficulty_head_and_rounds_1_2_keep_their_model(demo) -> None:  # noqa: F811
+    """The head is Round 3's (``round3.difficulty_head`` > 0); a Round-1/2 experiment builds the model (and the
+    state dict) it always had, and with weight 0 a fusion has no head either."""
+    from pianoray.training.loop import difficulty_weight, param_groups
+
+    cfg, data = demo
+    cfg, _ = with_fusion(cfg)
+    assert (difficulty_weight(cfg, "F2"), difficulty_weight(cfg, "symbolic-features")) == (0.1, 0.0)
+    torch.manual_seed(0)
+    plain = build_model(cfg, "symbolic-features", data)
+    assert plain.difficulty is None and not any(k.startswith("difficulty.") for k in plain.state_dict())
+    fused = build_model(cfg, "F2", data)
+    assert [k for k in fused.state_dict() if k.startswith("difficulty.")] == ["difficulty.linear.weight",
+                                                                             "difficulty.linear.bias"]
+    assert {id(p) for p in fused.difficulty.parameters()} <= {id(p) for g in param_groups(fused, 1e-3)
+                                                             for p in g["params"]}
+    off = cfg.model_copy(update={"round3": cfg.round3.model_copy(update={"difficulty_head": 0.0})})
+    assert build_model(off, "F2", data).difficulty is None
+
+
+def test_the_difficulty_loss_is_the_weighted_mse_over_the_graded_samples_only(demo) -> None:  # noqa: F811
+    """supervised_step adds weight * MSE(head, scaled grade) over ``has_difficulty``; the head trains."""
+    from pianoray.data.tiers import Tier
+    from pianoray.objectives.losses import multitask_loss
+    from pianoray.training.loop import supervised_step
+
+    cfg, data = demo
+    cfg, _ = with_fusion(cfg)
+    model = build_model(cfg, "F2", data)
+    batch = next(b for b in data.loader(0, "train", (Tier.T1, Tier.T3), model.encoder.views, 8, epoch=1, seed=0)
+                 if b.has_difficulty is not None and int(b.has_difficulty[1:].sum()) >= 2)
+    graded = batch.has_difficulty.clone()
+    graded[0] = False  # a sample without a grade counts nowhere, whatever its target says
+    batch.has_difficulty, batch.difficulty[0] = graded, 123.0
+    with torch.no_grad():
+        out = model.eval()(batch)
+        base, _ = multitask_loss(out.regression, out.scores, out.z, batch, cfg.loss)
+        mse = ((out.difficulty[graded] - batch.difficulty[graded]) ** 2).mean()
+    model.eval()  # no dropout: the step's forward is the one above
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    before = model.difficulty.linear.weight.clone()
+    parts = supervised_step(model, batch, cfg.loss, None, optimizer, None, 1.0, torch.device("cpu"), difficulty=0.5)
+    assert parts["difficulty"] == pytest.approx(float(mse), rel=1e-5)
+    assert parts["total"] == pytest.approx(float(base + 0.5 * mse), rel=1e-5)
+    assert model.difficulty.linear.weight.grad is not None and model.difficulty.linear.weight.grad.abs().sum() > 0
+    assert torch.equal(before, model.difficulty.linear.weight)  # lr 0: only the gradient was checked
+
+
+def test_the_head_never_trains_on_a_grade_of_a_piece_the_fold_holds_out(demo) -> None:  # noqa: F811
+    """Folds keep a passage's music together, not a piece's: every piece held out (val or test) loses its grade
+    in training; every other graded piece keeps its scaled grade; evaluation splits carry none."""
+    from pianoray.data.loaders import held_pieces, scaled_grades, training_grades
+    from pianoray.data.tiers import Tier
+
+    _, data = demo
+    corpus = data.corpus
+    fold = data.fold(0)
+    held = held_pieces(corpus, fold)
+    t1 = corpus.manifest(Tier.T1).set_index("segment_id")
+    assert held == set(t1.loc[fold["val"] + fold["test"], "piece"].astype(str))
+    assert set(t1.loc[fold["train"], "piece"]) & held  # the demo's folds share pieces: why the mask is needed
+    grades = training_grades(corpus, fold)
+    assert grades == {p: g for p, g in scaled_grades(corpus.difficulty).items() if p not in held}
+    split = data.dataset(0, "train", (Tier.T1, Tier.T2, Tier.T3), ("notes",))
+    for part in split.parts.values():
+        for i in range(len(part)):
+            sample = part[i][0]
+            piece = str(part.rows[i]["piece"])
+            assert sample.difficulty == grades.get(piece) and (sample.difficulty is None) == (piece not in grades)
+    assert next(iter(data.eval_loader(0, "test", ("notes",), 8))).difficulty is None
+    assert scaled_grades({"a": 2, "b": 6, "c": 4}) == {"a": 0.0, "b": 1.0, "c": 0.5}
+    assert scaled_grades({"a": 3, "b": 3}) == {}

@@ -75,3 +75,31 @@ def test_a_probe_that_cannot_be_scored_says_why() -> None:
     assert probes({s: 0 for s in ids}, {})["stop_auc_why"] == "every STOP label is the same"
     scored = probes({s: i % 2 for i, s in enumerate(ids)}, {})
     assert scored["stop_groups"] == 4 and 0.0 <= scored["stop_auc"] <= 1.0 and "stop_auc_why" not in scored
+
+
+def test_the_difficulty_head_is_scored_per_test_piece_against_the_grades() -> None:
+    """Each graded piece's mean head grade over its test segments against its grade (an ungraded piece counts
+    nowhere); fewer than 3 graded pieces: None, saying why."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from pianoray.training.scoring import _difficulty_head
+
+    ids = [f"s{i}" for i in range(10)]
+    pieces = ["a", "a", "b", "b", "c", "c", "d", "d", "x", "x"]
+    head = np.array([0.1, 0.3, 0.5, 0.5, 0.2, 0.4, 0.9, 0.7, 0.0, 1.0])  # piece means a .2, b .5, c .3, d .8
+    test = Predictions(ids, np.zeros((10, 1)), np.zeros((10, 1)), np.zeros((10, 1)), np.ones(10, bool),
+                       np.array(["T1:p"] * 10, dtype=object), np.zeros((10, 0)), head)
+    manifest = pd.DataFrame({"segment_id": ids, "piece": pieces})
+
+    def scored(grades: dict) -> dict:
+        corpus = SimpleNamespace(manifest=lambda t: manifest, difficulty=grades)
+        return _difficulty_head(SimpleNamespace(corpus=corpus), test, n_boot=100, seed=0)
+
+    out = scored({"a": 1, "b": 7, "c": 5, "d": 9})  # by grade and by head alike: a < c < b < d
+    assert out["difficulty_head_rho"] == pytest.approx(1.0) and out["difficulty_head_pieces"] == 4
+    out = scored({"a": 9, "b": 7, "c": 5, "d": 1})
+    assert out["difficulty_head_rho"] == pytest.approx(-0.8)  # head ranks 1, 3, 2, 4 against grades 4, 3, 2, 1
+    assert scored({"a": 1, "b": 2}) == {"difficulty_head_rho": None,
+                                        "difficulty_head_rho_why": "2 graded pieces in the test part (3 needed)"}
