@@ -368,7 +368,12 @@ def run(
                                address=address)
     _print_results(results)
     paths = _write_report(results)
-    console.print(f"report: {paths['html']}  ({paths['markdown']})")
+    console.print(f"report: {paths['html']}  ({paths['markdown']})", soft_wrap=True)
+    if results["run"]["status"] == "finished":
+        winners = [t for t, w in (results.get("winners") or {}).items() if w]
+        ask = not (results.get("fusion") or {}).get("final") and len(winners) > 1
+        console.print(f"next: pianoray export --storage {results['run']['storage']} --out model"
+                      + (f" --track {'|'.join(winners)}" if ask else ""), soft_wrap=True)
 
 
 def _checked(cfg: ProtocolConfig, only: str | None = None, as_json: bool = False) -> None:
@@ -495,8 +500,8 @@ def _write_report(results: dict) -> dict:
     return {key: f"{remote.uri}/report/{p.name}" for key, p in written.items()}
 
 
-def _open_ledger(storage: str, name: Optional[str]):
-    from pianoray.protocol.ledger import Ledger
+def _run_storage(storage: str, name: Optional[str]):
+    """The run at ``--storage`` (the run folder, or the storage root with ``--name``); one line if there is none."""
     from pianoray.protocol.storage import RunStorage
 
     uri, _, last = storage.rstrip("/").rpartition("/")
@@ -508,7 +513,13 @@ def _open_ledger(storage: str, name: Optional[str]):
         run_storage = RunStorage(storage, name)
     if not run_storage.exists("run.json"):
         raise UserError(f"{run_storage.uri}: no pianoray run here (no run.json)")
-    return Ledger(run_storage)
+    return run_storage
+
+
+def _open_ledger(storage: str, name: Optional[str]):
+    from pianoray.protocol.ledger import Ledger
+
+    return Ledger(_run_storage(storage, name))
 
 
 @app.command()
@@ -618,6 +629,92 @@ def extract(
 
 cluster_app = typer.Typer(help="Cluster YAMLs for `ray up`.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+
+
+@app.command()
+def export(
+    storage: str = typer.Option(..., "--storage", help="The run folder (STORAGE/NAME), local or s3://."),
+    out: Path = typer.Option(..., "--out", help="The model folder to write (an existing model there is replaced)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name, when --storage is the storage root."),
+    track: Optional[str] = typer.Option(None, "--track", help="Export this track's winner instead of the final model."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="Export this experiment's fold models."),
+    refit: bool = typer.Option(False, "--refit", help="One model trained on every segment of the folds (early "
+                                                      "stopping on fold 0's inner validation music), not the fold models' mean."),
+) -> None:
+    """Write the run's chosen model (the final model, or --track's winner) as a self-contained artifact: the mean
+    ensemble of its fold models, the fitted reference and the fingerprints of the music it trained on."""
+    from pianoray.protocol.export import export_run
+
+    with user_errors():
+        m = export_run(_run_storage(storage, name), out, track=track, experiment=experiment, refit=refit,
+                       feedback=_feedback())
+    console.print(f"model: {out}  ({m.experiment}, {len(m.members)} members, labels {m.labels.set}; "
+                  f"`pianoray evaluate --model {out} --data DIR`, `pianoray predict --model {out} FILE.mid`)", soft_wrap=True)
+
+
+def _artifact(model: Path, feedback: Feedback):
+    from pianoray.inference.artifact import ModelArtifact
+
+    art = ModelArtifact.load(model)
+    for note in art.notes:
+        feedback.say(f"note: {note}")
+    return art
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="A model folder written by `pianoray export`."),
+    data: Path = typer.Option(..., "--data", help="A labelled dataset: a pianoray cache or the PercePiano layout."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (docs/export.md)."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples of passages for the CIs."),
+) -> None:
+    """Score the model and its reference on labelled data, split into music the model saw and music it did not."""
+    from pianoray.inference.assess import evaluate_artifact
+
+    feedback = _feedback(as_json)
+    with user_errors():
+        result = evaluate_artifact(_artifact(model, feedback), data, n_boot=n_boot, feedback=feedback)
+    if as_json:
+        print(json.dumps(result))
+        return
+    from pianoray.terminal import evaluation_table
+
+    console.print(evaluation_table(result))
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="MIDI files or folders of them, or pianoray cache folders."),
+    model: Path = typer.Option(..., "--model", help="A model folder written by `pianoray export`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per input."),
+    passage: Optional[str] = typer.Option(None, "--passage",
+                                          help="The MIDI inputs are performances of this one passage: rank them "
+                                               "together (default: group them by their music)."),
+) -> None:
+    """Score new performances: each dimension, its rank among performances of the same passage, a summary line."""
+    from pianoray.inference.predict import csv_text, definitions, predict_inputs
+
+    if as_json and as_csv:
+        _error_lines("--json and --csv: choose one")
+        raise typer.Exit(EXIT_USAGE)
+    feedback = _feedback(as_json or as_csv)
+    with user_errors():
+        art = _artifact(model, feedback)
+        predictions = predict_inputs(art, inputs, passage)
+    if as_json:
+        print(json.dumps({"model": art.manifest.experiment, "labels": art.manifest.labels.set,
+                          "dimensions": [{"name": n, "definition": d} for n, d in definitions(art).items()],
+                          "predictions": [p.to_json() for p in predictions]}))
+        return
+    if as_csv:
+        sys.stdout.write(csv_text(predictions, art.label_names))
+        return
+    from pianoray.terminal import prediction_table
+
+    console.print(prediction_table(predictions, definitions(art)))
+    for p in predictions:
+        console.print(p.summary(), highlight=False, soft_wrap=True)
 
 
 def _default_cluster_config() -> Path:

@@ -65,6 +65,9 @@ class DataConfig(Strict):
     labels: Literal["percepiano19", "composite"] = "composite"
     taxonomy: Path | None = None  # None: the shipped 6-dimension taxonomy
     folds: Path | None = None  # None: generated (piece-stratified, by fold_unit) and stored with the run
+    # Music groups (each named by any of its passages) left out of every fold: no model trains, validates or
+    # is tested on them, so `pianoray evaluate` can show the exported model on music it has never seen.
+    holdout_groups: list[str] = Field(default_factory=list)
     k: int = Field(4, ge=2)
     # music: passages that share music stay on one side (pianoray.data.music); passage: the passage key
     # only (leaks where passages share music); performer: new performers of known music.

@@ -147,3 +147,45 @@ def render_plan(p: Any) -> list[Any]:
     note = Text(f"corpus: {sizes} segments ({p.sizes_source}). The seed's figures are for comparison only.",
                 style="dim")
     return [trials, rounds, note]
+
+
+def _figure(x: float | None, ci: list[float | None] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    lo, hi = ci or [None, None]
+    band = f" ({lo * scale:.{digits}f}-{hi * scale:.{digits}f})" if lo is not None and hi is not None else ""
+    return f"{x * scale:.{digits}f}{band}"
+
+
+def evaluation_table(result: Mapping[str, Any]) -> Table:
+    """``pianoray evaluate``: per label set and part (unseen, seen, all), the model and its reference:
+    pairwise accuracy (%) and R2, each with its 95% CI over passages, and the segments / passages scored
+    (``n/psg``)."""
+    from rich import box
+
+    from pianoray.inference.assess import summary_rows
+
+    table = Table(title="evaluation (95% CIs over passages)", title_justify="left", box=box.SIMPLE)
+    for col in ("labels", "music", "model", "pairwise %", "R2", "n/psg"):
+        table.add_column(col, justify="right" if col == "n/psg" else "left", no_wrap=True)
+    for r in summary_rows(result):
+        table.add_row(r["labels"], r["part"], r["role"], _figure(r["pairwise"], r["pairwise_ci"]),
+                      _figure(r["r2"], r["r2_ci"], scale=1.0, digits=2), f"{r['segments']}/{r['passages']}")
+    return table
+
+
+def prediction_table(predictions: list[Any], definitions: Mapping[str, str | None]) -> Table:
+    """``pianoray predict``: one row per input, each dimension's score (and rank in its passage, 1 = best)."""
+    names = list(definitions)
+    table = Table(title="predictions (scores on the labels' 0-1 scale; rank among performances of one passage)",
+                  title_justify="left", caption="; ".join(f"{n}: {d}" for n, d in definitions.items() if d) or None,
+                  caption_justify="left")
+    table.add_column("input")
+    table.add_column("passage")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("mean", justify="right")
+    for p in predictions:
+        cells = [f"{p.scores[n]:.2f}" + (f" #{p.ranks[n]}" if p.ranks else "") for n in names]
+        table.add_row(p.input, p.passage, *cells, f"{p.mean:.2f}")
+    return table

@@ -118,6 +118,7 @@ def _fold_problems(cfg: ProtocolConfig, corpus, summary: list[str]) -> list[str]
         corpus_folds,
         describe_unit,
         fold_units,
+        holdout_segments,
         music_leaks,
     )
     from pianoray.data.music import MusicGroupsUnavailable, corpus_music_groups
@@ -126,10 +127,18 @@ def _fold_problems(cfg: ProtocolConfig, corpus, summary: list[str]) -> list[str]
         music, why = corpus_music_groups(corpus), ""
     except MusicGroupsUnavailable as e:
         music, why = None, str(e)
+    t1 = corpus.manifest(Tier.T1)["segment_id"].astype(str).tolist()
+    try:
+        held = holdout_segments(corpus, t1, cfg.data.holdout_groups)
+    except FoldError as e:
+        return [str(e)]
+    if held:
+        summary.append(f"data.holdout_groups: {len(cfg.data.holdout_groups)} music groups, {len(held)} segments "
+                       "held out of every fold")
     if cfg.data.folds is None:
         try:
-            fs = corpus_folds(corpus, k=cfg.data.k, unit=cfg.data.fold_unit, val_fraction=cfg.data.val_fraction,
-                              seed=cfg.seed)
+            fs = corpus_folds(corpus, [k for k in t1 if k not in held] if held else None, k=cfg.data.k,
+                              unit=cfg.data.fold_unit, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
         except (KeyError, ValueError) as e:
             return [f"data.fold_unit: cannot make {cfg.data.k} {cfg.data.fold_unit} folds: {e}"]
         summary.append(describe_unit(fs))
@@ -139,6 +148,10 @@ def _fold_problems(cfg: ProtocolConfig, corpus, summary: list[str]) -> list[str]
     except FoldError as e:
         return [f"data.folds: {e}"]
     summary.append(f"data.folds {cfg.data.folds}: {describe_unit(fs)}")
+    inside = sorted(held & set(fs.keys))
+    if inside:
+        return [f"data.folds: {cfg.data.folds}: {len(inside)} segments of data.holdout_groups are in the folds, "
+                f"e.g. {inside[0]!r}"]
     if fs.unit == "music" and music is None:
         return [f"data.folds: {cfg.data.folds}: unit music, but this corpus's music groups cannot be computed ({why})"]
     m = corpus.manifest(Tier.T1)

@@ -1,7 +1,7 @@
 """The arrows between layers, checked on the import graph (every import in the package, lazy ones included;
 imports under ``if TYPE_CHECKING:`` are annotations, not dependencies).
 
-    cli -> protocol, report -> training, validation, extraction -> models, objectives -> data
+    cli -> protocol, report -> training, validation, extraction, inference -> models, objectives -> data
 
 ``config``, ``settings``, ``records``, ``errors``, ``files`` and ``feedback`` are the shared foundation every layer may
 import. Only ``protocol/`` and the CLI import ray; rich (presentation) lives in the CLI and its
@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pianoray"
 
 # Higher may import lower or equal, never the other way.
-RANK = {"data": 0, "objectives": 1, "models": 1, "training": 2, "validation": 2, "extraction": 2,
+RANK = {"data": 0, "objectives": 1, "models": 1, "training": 2, "validation": 2, "extraction": 2, "inference": 2,
         "protocol": 3, "report": 3, "cli": 4, "terminal": 4}
 FOUNDATION = {"config", "settings", "records", "errors", "files", "feedback", "pianoray"}
 RAY_ALLOWED = {"protocol", "cli"}

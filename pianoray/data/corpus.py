@@ -390,3 +390,29 @@ def open_percepiano(root: str | Path) -> Corpus:
     mismatches = df.attrs.get("mismatches")
     corpus.mismatches = mismatches  # type: ignore[attr-defined]  # reported by check()
     return corpus
+
+
+def open_midi_files(paths: list[Path]) -> Corpus:
+    """Loose MIDI files (``pianoray predict``'s inputs) as a T1-only corpus without labels or frames: one
+    segment per file, its id the file's stem (made unique with ``#2``, ``#3``), no passage. Each file is read
+    once here, so a corrupt or note-less one is one error naming it before anything is scored."""
+    from pianoray.data.midi import file_sha256, load_notes
+
+    ids: list[str] = []
+    for p in paths:
+        load_notes(p)  # MidiError names the file
+        stem, n = Path(p).stem, 1
+        while (f"{stem}#{n}" if n > 1 else stem) in ids:
+            n += 1
+        ids.append(f"{stem}#{n}" if n > 1 else stem)
+    k = len(paths)
+    manifest = pd.DataFrame({
+        "segment_id": ids, "piece": [None] * k, "passage": [None] * k, "performer": [None] * k,
+        "n_frames": np.zeros(k, dtype=np.int64), "shard": np.full(k, -1, dtype=np.int64),
+        "offset": np.full(k, -1, dtype=np.int64), "perf_midi": [str(Path(p).resolve()) for p in paths],
+        "perf_midi_sha": [file_sha256(p) for p in paths], "score_midi": [None] * k, "score_midi_sha": [None] * k})
+    meta = CorpusMeta(format_version=FORMAT_VERSION, name="midi-files", width=None,
+                      tiers={"T1": TierInfo(segments=k, frames=0, shards=0)}, created_by={"tool": "pianoray.predict"})
+    root = Path(paths[0]).resolve().parent if paths else Path.cwd()
+    return Corpus(root, meta, {Tier.T1: manifest}, {}, source="midi")
+

@@ -488,6 +488,34 @@ def corpus_folds(
     return with_competition_rounds(replace(fs, note=note), corpus)
 
 
+def holdout_segments(corpus: Any, keys: Collection[str], holdout: Sequence[str], source: str = "data.holdout_groups"
+                     ) -> set[str]:
+    """The segments among ``keys`` whose music group is held out of every fold (``data.holdout_groups``).
+
+    Each entry names a music group (``pianoray.data.music``) by any of its passages, so that a group and every
+    cut of its music are held out together. An entry that names no passage of the corpus is one error naming
+    it (``source: [i] ...``), before any fold is made; so is a corpus whose music groups cannot be computed.
+    """
+    from pianoray.data.music import MusicGroupsUnavailable, corpus_music_groups
+    from pianoray.data.tiers import Tier
+
+    if not holdout:
+        return set()
+    try:
+        group_of = corpus_music_groups(corpus).group_of
+    except MusicGroupsUnavailable as e:
+        raise FoldError(source, [f"music groups cannot be computed for {corpus.root} ({e})"]) from None
+    unknown = [f"[{i}] {name!r} is not a passage of {corpus.root}" for i, name in enumerate(holdout)
+               if name not in group_of]
+    if unknown:
+        raise FoldError(source, unknown)
+    held = {group_of[name] for name in holdout}
+    table = corpus.manifest(Tier.T1)
+    wanted = set(keys)
+    return {str(s) for s, p in zip(table["segment_id"], table["passage"].astype(str))
+            if s in wanted and group_of.get(p) in held}
+
+
 def split_rounds(rounds: Collection[str], k: int, seed: int) -> tuple[tuple[str, ...], ...]:
     """Competition rounds -> k disjoint held-out sets (shuffled with the seed, dealt round-robin), so that
     each round is held out by exactly one fold. Deterministic whatever the input order."""

@@ -111,7 +111,7 @@ def overlap(a: set[bytes], b: set[bytes]) -> float:
     return len(small & large) / len(small)
 
 
-def _components(nodes: list[str], edges: list[SharedPair]) -> dict[str, str]:
+def components(nodes: list[str], edges: list[SharedPair]) -> dict[str, str]:
     """Connected components; each named by its smallest node."""
     parent = {x: x for x in nodes}
 
@@ -154,7 +154,7 @@ def group_passages(renditions: Mapping[str, Renditions], threshold: float = THRE
                 if o >= threshold:
                     pairs.append(SharedPair(a, b, round(o, 4), f"performer:{performer}"))
                     break
-    return MusicGroups(_components(names, pairs), tuple(pairs))
+    return MusicGroups(components(names, pairs), tuple(pairs))
 
 
 # ------------------------------------------------------------------------------- from a manifest

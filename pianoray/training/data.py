@@ -2,6 +2,7 @@
 
 Folds come from ``data.folds`` when given, else they are generated (by ``data.fold_unit``, music groups by
 default; piece-stratified, seeded) from the labelled T1 segments, so every run of a config sees the same folds.
+The music groups of ``data.holdout_groups`` are left out of every fold (``held_out``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class ExperimentData:
     folds: Any  # pianoray.data.folds.FoldSet
     max_frames: int
     max_notes: int
+    # Labelled segments of data.holdout_groups: in no fold (never trained, validated or tested on).
+    held_out: tuple[str, ...] = ()
     # Evaluation loaders: "all" = whole segments in windows (what every figure uses); "crop" = the single
     # pre-window crop, only to measure what whole segments change (see ``make_loader``).
     eval_windows: str = "all"
@@ -33,18 +36,24 @@ class ExperimentData:
     @classmethod
     def from_config(cls, cfg: ProtocolConfig) -> "ExperimentData":
         from pianoray.data.corpus import open_corpus
-        from pianoray.data.folds import FoldSet, corpus_folds, with_competition_rounds
+        from pianoray.data.folds import FoldError, FoldSet, corpus_folds, holdout_segments, with_competition_rounds
         from pianoray.data.taxonomy import Taxonomy
 
         corpus = open_corpus(cfg.data)
         taxonomy = Taxonomy.load(cfg.data.taxonomy) if cfg.data.taxonomy else Taxonomy.default()
         names, labels = corpus.labels(cfg.data.labels, taxonomy)
+        held = holdout_segments(corpus, labels, cfg.data.holdout_groups)
         if cfg.data.folds is not None:
             folds = with_competition_rounds(FoldSet.load(cfg.data.folds), corpus)
+            inside = sorted(held & {k for f in folds.folds for k in (*f.train, *f.val, *f.test)})
+            if inside:
+                raise FoldError(cfg.data.folds, [f"{len(inside)} segments of data.holdout_groups are in the "
+                                                 f"folds, e.g. {inside[0]!r}"])
         else:
-            folds = corpus_folds(corpus, labels, k=cfg.data.k, unit=cfg.data.fold_unit,
-                                 val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-        return cls(corpus, list(names), labels, folds, cfg.data.max_frames, cfg.data.max_notes)
+            folds = corpus_folds(corpus, [k for k in labels if k not in held], k=cfg.data.k,
+                                 unit=cfg.data.fold_unit, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+        return cls(corpus, list(names), labels, folds, cfg.data.max_frames, cfg.data.max_notes,
+                   held_out=tuple(sorted(held)))
 
     @cached_property
     def planted(self) -> Any:

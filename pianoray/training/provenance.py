@@ -28,24 +28,31 @@ from typing import Any, Iterable, Mapping
 CORPUS_SOURCE = "the corpus's performance MIDI"
 
 
-def eval_midi(data: Any, folds: Iterable[int]) -> dict[int, set[str]]:
-    """Fold -> content hashes of the performance MIDI of its validation and test segments (T1 manifest).
-
-    data: a ``pianoray.training.data.ExperimentData`` (its corpus and folds). Segments without MIDI are skipped.
-    """
+def _midi_hashes(data: Any, segments: Iterable[str]) -> set[str]:
+    """Content hashes of the performance MIDI of ``segments`` (T1 manifest); segments without MIDI are skipped."""
     from pianoray.data.midi import file_sha256
     from pianoray.data.tiers import Tier
 
     manifest = data.corpus.manifest(Tier.T1)
     if "perf_midi" not in manifest:
-        return {int(k): set() for k in folds}
+        return set()
     midi = manifest.set_index("segment_id")["perf_midi"].dropna()
-    out: dict[int, set[str]] = {}
-    for k in folds:
-        part = data.fold(int(k))
-        paths = (data.corpus.path(midi[s]) for s in part["val"] + part["test"] if s in midi.index)
-        out[int(k)] = {file_sha256(p) for p in paths if p is not None}
-    return out
+    paths = (data.corpus.path(midi[s]) for s in segments if s in midi.index)
+    return {file_sha256(p) for p in paths if p is not None}
+
+
+def eval_midi(data: Any, folds: Iterable[int]) -> dict[int, set[str]]:
+    """Fold -> content hashes of the performance MIDI of its validation and test segments (T1 manifest).
+
+    data: a ``pianoray.training.data.ExperimentData`` (its corpus and folds). Segments without MIDI are skipped.
+    """
+    return {int(k): _midi_hashes(data, data.fold(int(k))["val"] + data.fold(int(k))["test"]) for k in folds}
+
+
+def held_out_midi(data: Any) -> set[str]:
+    """Content hashes of the performance MIDI of ``data.held_out`` (``data.holdout_groups``): no pretraining
+    reads them, so that held-out music stays unseen by every weight of an exported model."""
+    return _midi_hashes(data, data.held_out)
 
 
 def pretraining_sources(cfg: Any) -> list[str]:

@@ -124,6 +124,21 @@ def _predictions(ids: list[str], pred: np.ndarray, labels: np.ndarray, passages:
                        np.asarray(passages, dtype=object), np.zeros((len(ids), 0), dtype=np.float32))
 
 
+def _fit(cfg: ProtocolConfig, experiment: str, x: tuple[np.ndarray, np.ndarray], y: np.ndarray) -> Any:
+    return fitted_spec(cfg, experiment).fit(model_config(cfg, experiment), x[0], y, x[1], cfg.seed)
+
+
+def fit_reference(cfg: ProtocolConfig, experiment: str, data: ExperimentData, segment_ids: list[str]) -> Any:
+    """``experiment`` (a fitted reference) fitted on the labelled ``segment_ids``, as ``fit_and_score`` fits a
+    fold's training part: what an exported model keeps beside its members (``predict(x, passages)``)."""
+    spec = fitted_spec(cfg, experiment)
+    ids = [s for s in segment_ids if s in data.labels]
+    if not ids:
+        raise ReferenceDataError(f"{experiment}: no labelled segments to fit on")
+    x = segment_features(spec, data.corpus, ids, features_cache_file(cfg, data.corpus, spec.features_id))
+    return _fit(cfg, experiment, x, np.stack([data.labels[s] for s in ids]).astype(np.float64))
+
+
 def fit_and_score(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fold: int, *, n_boot: int = 200
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit a fitted reference on ``fold``'s training part; score its inner validation and test parts.
@@ -149,7 +164,7 @@ def fit_and_score(cfg: ProtocolConfig, experiment: str, data: ExperimentData, fo
     x = {k: segment_features(spec, data.corpus, v, cache_file) if v else None for k, v in ids.items()}
     y = {k: np.stack([data.labels[s] for s in v]).astype(np.float64) if v else None for k, v in ids.items()}
     t1 = time.perf_counter()
-    model = spec.fit(model_config(cfg, experiment), x["train"][0], y["train"], x["train"][1], cfg.seed)
+    model = _fit(cfg, experiment, x["train"], y["train"])
     fit_seconds = time.perf_counter() - t1
     threshold = cfg.loss_for(experiment).rank_threshold
     scored, counts = {}, {"val": None, "test": None}

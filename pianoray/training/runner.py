@@ -49,15 +49,16 @@ def pretrain_for_folds(cfg: ProtocolConfig, experiment: str, data: ExperimentDat
     Returns (config pointing at the weights, record); (cfg, None) when the encoder does not pretrain.
     """
     from pianoray.training.pretrain import pretrain_experiment
-    from pianoray.training.provenance import describe, eval_midi, pretrain_record
+    from pianoray.training.provenance import describe, eval_midi, held_out_midi, pretrain_record
 
     feedback = or_default(feedback)
     folds = sorted({int(k) for k in (folds if folds is not None else range(cfg.data.k))})
     evals = eval_midi(data, folds)
+    held = held_out_midi(data)
     results: dict[int | None, Any] = {}
     for k in folds if cfg.pretrain.per_fold else [None]:
         result = pretrain_experiment(cfg, experiment, data, on_epoch=_epoch_logger(feedback, experiment, k),
-                                     exclude=evals[k] if k is not None else ())
+                                     exclude=(evals[k] if k is not None else set()) | held)
         if result is None:
             return cfg, None
         how = "cached" if result.cached else f"trained {len(result.losses)} epochs"

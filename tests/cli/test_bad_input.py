@@ -171,3 +171,19 @@ def test_resuming_from_a_checkpoint_of_another_experiment_is_refused(demo: Path,
     one_error(runner.invoke(app, [*args[:1], "--experiment", "symbolic-features", *args[1:]]),
               str(out / "epoch-0001"), "a checkpoint of experiment 'audio-frozen', not 'symbolic-features'")
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_held_out_group_that_is_no_passage_is_named_before_anything_runs(demo: Path, tmp_path: Path) -> None:  # noqa: F811
+    from pianoray.data.corpus import open_cache
+    from pianoray.data.tiers import Tier
+
+    passage = sorted(open_cache(demo).manifest(Tier.T1)["passage"])[0]
+    for groups, run in (([passage, "no_such_passage"], False), ([passage], True)):
+        cfg = tmp_path / "holdout.yaml"
+        cfg.write_text(f"extends: {DEMO_YAML}\ndata: {{holdout_groups: {json.dumps(groups)}}}\n")
+        result = runner.invoke(app, ["validate", "--config", str(cfg), "--data", str(demo)])
+        if not run:
+            one_error(result, "data.holdout_groups", "[1] 'no_such_passage' is not a passage of")
+        else:
+            assert result.exit_code == 0, result.output
+            assert "data.holdout_groups: 1 music groups" in result.output and "held out of every fold" in result.output

@@ -46,7 +46,7 @@ def one_error(result, *needles: str) -> None:
 
 COMMANDS = [[], ["data"], ["data", "demo"], ["data", "folds"], ["data", "labels"], ["data", "symbolic"],
             ["validate"], ["train"], ["run"], ["status"], ["report"], ["experiments"], ["cluster"],
-            ["cluster", "check"], ["pretrain"], ["plan"], ["extract"]]
+            ["cluster", "check"], ["pretrain"], ["plan"], ["extract"], ["export"], ["evaluate"], ["predict"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")

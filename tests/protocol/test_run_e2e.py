@@ -103,3 +103,23 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
         assert (run.dir / "report" / f).is_file(), f
     html = (run.dir / "report" / "report.html").read_text()
     assert "learning_curves_round1.png" in html and (run.dir / "report" / "learning_curves_round1.png").is_file()
+
+    # after the run: its symbolic winner exported (Round 3 is off here, so the run has a winner per track and no
+    # final model: export asks which), evaluated on the run's own corpus, and run on new MIDI
+    model = run.dir.parent / "model"
+    asked = cli("export", "--storage", str(run.dir), "--out", str(model))
+    assert asked.returncode == 2 and "give --track" in asked.stderr + asked.stdout and not model.exists()
+    exported = cli("export", "--storage", str(run.dir), "--out", str(model), "--track", "symbolic")
+    assert exported.returncode == 0, exported.stderr + exported.stdout
+    manifest = json.loads((model / "pianoray-model.json").read_text())
+    assert manifest["experiment"] == r["winners"]["symbolic"] and manifest["members"] == ["fold0", "fold1"]
+    evaluated = cli("evaluate", "--model", str(model), "--data", str(run.data), "--json", "--n-boot", "50")
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = json.loads(evaluated.stdout)["composite"]
+    # the folds hold every labelled segment: all of it is music the model saw
+    assert scores["unseen"] is None and scores["seen"]["model"]["n_segments"] == scores["all"]["model"]["n_segments"]
+    files = sorted((run.data / "midi" / "perf").glob("*.mid"))[:3]
+    predicted = cli("predict", "--model", str(model), "--csv", "--passage", "p", *map(str, files))
+    assert predicted.returncode == 0, predicted.stderr
+    rows = predicted.stdout.strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("input,passage,") and "1/3" in predicted.stdout

@@ -62,6 +62,8 @@ def test_features_are_cached_on_disk_by_content_hash(demo_cfg, monkeypatch: pyte
     spec = reference.fitted_spec(demo_cfg, "symbolic-gbm")
     ids = data.fold(0)["test"][:5]
     cache = reference.features_cache_file(demo_cfg, data.corpus, spec.features_id)
+    # an empty process cache: another test may have computed this corpus's features (the same MIDI content)
+    monkeypatch.setattr(reference, "_MEMORY", {})
     x, passages = segment_features(spec, data.corpus, ids, cache)
     assert cache.is_file() and x.shape == (5, len(spec.features(_notes(data, ids[0]))))
     assert passages.tolist() == data.corpus.manifest("T1").set_index("segment_id").loc[ids, "passage"].tolist()
