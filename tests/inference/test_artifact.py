@@ -224,3 +224,15 @@ def test_a_model_of_the_19_dimensions_is_also_scored_on_the_composite_set(export
     assert list(result["percepiano19"]["all"]["model"]["r2"]["per_dim"]) == data.label_names
     assert list(result["composite"]["all"]["model"]["r2"]["per_dim"]) == Taxonomy.default().names
     assert result["composite"]["unseen"]["model"]["n_segments"] == len(data.held_out)
+
+
+def test_predict_on_a_cache_scores_every_segment_and_ranks_within_its_passages(exported) -> None:
+    _, data, path, _ = exported
+    t1 = data.corpus.manifest(Tier.T1)
+    out = predict_inputs(ModelArtifact.load(path), [data.corpus.root])
+    assert [p.segment_id for p in out] == list(t1["segment_id"])
+    sizes = t1.groupby("passage").size()
+    for p in out:
+        assert p.passage == t1.set_index("segment_id").at[p.segment_id, "passage"]
+        n = sizes[p.passage]
+        assert p.ranks is None if n == 1 else all(r.endswith(f"/{n}") for r in p.ranks.values())
