@@ -165,7 +165,7 @@ def evaluation_table(result: Mapping[str, Any]) -> Table:
 
     from pianoray.inference.assess import summary_rows
 
-    table = Table(title="evaluation (95% CIs over passages)", title_justify="left", box=box.SIMPLE)
+    table = Table(title="evaluation (95% CIs over passages)", title_justify="left", box=box.SIMPLE, pad_edge=False)
     for col in ("labels", "music", "model", "pairwise %", "R2", "n/psg"):
         table.add_column(col, justify="right" if col == "n/psg" else "left", no_wrap=True)
     for r in summary_rows(result):
