@@ -293,7 +293,12 @@ def open_corpus(data_cfg: Any) -> Corpus:
     else:
         root = Path(data_cfg.root)
     corpus = open_percepiano(root) if data_cfg.source == "percepiano" else open_cache(root)
-    folder = symbolic_cache_dir(data_cfg, root)
+    return attach_symbolic_cache(corpus, data_cfg)
+
+
+def attach_symbolic_cache(corpus: Corpus, data_cfg: Any) -> Corpus:
+    """``corpus`` with its symbolic feature cache (``symbolic_cache_dir``) attached when one has been built."""
+    folder = symbolic_cache_dir(data_cfg, corpus.root)
     if (folder / "cache.json").is_file():
         # Lazy: a corpus without a symbolic cache (frame-only use) never loads the symbolic package.
         from pianoray.data.symbolic.cache import SymbolicCache

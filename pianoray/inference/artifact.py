@@ -272,6 +272,25 @@ class ModelArtifact:
             self._members = out
         return self._members
 
+    def check_inputs(self, corpus: Any, what: str) -> None:
+        """One error naming ``what`` (the inputs) when ``corpus`` cannot feed this model: frames it reads but the
+        corpus lacks or has at another width; performance or score MIDI it reads but a segment lacks."""
+        from pianoray.data.views import SCORE
+
+        views, name = self.manifest.inputs.views, self.manifest.experiment
+        t1 = corpus.manifest(Tier.T1)
+        width = (self.manifest.inputs.frames or {}).get("width")
+        if "frames" in views and not corpus.has_frames():
+            raise InputError(f"{what}: {name} reads audio frames: give a pianoray cache of the recordings "
+                             "(`pianoray extract`), not MIDI alone")
+        if "frames" in views and corpus.meta.width != width:
+            raise InputError(f"{what}: frames are {corpus.meta.width} wide; {name} was trained on {width}")
+        for column, reads in (("perf_midi", any(v in SYMBOLIC_VIEWS for v in views)),
+                              ("score_midi", any(v.startswith(SCORE) for v in views))):
+            if reads and (column not in t1 or t1[column].isna().any()):
+                raise InputError(f"{what}: {name} reads each segment's {column.replace('_', ' ')}, and "
+                                 "some segments have none")
+
     def loader(self, corpus: Any, segment_ids: Sequence[str], labels: Mapping[str, np.ndarray] | None = None) -> Any:
         """Whole-segment evaluation batches of ``segment_ids`` (T1 of ``corpus``), windows as in training."""
         from pianoray.data.loaders import SegmentDataset, make_loader

@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pianoray.data.tiers import Tier
-from pianoray.data.views import SCORE
 from pianoray.errors import InputError, PianorayError
 from pianoray.feedback import Feedback, or_default
 from pianoray.inference.artifact import SYMBOLIC_VIEWS, ModelArtifact
@@ -46,7 +45,7 @@ def open_dataset(path: str | Path, views: list[str] | None = None, feedback: Fee
     """The labelled dataset at ``path`` as a corpus (its layout detected), with its symbolic features cached
     when ``views`` reads any (as a run caches them)."""
     from pianoray.config import DataConfig
-    from pianoray.data.corpus import CORPUS_FILE, open_corpus
+    from pianoray.data.corpus import CORPUS_FILE, attach_symbolic_cache, open_corpus
     from pianoray.data.symbolic.prepare import ensure_symbolic_cache
 
     path = Path(path)
@@ -62,24 +61,8 @@ def open_dataset(path: str | Path, views: list[str] | None = None, feedback: Fee
         raise InputError(f"{path}: not a pianoray cache (no {CORPUS_FILE}) nor a PercePiano folder ({e})") from None
     if views and any(v in SYMBOLIC_VIEWS for v in views):
         ensure_symbolic_cache(cfg, views, corpus, feedback=feedback)
-        corpus = open_corpus(cfg)  # attaches the cache just built
+        attach_symbolic_cache(corpus, cfg)
     return corpus
-
-
-def _check_inputs(art: ModelArtifact, corpus: Any) -> None:
-    views = art.manifest.inputs.views
-    t1 = corpus.manifest(Tier.T1)
-    if "frames" in views:
-        width = (art.manifest.inputs.frames or {}).get("width")
-        if not corpus.has_frames():
-            raise InputError(f"{corpus.root}: no audio frames, and {art.manifest.experiment} reads them "
-                             "(`pianoray extract` makes them from recordings)")
-        if corpus.meta.width != width:
-            raise InputError(f"{corpus.root}: frames are {corpus.meta.width} wide; {art.path} was trained on {width}")
-    if any(v in SYMBOLIC_VIEWS for v in views) and ("perf_midi" not in t1 or t1["perf_midi"].isna().all()):
-        raise InputError(f"{corpus.root}: no performance MIDI, and {art.manifest.experiment} reads it")
-    if any(v.startswith(SCORE) for v in views) and ("score_midi" not in t1 or t1["score_midi"].isna().any()):
-        raise InputError(f"{corpus.root}: not every segment has a score MIDI, and {art.manifest.experiment} reads it")
 
 
 def label_sets(art: ModelArtifact, corpus: Any) -> dict[str, tuple[list[str], dict[str, np.ndarray],
@@ -149,7 +132,7 @@ def evaluate_artifact(art: ModelArtifact, data: str | Path, *, n_boot: int = 100
     """The JSON object of the module docstring for the labelled dataset at ``data``."""
     feedback = or_default(feedback)
     corpus = open_dataset(data, art.manifest.inputs.views, feedback)
-    _check_inputs(art, corpus)
+    art.check_inputs(corpus, str(corpus.root))
     sets = label_sets(art, corpus)
     own = art.manifest.labels.set
     ids = sorted(sets[own][1])
@@ -159,10 +142,14 @@ def evaluate_artifact(art: ModelArtifact, data: str | Path, *, n_boot: int = 100
                  f"({len(art.manifest.members)} members)")
     pred = art.predict(corpus, ids, sets[own][1])
     ids = pred.segment_ids
-    has_midi = "perf_midi" in corpus.manifest(Tier.T1) and not corpus.manifest(Tier.T1)["perf_midi"].isna().any()
+    t1 = corpus.manifest(Tier.T1).set_index("segment_id")
+    has_midi = "perf_midi" in t1 and not t1.loc[ids, "perf_midi"].isna().any()
     ref = art.reference_predict(corpus, ids) if has_midi else None
+    if art.manifest.reference is not None and ref is None:
+        feedback.warn(f"{corpus.root}: not every segment has performance MIDI, so the reference "
+                      f"({art.manifest.reference.experiment}) is not scored (null in the JSON)")
     seen = seen_flags(art, corpus, ids)
-    passages = corpus.manifest(Tier.T1).set_index("segment_id").loc[ids, "passage"].astype(str).to_numpy()
+    passages = t1.loc[ids, "passage"].astype(str).to_numpy()
     parts: dict[str, np.ndarray] = {"all": np.ones(len(ids), dtype=bool)}
     if seen is not None:
         parts = {"unseen": ~seen, "seen": seen, **parts}

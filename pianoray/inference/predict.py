@@ -22,9 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pianoray.data.tiers import Tier
-from pianoray.data.views import SCORE
 from pianoray.errors import InputError, MissingInputError
-from pianoray.inference.artifact import SYMBOLIC_VIEWS, ModelArtifact
+from pianoray.inference.artifact import ModelArtifact
 
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -110,22 +109,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _check_views(art: ModelArtifact, corpus: Any, what: str) -> None:
-    views = art.manifest.inputs.views
-    if "frames" in views and not corpus.has_frames():
-        raise InputError(f"{what}: {art.manifest.experiment} reads audio frames: give a pianoray cache of the "
-                         "recordings (`pianoray extract`), not MIDI")
-    t1 = corpus.manifest(Tier.T1)
-    if any(v in SYMBOLIC_VIEWS for v in views) and ("perf_midi" not in t1 or t1["perf_midi"].isna().any()):
-        raise InputError(f"{what}: {art.manifest.experiment} reads performance MIDI, and some inputs have none")
-    if any(v.startswith(SCORE) for v in views) and ("score_midi" not in t1 or t1["score_midi"].isna().any()):
-        raise InputError(f"{what}: {art.manifest.experiment} also reads each performance's score MIDI: give a "
-                         "pianoray cache whose manifest has score_midi for every segment")
-    if "frames" in views and corpus.meta.width != (art.manifest.inputs.frames or {}).get("width"):
-        raise InputError(f"{what}: frames are {corpus.meta.width} wide; the model was trained on "
-                         f"{(art.manifest.inputs.frames or {}).get('width')}")
-
-
 def predict_inputs(art: ModelArtifact, inputs: Sequence[str | Path], passage: str | None = None) -> list[Prediction]:
     """Score every input (see the module docstring); in input order. ``passage``: the MIDI inputs are all
     performances of this one passage (ranked together), instead of grouping them by their music."""
@@ -135,13 +118,13 @@ def predict_inputs(art: ModelArtifact, inputs: Sequence[str | Path], passage: st
     batches: list[tuple[Any, list[str], dict[str, str], dict[str, str]]] = []
     if midi:
         corpus = open_midi_files(midi)
-        _check_views(art, corpus, ", ".join(map(str, midi[:3])) + (" ..." if len(midi) > 3 else ""))
+        art.check_inputs(corpus, ", ".join(map(str, midi[:3])) + (" ..." if len(midi) > 3 else ""))
         ids = list(corpus.manifest(Tier.T1)["segment_id"])
         groups = {s: passage for s in ids} if passage is not None else _same_music(corpus, ids)
         batches.append((corpus, ids, groups, dict(zip(ids, map(str, midi)))))
     for folder in caches:
         corpus = open_cache(folder)
-        _check_views(art, corpus, str(folder))
+        art.check_inputs(corpus, str(folder))
         t1 = corpus.manifest(Tier.T1)
         ids = list(t1["segment_id"])
         passages = {s: str(p) if p is not None else s for s, p in zip(ids, t1["passage"])}
