@@ -277,8 +277,9 @@ class Round2Config(Strict):
 
     _v_tiers = field_validator("tiers", mode="before")(lambda cls, v: _tiers(v))
 
-    def fold_groups(self, local: bool) -> list[list[int]]:
-        """The folds of each Round-2 job, in order (``fold_jobs`` resolved for a local head or a cluster)."""
+    def fold_groups(self, local: bool, slots: int = 1) -> list[list[int]]:
+        """The folds of each Round-2 job, in order (``fold_jobs`` resolved for a local head or a cluster); a
+        Round-2 job trains one experiment, so ``slots`` (the jobs that run at once) does not change them."""
         folds = list(range(self.folds))
         grouped = self.fold_jobs == "per_experiment" or (self.fold_jobs == "auto" and local)
         return [folds] if grouped else [[k] for k in folds]
@@ -303,6 +304,19 @@ class Round3Config(Round2Config):
     # The weight of the fusions' auxiliary difficulty head (regression on the pieces' grades, scaled to [0, 1]):
     # it trains on the graded training segments of pieces the fold does not hold out; 0: no head.
     difficulty_head: float = Field(0.1, ge=0)
+
+    def fold_groups(self, local: bool, slots: int = 1) -> list[list[int]]:
+        """The folds of each Round-3 job, in order. A Round-3 job trains every fusion on each of its folds (fold
+        by fold: they fuse the same frozen winners), so its Ray Train start-up is paid once for all of them.
+        per_fold: one fold a job (the cluster layout); per_experiment: every fold in one job; auto: per_fold with
+        --address, and on a local head the folds split in order over the ``slots`` jobs that run at once."""
+        folds = list(range(self.folds or 0))
+        if self.fold_jobs == "per_fold" or (self.fold_jobs == "auto" and not local):
+            return [[k] for k in folds]
+        jobs = 1 if self.fold_jobs == "per_experiment" else max(1, min(slots, len(folds)))
+        size, extra = divmod(len(folds), jobs)
+        bounds = [j * size + min(j, extra) for j in range(jobs + 1)]  # the first `extra` jobs take one more
+        return [folds[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 class SelectionConfig(Strict):

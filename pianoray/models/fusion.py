@@ -23,6 +23,7 @@ builds with :func:`build_fusion`, then loads the winners' trained weights with
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar, Literal, Mapping
 
 import torch
@@ -175,6 +176,88 @@ class ScoreConditionedFusion(nn.Module):
         return EncoderOutput(tokens, mask, z)
 
 
+def digest(x: Any, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+    """A blake2b hash of ``x``'s content: tensors (dtype, shape and bytes), dicts (sorted by key), sequences,
+    scalars, strings, and graph batches (anything with ``to_dict``, e.g. a PyG ``Batch``). Raises TypeError for
+    anything else: a memo keyed by an input it cannot see would serve one batch another's features."""
+    h = h if h is not None else hashlib.blake2b(digest_size=16)
+    if isinstance(x, Tensor):
+        t = x.detach().contiguous().cpu()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(x, Mapping):
+        h.update(b"{")
+        for k in sorted(x, key=str):
+            h.update(repr(k).encode())
+            digest(x[k], h)
+        h.update(b"}")
+    elif isinstance(x, (list, tuple)):
+        h.update(f"[{len(x)}".encode())
+        for v in x:
+            digest(v, h)
+    elif x is None or isinstance(x, (bool, int, float, str)):
+        h.update(repr(x).encode())
+    elif callable(getattr(x, "to_dict", None)):
+        h.update(type(x).__name__.encode())
+        digest(x.to_dict(), h)
+    else:
+        raise TypeError(f"digest: cannot hash a {type(x).__name__}")
+    return h
+
+
+class FrozenFeatures:
+    """The frozen winners' outputs on the evaluation batches already seen: each encoded once per fold.
+
+    A frozen winner in eval mode is a fixed function of its inputs. Validation reads the same windows every
+    epoch, and a fold's fusions read the same validation and test batches through the same fold-k winners, so a
+    process that trains every fusion of a fold (a Round-3 fold job) encodes each evaluation batch once per
+    winner. Keyed by the winner's weights and the batch's inputs, both by content (:func:`digest`), and by the
+    autocast state: a changed weight, window or view is a new key, never another's features. Training batches
+    are random crops that never repeat, and are never kept.
+
+    Bounded twice: the outputs of the ``winners`` most recently used weights only (a fold's two winners; the next
+    fold's evict them), and ``max_bytes`` (on the device they were computed on), past which a batch is encoded
+    without being kept, the result the same."""
+
+    def __init__(self, max_bytes: int = 2 << 30, winners: int = 2) -> None:
+        self.max_bytes, self.winners = max_bytes, winners
+        self.bytes = self.hits = self.misses = 0
+        self._kept: dict[str, dict[str, EncoderOutput]] = {}  # weights -> inputs' key -> output; oldest first
+
+    def encode(self, weights: str, encoder: Encoder, batch: Batch) -> EncoderOutput:
+        """``encoder.encode(batch)``, from the memo when ``(weights, batch.inputs)`` was encoded before."""
+        # A performance batch of F-score also carries the score's inputs, which no winner reads on it: left out
+        # of the key, F-score shares the other fusions' features (its score batch has only those).
+        inputs = {k: v for k, v in batch.inputs.items() if not k.startswith(SCORE)}
+        autocast = [torch.is_autocast_enabled(d) for d in ("cpu", "cuda")]
+        key = digest([inputs, autocast]).hexdigest()
+        kept = self._kept.pop(weights, {})
+        self._kept[weights] = kept  # most recently used last
+        while len(self._kept) > self.winners:
+            oldest = self._kept.pop(next(iter(self._kept)))
+            self.bytes -= sum(_nbytes(o) for o in oldest.values())
+        if (out := kept.get(key)) is not None:
+            self.hits += 1
+            return out
+        self.misses += 1
+        out = EncoderOutput(*(t.detach() if isinstance(t, Tensor) else t for t in encoder.encode(batch)))
+        if self.bytes + _nbytes(out) <= self.max_bytes:
+            kept[key] = out
+            self.bytes += _nbytes(out)
+        return out
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self.bytes = self.hits = self.misses = 0
+
+
+def _nbytes(out: EncoderOutput) -> int:
+    return sum(t.numel() * t.element_size() for t in out if isinstance(t, Tensor))
+
+
+FROZEN_FEATURES = FrozenFeatures()  # one per process: a fold job's fusions share it
+
+
 class FusionEncoder(Encoder):
     """Two frozen encoders + a trainable fusion module (``fusion(audio_out, symbolic_out) -> EncoderOutput``).
 
@@ -193,6 +276,8 @@ class FusionEncoder(Encoder):
         self.fusion = fusion
         self.views = tuple(dict.fromkeys((*audio.views, *symbolic.views)))
         self.unfrozen_lr: float | None = None
+        self._weights: dict[str, str] = {}  # part -> digest of its weights (reset whenever weights are loaded)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._weights.clear())
         self.train()  # the winners were built in train mode
 
     def train(self, mode: bool = True) -> "FusionEncoder":
@@ -219,7 +304,17 @@ class FusionEncoder(Encoder):
         """The encoders' outputs: without a graph while they are frozen (nothing upstream of the fusion module
         trains), with one once unfrozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.unfrozen_lr is not None):
-            return self.audio.encode(batch), self.symbolic.encode(batch)
+            return self._part("audio", batch), self._part("symbolic", batch)
+
+    def _part(self, name: str, batch: Batch) -> EncoderOutput:
+        """Winner ``name`` on ``batch``: from :data:`FROZEN_FEATURES` while frozen and evaluating (the same
+        batch, the same output), else encoded afresh (training crops; unfrozen winners)."""
+        encoder: Encoder = getattr(self, name)
+        if self.training or self.unfrozen_lr is not None:
+            return encoder.encode(batch)
+        if name not in self._weights:
+            self._weights[name] = digest(encoder.state_dict()).hexdigest()
+        return FROZEN_FEATURES.encode(self._weights[name], encoder, batch)
 
     def encode(self, batch: Batch) -> EncoderOutput:
         return self.fusion(*self.parts(batch))
@@ -258,7 +353,7 @@ class ScoreFusionEncoder(FusionEncoder):
 
     def parts(self, batch: Batch) -> tuple[EncoderOutput, EncoderOutput, EncoderOutput]:  # type: ignore[override]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.unfrozen_lr is not None):
-            return self.audio.encode(batch), self.symbolic.encode(batch), self.symbolic.encode(batch.score_batch())
+            return (*super().parts(batch), self._part("symbolic", batch.score_batch()))
 
 
 def _build_part(part: FusedPart, modality: Modality, data: DataSpec) -> Encoder:

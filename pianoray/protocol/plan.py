@@ -459,9 +459,10 @@ def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throug
     before the run, so each fused track is priced at its most expensive candidate (an upper bound; expected: the
     same, since Round 3 stops nothing).
 
-    A frozen epoch runs the winners forward only: each winner's training and validation samples at the evaluation
-    rate (``eval_speedup``). An unfrozen epoch (``round3.unfreeze_lr``) trains them too: each winner's training
-    epoch. The upper bound unfreezes at the earliest plateau, after epoch 1 + patience (the more unfrozen epochs,
+    A frozen epoch runs the winners forward only, at the evaluation rate (``eval_speedup``): on each winner's
+    training samples; its validation samples are encoded once per fold for every fusion (a Round-3 job trains a
+    fold's fusions in one process, ``models.fusion.FROZEN_FEATURES``). An unfrozen epoch (``round3.unfreeze_lr``)
+    trains them too: each winner's training epoch (its validation included). The upper bound unfreezes at the earliest plateau, after epoch 1 + patience (the more unfrozen epochs,
     the dearer). A fusion that reads the score (F-score) runs its symbolic winner twice, on the performance and
     on the score."""
     from pianoray.models import registry
@@ -479,22 +480,23 @@ def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throug
     scaling = {t.device: throughput.scaling(t.device, r3.workers_per_fold) for t in by_track.values()}
     unfrozen = max(0, r3.epochs - r3.patience - 1) if r3.unfreeze_lr is not None else 0
     hours: dict[str, float] = {}
-    for fusion in r3.fusions:
-        reads_score = getattr(registry.get(fusion).config_cls, "reads_score", False)
-        for track, t in by_track.items():
-            passes = 2 if reads_score and track == "symbolic" else 1
-            forward = (t.train_samples + t.eval_samples) / (t.samples_per_s * throughput.eval_speedup) / 3600 * t.units
-            epochs = (r3.epochs - unfrozen) * forward + unfrozen * t.epoch_hours
-            hours[t.device] = hours.get(t.device, 0.0) + passes * epochs * r3.folds / scaling[t.device].efficiency
+    scores = any(getattr(registry.get(f).config_cls, "reads_score", False) for f in r3.fusions)
+    for track, t in by_track.items():
+        rate = t.samples_per_s * throughput.eval_speedup
+        train, val = (n / rate / 3600 * t.units for n in (t.train_samples, t.eval_samples))
+        # the validation windows, encoded once per fold for every fusion (models.fusion.FROZEN_FEATURES)
+        fold_hours = (2 if scores and track == "symbolic" else 1) * val
+        for fusion in r3.fusions:
+            passes = 2 if getattr(registry.get(fusion).config_cls, "reads_score", False) and track == "symbolic" else 1
+            fold_hours += passes * ((r3.epochs - unfrozen) * train + unfrozen * t.epoch_hours)
+        hours[t.device] = hours.get(t.device, 0.0) + fold_hours * r3.folds / scaling[t.device].efficiency
     jobs = len(r3.fusions) * r3.folds
     notes = [f"{', '.join(r3.fusions)} over the {' and '.join(r3.fuse)} winners on {r3.folds} folds, tiers "
              f"{[t.name for t in r3.tiers]}, {r3.epochs} epochs (no early stop assumed); each fused track priced at "
              f"its most expensive candidate ({', '.join(t.experiment for t in by_track.values())}): forward passes "
-             "while frozen" + (f", its training epoch for the {unfrozen} epochs after the earliest plateau "
+             "while frozen (validation once per fold for every fusion)" + (f", its training epoch for the {unfrozen} epochs after the earliest plateau "
                                f"(unfreeze_lr {r3.unfreeze_lr:g})" if unfrozen else "")
-             + ("; F-score runs the symbolic winner twice (performance and score)"
-                if any(getattr(registry.get(f).config_cls, "reads_score", False)
-                       for f in r3.fusions) else "")]
+             + ("; F-score runs the symbolic winner twice (performance and score)" if scores else "")]
     return RoundPlan(ROUND3, r3.epochs, jobs, jobs, hours, dict(hours), notes, None, scaling)
 
 

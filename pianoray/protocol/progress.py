@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 from rich.table import Table
 
+from pianoray.protocol.trials import job_units
 from pianoray.records import SELECTION_METRIC, EpochRecord
 
 
@@ -112,9 +113,10 @@ class ProtocolCallback(Callback):
     """Driver-side Tune callback: every report becomes a ledger epoch event and a table update.
 
     Round-1 trials report epochs directly; Round-2 fold trainables forward their Train workers' reports
-    (``TuneReportCallback``), each fold ending with one ``final`` report holding its test metrics. A Round-2
-    trial may run several folds in sequence (``round2.fold_jobs``): its reports name their fold, each fold is
-    a row of its own, and a fold's row ends (and is billed, from the previous fold's end) at its final report.
+    (``TuneReportCallback``), each fold ending with one ``final`` report holding its test metrics. A fold job
+    may run several (experiment, fold) units in sequence (``round2.fold_jobs``; Round 3's fusions): its reports
+    name their experiment and fold, each unit is a row of its own, and a unit's row ends (and is billed, from
+    the previous unit's end) at its final report.
     """
 
     def __init__(self, run_key: str, round_: str, budget: int) -> None:
@@ -134,21 +136,25 @@ class ProtocolCallback(Callback):
         self.hooks.refresh()
 
     @staticmethod
-    def _folds(trial: Any) -> list[int]:
+    def _units(trial: Any) -> list[tuple[str, int]]:
+        """The (experiment, fold) rows of a trial, in the order it runs them: a fold job's units
+        (``trials.job_units``), or a Round-1 trial's one."""
         cfg = trial.config
-        return [int(k) for k in cfg["folds"]] if "folds" in cfg else [int(cfg.get("fold", 0))]
+        if "experiments" in cfg:
+            return job_units(cfg)
+        return [(cfg["experiment"], int(cfg.get("fold", 0)))]
 
-    def _row(self, trial: Any, fold: int | None = None) -> Row:
-        """The row of ``fold`` (default: the trial's current one: its first fold whose row has not ended)."""
-        if fold is None:
-            folds = self._folds(trial)
-            fold = next((k for k in folds if self._open(trial, k)), folds[-1])
-        row = self.board.row(self.round, trial.config["experiment"], fold)
+    def _row(self, trial: Any, unit: tuple[str, int] | None = None) -> Row:
+        """The row of ``unit`` (default: the trial's current one: its first unit whose row has not ended)."""
+        if unit is None:
+            units = self._units(trial)
+            unit = next((u for u in units if self._open(u)), units[-1])
+        row = self.board.row(self.round, *unit)
         row.budget = self.budget
         return row
 
-    def _open(self, trial: Any, fold: int) -> bool:
-        row = self.board.rows.get((self.round, trial.config["experiment"], fold))
+    def _open(self, unit: tuple[str, int]) -> bool:
+        row = self.board.rows.get((self.round, *unit))
         return row is None or row.ended is None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -162,14 +168,15 @@ class ProtocolCallback(Callback):
         self.refresh()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        row = self._row(trial, int(result["fold"]) if "fold" in result else None)
-        if row.status == "PENDING":  # the next fold of a multi-fold job: it starts where the previous ended
+        unit = (str(result["experiment"]), int(result["fold"])) if "fold" in result and "experiment" in result else None
+        row = self._row(trial, unit)
+        if row.status == "PENDING":  # the next unit of a multi-unit job: it starts where the previous ended
             ended = [r.ended for r in self._trial_rows(trial) if r.ended is not None]
             row.status, row.started = "RUNNING", max(ended, default=row.started)
             row.run(row.started)
         if result.get("final"):
             self.hooks.on_final(self.round, row.experiment, row.fold, result)
-            if len(self._folds(trial)) > 1:
+            if len(self._units(trial)) > 1:
                 self._end_row(row, trial, "DONE")
         elif EpochRecord.is_report(result):
             row.epoch = int(result["epoch"])
@@ -192,7 +199,7 @@ class ProtocolCallback(Callback):
         self.refresh()
 
     def _trial_rows(self, trial: Any) -> list[Row]:
-        return [r for k in self._folds(trial) if (r := self.board.rows.get((self.round, trial.config["experiment"], k)))]
+        return [r for u in self._units(trial) if (r := self.board.rows.get((self.round, *u)))]
 
     def _end_row(self, row: Row, trial: Any, status: str) -> None:
         if row.ended is None:
@@ -202,9 +209,9 @@ class ProtocolCallback(Callback):
         self.hooks.on_trial_end(self.round, row, trial)
 
     def _end(self, trial: Any, status: str) -> None:
-        if len(self._folds(trial)) == 1:
+        if len(self._units(trial)) == 1:
             self._end_row(self._row(trial), trial, status)
-        else:  # a multi-fold job: its scored folds ended at their final reports; the one it stopped in ends now
+        else:  # a multi-unit job: its scored units ended at their final reports; the one it stopped in ends now
             for row in self._trial_rows(trial):
                 if row.status not in ("DONE", "ERROR"):
                     self._end_row(row, trial, status)

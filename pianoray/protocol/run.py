@@ -200,9 +200,10 @@ def _fold_resources_fn(cfg_json: dict[str, Any]) -> Callable[[dict[str, Any]], d
     cfg = ProtocolConfig.model_validate(cfg_json)
 
     def fn(config: dict[str, Any]) -> dict[str, float]:
-        if not is_fitted(cfg, config["experiment"]):
+        (first, *more) = config["experiments"]
+        if more or not is_fitted(cfg, first):
             return {"cpu": DRIVER_CPU}
-        r = cfg.resources_for(config["experiment"])
+        r = cfg.resources_for(first)
         return {"cpu": r.cpu, "gpu": r.gpu}
 
     return fn
@@ -456,10 +457,12 @@ def run_round2(ctx: RunContext, survivors: list[str]) -> None:
 
 def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
     """Round 2 (the survivors) or Round 3 (the fusions): every fold of each of ``names``, as Ray Train jobs
-    launched from Tune function trainables (``round2.fold_jobs`` / ``round3.fold_jobs`` group the folds)."""
+    launched from Tune function trainables. A Round-2 job trains one experiment (``round2.fold_jobs`` groups its
+    folds); a Round-3 job every fusion on its folds (``round3.fold_jobs``: on a local head the folds split over
+    the jobs that run at once), so that Round 3 pays Train's start-up once per job slot, not once per fusion."""
     from ray import tune
 
-    from pianoray.protocol.trials import fold_trainable
+    from pianoray.protocol.trials import fold_trainable, unit_key
 
     cfg = ctx.cfg
     rcfg = cfg.fold_round(round_)
@@ -475,9 +478,12 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
     concurrent = int(ctx.cpus // per_job_cpu) if ctx.cpus else 1
     if per_job_gpu > 0 and ctx.gpus:
         concurrent = min(concurrent, int(ctx.gpus // per_job_gpu))
+    # Round 3's jobs name every fusion, finished or not (``finished`` skips what is scored): a resumed session
+    # then asks for the same jobs, under the same Train run names, whatever it has left to do.
+    jobs = [names] if round_ == ROUND3 else [[n] for n in todo]
     param_space = {
-        "experiment": tune.grid_search(todo),
-        "folds": tune.grid_search(rcfg.fold_groups(ctx.local)),
+        "experiments": tune.grid_search(jobs),
+        "folds": tune.grid_search(rcfg.fold_groups(ctx.local, slots=max(1, concurrent))),
         "round": round_,
         "protocol": config_dict(cfg),
         "storage_path": ctx.storage.uri + "/" + round_ + "-train",
@@ -486,7 +492,7 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
         "run_name": ctx.storage.name,
     }
     # A fold scored in an earlier session ends at once if Tune restores its trial (a stale snapshot).
-    finished = tuple(sorted(f"{n}/{k}" for n, k in done))
+    finished = tuple(sorted(unit_key(n, k) for n, k in done))
     trainable = tune.with_resources(tune.with_parameters(fold_trainable, finished=finished),
                                     _fold_resources_fn(config_dict(cfg)))
     callbacks = [ProtocolCallback(ctx.key, round_, rcfg.epochs), *monitoring_callbacks(cfg, ctx.storage, round_)]

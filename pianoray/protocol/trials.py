@@ -1,9 +1,11 @@
-"""The Ray side of one trial: the shared ``fit`` loop wrapped for Tune (Round 1) and Train (Round 2).
+"""The Ray side of one trial: the shared ``fit`` loop wrapped for Tune (Round 1) and Train (Rounds 2 and 3).
 
 Round 1: :func:`screen_trainable` is a Tune function trainable; it reports every epoch with a checkpoint
 through :class:`ReportSink`, and resumes from ``tune.get_checkpoint()`` after a PAUSE or a restore.
-Round 2: :func:`fold_trainable` is a driver-side Tune function trainable (0.1 CPU) that runs one fold as a
-Ray Train ``TorchTrainer`` with ``TuneReportCallback``; Ray's ``CheckpointConfig`` keeps the top-k. With
+Rounds 2 and 3: :func:`fold_trainable` is a driver-side Tune function trainable (0.1 CPU) that runs a fold job
+as a Ray Train ``TorchTrainer`` with ``TuneReportCallback``: its (experiment, fold) units (:func:`job_units`;
+one experiment in Round 2, every fusion in Round 3), each scored and checkpointed on its own; Ray's
+``CheckpointConfig`` keeps the checkpoints (:func:`fold_checkpoint_config`). With
 ``round2.workers_per_fold`` W > 1 the fold is data parallel (:func:`fold_worker`: DDP through
 ``ray.train.torch.prepare_model``, each rank a shard of every global batch). The fold's test part is scored
 once, from the best checkpoint, at the end of the Train job on its rank-0 worker (its GPU where it has one),
@@ -223,47 +225,61 @@ def screen_trainable(config: dict[str, Any], eliminated: Mapping[str, int] | tup
             pass
 
 
+def job_units(config: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The (experiment, fold) units of one fold job, in the order it trains them: fold by fold, and on each fold
+    every experiment of ``config["experiments"]`` (Round 2: one experiment; Round 3: every fusion, which fuse
+    that fold's same frozen winners)."""
+    return [(name, int(k)) for k in config["folds"] for name in config["experiments"]]
+
+
+def unit_key(experiment: str, fold: int) -> str:
+    """``"<experiment>/<fold>"``: how a scored unit is named to a fold job (``finished``)."""
+    return f"{experiment}/{fold}"
+
+
 def fold_worker(config: dict[str, Any]) -> None:
-    """Inside a Ray Train worker: the folds of one job (``config["folds"]``, in order), each a full-budget fit
+    """Inside a Ray Train worker: the units of one job (:func:`job_units`, in order), each a full-budget fit
     with early stopping, then its test score.
 
     Every rank trains (data parallel when the job has several workers) and reports each epoch, as Ray Train
-    requires; rank 0 alone writes the checkpoints and scores each fold's best one on the test part, which that
-    fold's last report carries (the other ranks report nothing new then), so the driver writes each fold's ledger
-    event once. Resume: folds the driver has a score for (``config["finished"]``) are skipped. The job's latest
-    checkpoint names its fold and whether it was that fold's last epoch (``metrics.json``): that fold resumes
-    from it (or goes straight to scoring); a fold before it trained earlier in this job, so without a score it
-    is only scored again from its checkpoints (the driver died between the report and the ledger), or, when
-    the job has since let them go (:func:`fold_checkpoint_config`), trained again from the start: training is
-    deterministic, so the score is the one it would have had.
+    requires; rank 0 alone writes the checkpoints and scores each unit's best one on the test part, which that
+    unit's last report carries (the other ranks report nothing new then), so the driver writes each fold's ledger
+    event once. Resume: units the driver has a score for (``config["finished"]``) are skipped. The job's latest
+    checkpoint names its experiment and fold, and whether it was that unit's last epoch (``metrics.json``): that
+    unit resumes from it (or goes straight to scoring); a unit before it trained earlier in this job, so without
+    a score it is only scored again from its checkpoints (the driver died between the report and the ledger), or,
+    when the job has since let them go (:func:`fold_checkpoint_config`), trained again from the start: training
+    is deterministic, so the score is the one it would have had.
     """
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
-    name, folds, finished = config["experiment"], list(config["folds"]), set(config.get("finished", ()))
+    units, finished = job_units(config), set(config.get("finished", ()))
     round_ = config.get("round", ROUND2)
     budget = cfg.fold_round(round_)
     rank = ray.train.get_context().get_world_rank()
     data = experiment_data(cfg)
     device = get_device()
     with trial_scratch() as scratch:
-        cfg = local_starts(cfg, name, config, scratch)
+        for name in config["experiments"]:
+            cfg = local_starts(cfg, name, config, scratch)
         resume = _resume_dir(ray.train.get_checkpoint(), scratch)
-        at = _checkpoint_place(resume, folds[0])
+        at = _checkpoint_place(resume, units[0])
         wrap = None
         if ray.train.get_context().get_world_size() > 1:
             # find_unused_parameters: a stage may leave heads out of the loss (A2's self-supervised stage)
             wrap = partial(prepare_model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
-        for fold in folds:
-            if fold in finished:
+        for unit in units:
+            name, fold = unit
+            if unit_key(name, fold) in finished:
                 continue
-            mine = at is not None and fold == at[0]
-            trained_before = at is not None and folds.index(fold) < folds.index(at[0])
-            if trained_before and not _reported(fold):
+            mine = at is not None and unit == at[0]
+            trained_before = at is not None and units.index(unit) < units.index(at[0])
+            if trained_before and not _reported(name, fold):
                 trained_before = False
-                logger.warning("round2 %s fold %d: no score in the ledger and its checkpoints are gone; training it "
-                               "again from the start (deterministic: the same score)", name, fold)
+                logger.warning("%s %s fold %d: no score in the ledger and its checkpoints are gone; training it "
+                               "again from the start (deterministic: the same score)", round_, name, fold)
             if not trained_before and not (mine and at[1]):
                 extra = {"experiment": name, "fold": fold, "round": round_}
                 if rank == 0:
@@ -277,40 +293,45 @@ def fold_worker(config: dict[str, Any]) -> None:
                     pass
             final: dict[str, Any] = {}
             if rank == 0:
-                final = score_fold(cfg, name, fold, data, _reported(fold), device, keep=best_store(config), round_=round_)
+                final = score_fold(cfg, name, fold, data, _reported(name, fold), device, keep=best_store(config),
+                                   round_=round_)
             ray.train.report(final)
 
 
-def _reported(fold: int) -> list[Any]:
-    """The checkpoints of ``fold`` that this Train job still keeps (what every rank may ask its controller)."""
+def _reported(experiment: str, fold: int) -> list[Any]:
+    """The checkpoints of ``experiment`` on ``fold`` that this Train job still keeps (what every rank may ask its
+    controller)."""
     import ray.train
 
-    return [r for r in ray.train.get_all_reported_checkpoints() if r.metrics.get("fold") == fold]
+    return [r for r in ray.train.get_all_reported_checkpoints()
+            if r.metrics.get("fold") == fold and r.metrics.get("experiment", experiment) == experiment]
 
 
-def fold_checkpoint_config(cfg: ProtocolConfig, n_folds: int, round_: str = ROUND2) -> Any:
-    """Which checkpoints a Round-2 job keeps. One fold: the top ``round2.num_to_keep`` by validation pairwise
-    accuracy. Several folds in one job: Ray ranks checkpoints across the whole job, so top-k could drop a weaker
-    fold's best before it is scored; the most recent ``patience + 1`` (at least ``num_to_keep``) are kept
-    instead, which always hold the running fold's best (early stopping ends a fold ``patience`` epochs after
-    its best) and its latest (for resume), and let each scored fold's checkpoints go as the next fold trains."""
+def fold_checkpoint_config(cfg: ProtocolConfig, n_units: int, round_: str = ROUND2) -> Any:
+    """Which checkpoints a fold job keeps. One unit (one experiment on one fold): the top ``num_to_keep`` by
+    validation pairwise accuracy. Several units in one job: Ray ranks checkpoints across the whole job, so top-k
+    could drop a weaker unit's best before it is scored; the most recent ``patience + 1`` (at least
+    ``num_to_keep``) are kept instead, which always hold the running unit's best (early stopping ends a unit
+    ``patience`` epochs after its best) and its latest (for resume), and let each scored unit's checkpoints go as
+    the next one trains."""
     import ray.train
 
     r2 = cfg.fold_round(round_)
-    if n_folds == 1:
+    if n_units == 1:
         return ray.train.CheckpointConfig(num_to_keep=r2.num_to_keep, checkpoint_score_attribute=SELECTION_METRIC,
                                           checkpoint_score_order="max")
     return ray.train.CheckpointConfig(num_to_keep=max(r2.num_to_keep, r2.patience + 1))
 
 
-def _checkpoint_place(resume: Path | None, first_fold: int) -> tuple[int, bool] | None:
-    """(fold, whether it was that fold's last epoch) of the checkpoint a job resumes from (its
-    ``metrics.json``; a checkpoint written before folds were recorded there is a one-fold job's, the job's
-    first); None for a job starting afresh."""
+def _checkpoint_place(resume: Path | None, first: tuple[str, int]) -> tuple[tuple[str, int], bool] | None:
+    """((experiment, fold), whether it was that unit's last epoch) of the checkpoint a job resumes from (its
+    ``metrics.json``; a checkpoint that does not name them is the job's ``first`` unit's); None for a job
+    starting afresh."""
     if resume is None or not (resume / METRICS_FILE).is_file():
         return None
     metrics = json.loads((resume / METRICS_FILE).read_text())
-    return int(metrics.get("fold", first_fold)), bool(metrics.get("stop", False))
+    unit = (str(metrics.get("experiment", first[0])), int(metrics.get("fold", first[1])))
+    return unit, bool(metrics.get("stop", False))
 
 
 def score_fold(cfg: ProtocolConfig, name: str, fold: int, data: ExperimentData, reported: list[Any],
@@ -485,13 +506,14 @@ def best_checkpoint(reported: list[tuple[Any, Mapping[str, Any]]]) -> Any:
 
 
 def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> None:
-    """Round 2, one job: an experiment's ``config["folds"]`` (one fold on a cluster, all of them on a local
-    head: ``round2.fold_jobs``), as a TorchTrainer run under a fixed name, so that rerunning it resumes.
+    """Round 2 or 3, one job: the units of ``config["experiments"]`` x ``config["folds"]`` (:func:`job_units`;
+    Round 2: one experiment, one fold on a cluster or all of them on a local head, ``round2.fold_jobs``; Round 3:
+    every fusion on its folds), as a TorchTrainer run under a fixed name, so that rerunning it resumes.
 
     Ray Train V2 resumes a job only when it is rerun with the same ``RunConfig(name, storage_path)``.
-    ``finished``: ``"<experiment>/<fold>"`` of folds scored in an earlier session (their ``fold`` ledger
-    event exists); they are skipped, and a job whose folds are all scored ends at once instead of starting
-    Train again. Checkpoints kept: :func:`fold_checkpoint_config`.
+    ``finished``: :func:`unit_key` of units scored in an earlier session (their ``fold`` ledger event exists);
+    they are skipped, and a job whose units are all scored ends at once instead of starting Train again.
+    Checkpoints kept: :func:`fold_checkpoint_config`.
     """
     import ray.train
     from ray import tune
@@ -499,21 +521,24 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = ProtocolConfig.model_validate(config["protocol"])
-    name, folds = config["experiment"], list(config["folds"])
+    names, folds, units = list(config["experiments"]), list(config["folds"]), job_units(config)
     round_ = config.get("round", ROUND2)
     budget = cfg.fold_round(round_)
-    done = [k for k in folds if f"{name}/{k}" in finished]
-    if len(done) == len(folds):
+    done = [unit_key(*u) for u in units if unit_key(*u) in finished]
+    if len(done) == len(units):
         return
-    if registry.get(cfg.encoder_name(name)).kind == "fitted":
-        for k in folds:
-            if k not in done:
+    fitted = [n for n in names if registry.get(cfg.encoder_name(n)).kind == "fitted"]
+    if fitted:
+        if len(names) > 1:
+            raise ValueError(f"a fold job of fitted references trains one experiment, not {names}")
+        for name, k in units:
+            if unit_key(name, k) not in done:
                 fitted_fold(cfg, name, k, tune.report)
         return
-    res = cfg.resources_for(name)
+    res = max((cfg.resources_for(n) for n in names), key=lambda r: (r.gpu, r.cpu))
     trainer = TorchTrainer(
         fold_worker,
-        train_loop_config={"protocol": config["protocol"], "experiment": name, "folds": folds, "finished": done,
+        train_loop_config={"protocol": config["protocol"], "experiments": names, "folds": folds, "finished": done,
                            "round": round_, "run_storage": config.get("run_storage"),
                            "run_name": config.get("run_name")},
         scaling_config=ray.train.ScalingConfig(
@@ -522,19 +547,20 @@ def fold_trainable(config: dict[str, Any], finished: tuple[str, ...] = ()) -> No
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu > 0 else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=train_run_name(name, folds, round_),
+            name=train_run_name(names, folds, round_),
             storage_path=config["storage_path"],
-            checkpoint_config=fold_checkpoint_config(cfg, len(folds), round_),
+            checkpoint_config=fold_checkpoint_config(cfg, len(units), round_),
             failure_config=ray.train.FailureConfig(max_failures=budget.max_failures),
             callbacks=[TuneReportCallback()],
         ),
     )
-    trainer.fit()  # each fold's test score arrives as its last report (fold_worker)
+    trainer.fit()  # each unit's test score arrives as its last report (fold_worker)
 
 
-def train_run_name(experiment: str, folds: list[int], round_: str = ROUND2) -> str:
+def train_run_name(experiments: str | list[str], folds: list[int], round_: str = ROUND2) -> str:
     """The Ray Train run (and storage folder) of a fold job: ``round2-A1-fold1``, ``round2-A1-folds0-3``,
-    ``round3-F2-folds0-3``."""
+    ``round3-F1+F2+F3+F-score-folds0-1``."""
+    names = "+".join([experiments] if isinstance(experiments, str) else experiments)
     if len(folds) == 1:
-        return f"{round_}-{experiment}-fold{folds[0]}"
-    return f"{round_}-{experiment}-folds{folds[0]}-{folds[-1]}"
+        return f"{round_}-{names}-fold{folds[0]}"
+    return f"{round_}-{names}-folds{folds[0]}-{folds[-1]}"

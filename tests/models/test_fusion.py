@@ -253,3 +253,48 @@ def test_f_score_needs_the_score_views_in_its_batch(demo) -> None:
     enc = _fusion(data, "F-score").eval()
     with pytest.raises(KeyError, match="no score views"):
         enc.encode(_batch(data, ("frames", "notes")))
+
+
+def test_frozen_winners_encode_each_evaluation_batch_once_and_only_while_frozen(demo, monkeypatch) -> None:
+    """Evaluating, a fusion's frozen winners come from the process's memo (FROZEN_FEATURES): the same batch twice,
+    or another fusion over the same winners (F-score's score inputs left out of the key), encodes once, to the
+    same tensors; a training batch, unfrozen winners or changed weights encode afresh, and only the most recent
+    weights' outputs are kept."""
+    from pianoray.models import fusion
+
+    _, data = demo
+    memo = fusion.FrozenFeatures()
+    monkeypatch.setattr(fusion, "FROZEN_FEATURES", memo)
+    f2, fs = _fusion(data, "F2").eval(), _fusion(data, "F-score").eval()
+    fs.load_state_dict({**fs.state_dict(), **{k: v for k, v in f2.state_dict().items() if not k.startswith("fusion")}})
+    batch = _batch(data, fs.views)
+    with torch.no_grad():
+        first = f2.parts(batch)
+        assert (memo.misses, memo.hits) == (2, 0)
+        again = f2.parts(batch)
+        assert (memo.misses, memo.hits) == (2, 2) and all(a is b for a, b in zip(first, again))
+        audio, perf, score = fs.parts(batch)  # the same winners: their performance parts are kept ones
+        assert (memo.misses, memo.hits) == (3, 4) and audio is first[0] and perf is first[1]
+        assert torch.equal(score.z, fs.symbolic.encode(batch.score_batch()).z)
+        torch.testing.assert_close(f2.encode(batch).z, f2.fusion(f2.audio.encode(batch), f2.symbolic.encode(batch)).z)
+        other = _batch(data, fs.views, n=3)  # other inputs: a new key
+        f2.parts(other)
+        assert memo.misses == 5
+        f2.train()  # training crops are never kept
+        f2.parts(batch)
+        assert memo.misses == 5 and memo.hits == 6
+        f2.eval()
+        f2.unfreeze(1e-4)  # unfrozen winners change as they train
+        f2.parts(batch)
+        assert memo.hits == 6
+    # new weights (another fold's winners): a new key, and the previous winners' outputs are let go
+    f1 = _fusion(data, "F2").eval()
+    with torch.no_grad():
+        state = {k: v + 1 if v.is_floating_point() else v for k, v in f1.state_dict().items()}
+        f1.load_state_dict(state)
+        misses = memo.misses
+        f1.parts(batch)
+        assert memo.misses == misses + 2 and len(memo._kept) == 2
+        assert memo.bytes == sum(fusion._nbytes(o) for kept in memo._kept.values() for o in kept.values())
+    with pytest.raises(TypeError, match="cannot hash a object"):
+        fusion.digest(object())

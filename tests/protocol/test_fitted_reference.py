@@ -45,8 +45,9 @@ def test_the_registry_says_which_experiments_are_fitted(cfg) -> None:
     assert "symbolic-gbm" in cfg.enabled_experiments()
     assert is_fitted(cfg, "symbolic-gbm") and not is_fitted(cfg, "symbolic-features")
     resources = _fold_resources_fn(config_dict(cfg))
-    assert resources({"experiment": "S2"}) == {"cpu": DRIVER_CPU}  # only launches its TorchTrainer
-    assert resources({"experiment": "symbolic-gbm"}) == {"cpu": cfg.resources_for("symbolic-gbm").cpu, "gpu": 0.0}
+    assert resources({"experiments": ["S2"]}) == {"cpu": DRIVER_CPU}  # only launches its TorchTrainer
+    assert resources({"experiments": ["symbolic-gbm"]}) == {"cpu": cfg.resources_for("symbolic-gbm").cpu, "gpu": 0.0}
+    assert resources({"experiments": ["F1", "F2"]}) == {"cpu": DRIVER_CPU}  # a Round-3 job of several fusions
 
 
 def test_round2_reports_reach_the_ledger_summaries_and_results(cfg, tmp_path) -> None:
@@ -61,7 +62,7 @@ def test_round2_reports_reach_the_ledger_summaries_and_results(cfg, tmp_path) ->
         callback = ProtocolCallback(ctx.key, ROUND2, cfg.round2.epochs)
         ledger.round_finished("round1", {"promoted": ["symbolic-gbm"], "exempt": ["symbolic-gbm"]})
         for fold in range(cfg.round2.folds):
-            trial = SimpleNamespace(config={"experiment": "symbolic-gbm", "fold": fold}, trial_id=f"t{fold}",
+            trial = SimpleNamespace(config={"experiments": ["symbolic-gbm"], "folds": [fold]}, trial_id=f"t{fold}",
                                     status="RUNNING")
             callback.on_trial_start(0, [], trial)
             reports = []

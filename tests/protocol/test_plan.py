@@ -113,17 +113,20 @@ def test_round3_prices_each_fused_track_at_its_most_expensive_candidate():
     cfg.round3.enabled, cfg.round3.epochs = True, 10
     r3 = plan(cfg, SCRIPTED, eliminated=0.5, sizes=SIZES).rounds[2]
     # T1-T3: train 60 + 30 + 15 = 105, val 15. Frozen, the winners run forward only, at the evaluation rate (3x):
-    # X 120/30 s x 1 GPU = 4 GPU-s, Y 120/6 s x 2 CPUs = 40 CPU-s an epoch; x 10 epochs x 4 folds x 4 fusions,
-    # F-score reading Y twice (the table has no data-parallel entry: efficiency 1)
+    # on the training samples every epoch of every fusion, X 105/30 s x 1 GPU = 3.5 GPU-s, Y 105/6 s x 2 CPUs =
+    # 35 CPU-s; on the validation samples once per fold for all the fusions (X 0.5 GPU-s, Y 5 CPU-s). x 10 epochs
+    # x 4 fusions, F-score reading Y twice (score and performance), x 4 folds (the table has no data-parallel
+    # entry: efficiency 1)
     assert (r3.jobs_upper, r3.jobs_expected) == (16, 16)
-    assert r3.upper_hours == pytest.approx({"gpu": 4 * 10 * 4 * 4 / 3600, "cpu": 40 * 10 * 4 * (3 + 2) / 3600})
+    assert r3.upper_hours == pytest.approx({"gpu": (0.5 + 3.5 * 10 * 4) * 4 / 3600,
+                                            "cpu": (5 * 2 + 35 * 10 * (3 + 2)) * 4 / 3600})
     assert "F-score runs the symbolic winner twice" in r3.notes[0]
     # unfreeze_lr: from the earliest plateau (after epoch 1 + patience 5) the winners train: their training epoch,
     # X (105/10 + 15/30) s x 1 GPU = 11 GPU-s, Y (105/2 + 15/6) s x 2 CPUs = 110 CPU-s; 6 frozen + 4 unfrozen epochs
     cfg.round3.unfreeze_lr = 1e-6
     r3 = plan(cfg, SCRIPTED, eliminated=0.5, sizes=SIZES).rounds[2]
-    assert r3.upper_hours == pytest.approx({"gpu": (6 * 4 + 4 * 11) * 4 * 4 / 3600,
-                                            "cpu": (6 * 40 + 4 * 110) * 4 * (3 + 2) / 3600})
+    assert r3.upper_hours == pytest.approx({"gpu": (0.5 + (6 * 3.5 + 4 * 11) * 4) * 4 / 3600,
+                                            "cpu": (5 * 2 + (6 * 35 + 4 * 110) * (3 + 2)) * 4 / 3600})
     assert "for the 4 epochs after the earliest plateau" in r3.notes[0]
     cfg.experiments["Y"].encoder = "symbolic-features"  # a reference: the symbolic track has no candidate
     assert plan(cfg, SCRIPTED, eliminated=0.5, sizes=SIZES).rounds[2].notes == [

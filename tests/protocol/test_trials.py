@@ -1,7 +1,8 @@
-"""The Round-2 fold job's last report and its choice of checkpoint; a trial's local scratch (no Ray needed)."""
+"""Fold jobs: their units, their last report and choice of checkpoint; a trial's local scratch (no Ray needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from pianoray.protocol.trials import SCRATCH_PREFIX, best_checkpoint, sweep_scratch, trial_scratch
+from pianoray.config import ProtocolConfig
+from pianoray.protocol.trials import (
+    SCRATCH_PREFIX,
+    _checkpoint_place,
+    best_checkpoint,
+    job_units,
+    sweep_scratch,
+    train_run_name,
+    trial_scratch,
+)
+from pianoray.records import ROUND3
+from pianoray.training.checkpoint import METRICS_FILE
 
 
 def test_best_checkpoint_skips_epochs_that_select_nothing() -> None:
@@ -82,3 +94,28 @@ def test_a_node_without_the_drivers_starting_weights_fetches_them_from_the_run(t
     assert tmp_path / "scratch" in exp.init_encoder.parents
     assert local_starts(cfg, "S2", {}, tmp_path / "scratch2") is cfg  # no run: nothing to fetch from
     assert not (tmp_path / "scratch2").exists()
+
+
+def test_a_round3_job_trains_every_fusion_fold_by_fold_and_local_folds_fill_the_job_slots() -> None:
+    """Round 3's fold jobs: each trains every fusion of its folds, fold by fold (the fusions of a fold share its
+    frozen winners); on a local head the folds split in order over the jobs that run at once; on a cluster one
+    fold a job. Round 2's grouping ignores the slots (a Round-2 job trains one experiment)."""
+    cfg = ProtocolConfig.model_validate({"round2": {"folds": 4}})
+    assert cfg.round3.fold_groups(local=True, slots=2) == [[0, 1], [2, 3]]
+    assert cfg.round3.fold_groups(local=True, slots=3) == [[0, 1], [2], [3]]
+    assert cfg.round3.fold_groups(local=True, slots=8) == [[0], [1], [2], [3]]
+    assert cfg.round3.fold_groups(local=False, slots=2) == [[0], [1], [2], [3]]
+    assert cfg.round3.model_copy(update={"fold_jobs": "per_experiment"}).fold_groups(True, slots=2) == [[0, 1, 2, 3]]
+    assert cfg.round2.fold_groups(local=True, slots=2) == [[0, 1, 2, 3]]
+    units = job_units({"experiments": ["F1", "F3"], "folds": [2, 3]})
+    assert units == [("F1", 2), ("F3", 2), ("F1", 3), ("F3", 3)]
+    assert train_run_name(["F1", "F3"], [2, 3], ROUND3) == "round3-F1+F3-folds2-3"
+    assert train_run_name("A1", [1]) == "round2-A1-fold1"
+
+
+def test_a_resumed_job_finds_the_unit_its_checkpoint_names(tmp_path: Path) -> None:
+    assert _checkpoint_place(None, ("F1", 0)) is None
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"experiment": "F3", "fold": 1, "epoch": 2, "stop": True}))
+    assert _checkpoint_place(tmp_path, ("F1", 0)) == (("F3", 1), True)
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"epoch": 2}))  # one written before units were named
+    assert _checkpoint_place(tmp_path, ("F1", 0)) == (("F1", 0), False)

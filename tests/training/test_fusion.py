@@ -168,3 +168,18 @@ def test_the_head_never_trains_on_a_grade_of_a_piece_the_fold_holds_out(demo) ->
     assert next(iter(data.eval_loader(0, "test", ("notes",), 8))).difficulty is None
     assert scaled_grades({"a": 2, "b": 6, "c": 4}) == {"a": 0.0, "b": 1.0, "c": 0.5}
     assert scaled_grades({"a": 3, "b": 3}) == {}
+
+
+def test_the_frozen_feature_memo_changes_no_figure_of_a_fusions_fit(demo, monkeypatch) -> None:  # noqa: F811
+    """Trained with the process's frozen-feature memo (its validation batches encoded once, then served), a fusion
+    reports the same validation figures every epoch, to the bit, as with a memo that keeps nothing."""
+    from pianoray.models import fusion
+
+    cfg, data = demo
+    cfg, _ = with_fusion(cfg, "F3")
+    runs = []
+    for memo in (fusion.FrozenFeatures(), fusion.FrozenFeatures(max_bytes=0)):
+        monkeypatch.setattr(fusion, "FROZEN_FEATURES", memo)
+        runs.append([r.metrics for r in fit(cfg, "F3", data, 0, Budget(3))])
+        assert (memo.hits > 0) == (memo.bytes > 0) == (memo.max_bytes > 0)
+    assert runs[0] == runs[1]
