@@ -185,7 +185,11 @@ def prediction_table(predictions: list[Any], definitions: Mapping[str, str | Non
     for n in names:
         table.add_column(n, justify="right")
     table.add_column("mean", justify="right")
+    graded = any(getattr(p, "difficulty", None) is not None for p in predictions)
+    if graded:
+        table.add_column("grade", justify="right")  # the difficulty head's, on its training corpus's scale
     for p in predictions:
         cells = [f"{p.scores[n]:.2f}" + (f" #{p.ranks[n]}" if p.ranks else "") for n in names]
-        table.add_row(p.input, p.passage, *cells, f"{p.mean:.2f}")
+        grade = [f"{p.difficulty:.1f}" if p.difficulty is not None else "-"] if graded else []
+        table.add_row(p.input, p.passage, *cells, f"{p.mean:.2f}", *grade)
     return table

@@ -477,12 +477,19 @@ def build_split(
     return SplitDataset(parts)
 
 
+def grade_range(difficulty: Mapping[str, float] | None) -> tuple[float, float] | None:
+    """(lowest, highest) of the corpus's difficulty grades, the scale of the difficulty head's targets; None with
+    fewer than two distinct grades (nothing to scale, or to learn)."""
+    grades = [float(g) for g in (difficulty or {}).values()]
+    return (min(grades), max(grades)) if len(set(grades)) > 1 else None
+
+
 def scaled_grades(difficulty: Mapping[str, float]) -> dict[str, float]:
-    """piece -> its difficulty grade scaled to [0, 1] over the corpus's grades ((g - min) / (max - min)): what the
-    difficulty head predicts; {} for fewer than two distinct grades (nothing to scale, or to learn)."""
-    if len(set(difficulty.values())) < 2:
+    """piece -> its difficulty grade scaled to [0, 1] over the corpus's grades ((g - min) / (max - min),
+    :func:`grade_range`): what the difficulty head predicts; {} for fewer than two distinct grades."""
+    if (scale := grade_range(difficulty)) is None:
         return {}
-    lo, hi = min(difficulty.values()), max(difficulty.values())
+    lo, hi = scale
     return {str(p): (float(g) - lo) / (hi - lo) for p, g in difficulty.items()}
 
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import pianoray
 from pianoray.data.fingerprints import Fingerprints
+from pianoray.data.loaders import grade_range
 from pianoray.data.tiers import Tier
 from pianoray.errors import InputError, MissingInputError
 from pianoray.models.contract import PerformanceModel
@@ -98,6 +99,9 @@ class Manifest(_Strict):
     n_dims: int = Field(ge=1)
     frame_width: int | None = None
     difficulty_head: bool = False  # Round 3's fusions train an auxiliary difficulty head beside the others
+    # The grades the head's [0, 1] output was scaled over (the training corpus's lowest and highest): what turns
+    # its output back into a grade. None without a head.
+    difficulty_grades: tuple[float, float] | None = None
     members: list[str] = Field(min_length=1)
     labels: LabelInfo
     inputs: InputInfo
@@ -308,7 +312,15 @@ class ModelArtifact:
         first = runs[0]
         mean = lambda attr: np.mean([getattr(r, attr) for r in runs], axis=0)  # noqa: E731
         return Predictions(first.segment_ids, mean("scores"), mean("regression"), first.labels, first.has_labels,
-                           first.groups, mean("z"))
+                           first.groups, mean("z"), mean("difficulty") if first.difficulty is not None else None)
+
+    def grade(self, scaled: np.ndarray) -> np.ndarray:
+        """The difficulty head's [0, 1] output as grades, on the scale of the corpus it trained on
+        (``difficulty_grades``)."""
+        if self.manifest.difficulty_grades is None:
+            raise ValueError(f"{self.path}: the model has no difficulty head")
+        lo, hi = self.manifest.difficulty_grades
+        return lo + np.asarray(scaled) * (hi - lo)
 
     # ---------------------------------------------------------------- the reference
     def reference_predict(self, corpus: Any, segment_ids: Sequence[str]) -> np.ndarray | None:
@@ -394,11 +406,12 @@ def artifact_parts(cfg: Any, name: str, data: Any, members: Sequence[Member], *,
     fingerprints = Fingerprints.of([midi_fingerprint(data.corpus.path(rel)) for rel in files], len(seen))
     feedback.say(f"fingerprints: {fingerprints.runs.size} pitch runs of {len(seen)} segments ({len(files)} MIDI files)")
 
+    head = any(k.startswith("difficulty.") for k in members[0].state)
     manifest = Manifest(
         schema_version=ARTIFACT_SCHEMA, experiment=name, encoder=spec.name, track=spec.track, kind=kind,
         model=encoder_cfg.model_dump(mode="json"), n_dims=len(data.label_names),
         frame_width=data.data_spec().frame_width, members=[m.name for m in members],
-        difficulty_head=any(k.startswith("difficulty.") for k in members[0].state),
+        difficulty_head=head, difficulty_grades=grade_range(data.corpus.difficulty) if head else None,
         labels=LabelInfo(set=cfg.data.labels, names=list(data.label_names),
                          taxonomy=taxonomy.model_dump(mode="json")),
         inputs=InputInfo(views=views, max_frames=cfg.data.max_frames, max_notes=cfg.data.max_notes,

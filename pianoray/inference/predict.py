@@ -31,7 +31,8 @@ MIDI_SUFFIXES = (".mid", ".midi")
 @dataclass
 class Prediction:
     """One scored input: ``scores`` and ``ranks`` per dimension (ranks None when it is alone in its passage;
-    "r/n" otherwise), their mean, and the passage group it was ranked in."""
+    "r/n" otherwise), their mean, the passage group it was ranked in, and ``difficulty``: the piece's difficulty
+    grade by the model's difficulty head, on its training corpus's scale (None for a model without one)."""
 
     input: str
     segment_id: str
@@ -39,6 +40,7 @@ class Prediction:
     scores: dict[str, float]
     ranks: dict[str, str] | None
     mean: float
+    difficulty: float | None = None
 
     def summary(self) -> str:
         best = max(self.scores, key=self.scores.get)
@@ -48,12 +50,13 @@ class Prediction:
             n = int(next(iter(self.ranks.values())).split("/")[1])
             firsts = sum(r.startswith("1/") for r in self.ranks.values())
             rank = f"; first of {n} performances of its passage on {firsts} of {len(self.ranks)} dimensions"
+        grade = f"; difficulty grade {self.difficulty:.1f}" if self.difficulty is not None else ""
         return (f"{self.input}: mean {self.mean:.2f}, strongest {best} {self.scores[best]:.2f}, "
-                f"weakest {worst} {self.scores[worst]:.2f}{rank}")
+                f"weakest {worst} {self.scores[worst]:.2f}{rank}{grade}")
 
     def to_json(self) -> dict[str, Any]:
         return {"input": self.input, "segment_id": self.segment_id, "passage": self.passage, "scores": self.scores,
-                "ranks": self.ranks, "mean": self.mean, "summary": self.summary()}
+                "ranks": self.ranks, "mean": self.mean, "difficulty": self.difficulty, "summary": self.summary()}
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
@@ -142,12 +145,14 @@ def predict_inputs(art: ModelArtifact, inputs: Sequence[str | Path], passage: st
             if len(members) > 1:
                 r = _ranks(pred.scores[[rows[s] for s in members]])
                 ranks.update({s: r[i] for i, s in enumerate(members)})
+        grades = art.grade(pred.difficulty) if pred.difficulty is not None else None
         for s in ids:
             reg = pred.regression[rows[s]]
             n = len(groups[passage[s]])
             out.append(Prediction(
                 label[s], s, passage[s], {d: float(v) for d, v in zip(names, reg)},
-                {d: f"{int(r)}/{n}" for d, r in zip(names, ranks[s])} if s in ranks else None, float(reg.mean())))
+                {d: f"{int(r)}/{n}" for d, r in zip(names, ranks[s])} if s in ranks else None, float(reg.mean()),
+                float(grades[rows[s]]) if grades is not None else None))
     return out
 
 
@@ -160,14 +165,17 @@ def definitions(art: ModelArtifact) -> dict[str, str | None]:
 
 
 def csv_text(predictions: list[Prediction], names: list[str]) -> str:
-    """One row per input: input, passage, each dimension's score, mean, then each dimension's rank."""
+    """One row per input: input, passage, each dimension's score, mean, each dimension's rank, then the difficulty
+    grade (a column only for a model with a difficulty head)."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["input", "passage", *names, "mean", *(f"rank_{n}" for n in names)])
+    graded = any(p.difficulty is not None for p in predictions)
+    w.writerow(["input", "passage", *names, "mean", *(f"rank_{n}" for n in names), *(["difficulty"] if graded else [])])
     for p in predictions:
         w.writerow([p.input, p.passage, *(f"{p.scores[n]:.4f}" for n in names), f"{p.mean:.4f}",
-                    *((p.ranks or {}).get(n, "") for n in names)])
+                    *((p.ranks or {}).get(n, "") for n in names),
+                    *([f"{p.difficulty:.2f}" if p.difficulty is not None else ""] if graded else [])])
     return buf.getvalue()

@@ -24,7 +24,7 @@ from pianoray.inference.artifact import (
     write_artifact,
 )
 from pianoray.inference.assess import PARTS, ROLES, evaluate_artifact
-from pianoray.inference.predict import predict_inputs
+from pianoray.inference.predict import csv_text, predict_inputs
 from pianoray.settings import PROJECT_ROOT
 from pianoray.training.data import ExperimentData
 from pianoray.training.evaluate import predict
@@ -231,8 +231,36 @@ def test_predict_on_a_cache_scores_every_segment_and_ranks_within_its_passages(e
     t1 = data.corpus.manifest(Tier.T1)
     out = predict_inputs(ModelArtifact.load(path), [data.corpus.root])
     assert [p.segment_id for p in out] == list(t1["segment_id"])
+    assert all(p.difficulty is None for p in out)  # S1 has no difficulty head: no grade, no column
+    assert "difficulty" not in csv_text(out, data.label_names).splitlines()[0]
     sizes = t1.groupby("passage").size()
     for p in out:
         assert p.passage == t1.set_index("segment_id").at[p.segment_id, "passage"]
         n = sizes[p.passage]
         assert p.ranks is None if n == 1 else all(r.endswith(f"/{n}") for r in p.ranks.values())
+
+
+def test_a_fusion_with_a_difficulty_head_predicts_grades_on_its_corpus_scale(exported, tmp_path: Path) -> None:
+    """Round 3's fusions train a difficulty head on grades scaled to [0, 1]; the artifact keeps the corpus's grade
+    range and predict turns the members' mean output back into a grade on it (table, CSV, JSON)."""
+    from pianoray.data.loaders import grade_range
+    from pianoray.training.fusion import fusion_experiment
+
+    cfg, data, _, _ = exported
+    exp = fusion_experiment(cfg, "F2", {"audio": "audio-frozen", "symbolic": "symbolic-features"})
+    cfg = cfg.model_copy(update={"experiments": {**cfg.experiments, "F2": exp}})
+    states = {}
+    for k in MEMBERS:
+        torch.manual_seed(k)
+        states[k] = build_model(cfg, "F2", data).state_dict()
+    path = write_artifact(tmp_path / "fusion", artifact_parts(cfg, "F2", data, fold_members(data, states)))
+    art = ModelArtifact.load(path)
+    lo, hi = grade_range(data.corpus.difficulty)
+    assert art.manifest.difficulty_head and art.manifest.difficulty_grades == (lo, hi) and lo < hi
+    out = predict_inputs(art, [data.corpus.root])
+    ids = [p.segment_id for p in out]
+    scaled = np.mean([predict(m, art.loader(data.corpus, ids), art.device).difficulty for m in art.members()], axis=0)
+    assert [p.difficulty for p in out] == pytest.approx(list(lo + scaled * (hi - lo)))
+    assert all(lo <= p.difficulty <= hi for p in out) and "difficulty grade" in out[0].summary()
+    assert csv_text(out, art.label_names).splitlines()[0].endswith(",difficulty")
+    assert json.loads(json.dumps(out[0].to_json()))["difficulty"] == pytest.approx(out[0].difficulty)
