@@ -462,9 +462,9 @@ def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throug
     A frozen epoch runs the winners forward only, at the evaluation rate (``eval_speedup``): on each winner's
     training samples; its validation samples are encoded once per fold for every fusion (a Round-3 job trains a
     fold's fusions in one process, ``models.fusion.FROZEN_FEATURES``). An unfrozen epoch (``round3.unfreeze_lr``)
-    trains them too: each winner's training epoch (its validation included). The upper bound unfreezes at the earliest plateau, after epoch 1 + patience (the more unfrozen epochs,
-    the dearer). A fusion that reads the score (F-score) runs its symbolic winner twice, on the performance and
-    on the score."""
+    trains them too: each winner's training epoch (its validation included). The upper bound unfreezes at the
+    earliest plateau, after epoch 1 + patience (the more unfrozen epochs, the dearer). A fusion that reads the
+    score (F-score) runs its symbolic winner twice, on the performance and on the score."""
     from pianoray.models import registry
 
     r3 = cfg.round3
@@ -494,8 +494,9 @@ def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throug
     notes = [f"{', '.join(r3.fusions)} over the {' and '.join(r3.fuse)} winners on {r3.folds} folds, tiers "
              f"{[t.name for t in r3.tiers]}, {r3.epochs} epochs (no early stop assumed); each fused track priced at "
              f"its most expensive candidate ({', '.join(t.experiment for t in by_track.values())}): forward passes "
-             "while frozen (validation once per fold for every fusion)" + (f", its training epoch for the {unfrozen} epochs after the earliest plateau "
-                               f"(unfreeze_lr {r3.unfreeze_lr:g})" if unfrozen else "")
+             "while frozen (validation once per fold for every fusion)"
+             + (f", its training epoch for the {unfrozen} epochs after the earliest plateau "
+                f"(unfreeze_lr {r3.unfreeze_lr:g})" if unfrozen else "")
              + ("; F-score runs the symbolic winner twice (performance and score)" if scores else "")]
     return RoundPlan(ROUND3, r3.epochs, jobs, jobs, hours, dict(hours), notes, None, scaling)
 

@@ -312,15 +312,17 @@ def fold_checkpoint_config(cfg: ProtocolConfig, n_units: int, round_: str = ROUN
     validation pairwise accuracy. Several units in one job: Ray ranks checkpoints across the whole job, so top-k
     could drop a weaker unit's best before it is scored; the most recent ``patience + 1`` (at least
     ``num_to_keep``) are kept instead, which always hold the running unit's best (early stopping ends a unit
-    ``patience`` epochs after its best) and its latest (for resume), and let each scored unit's checkpoints go as
-    the next one trains."""
+    ``patience`` epochs after its best; ``2 * patience`` with Round 3's ``unfreeze_lr``, whose first plateau
+    unfreezes the winners and counts patience afresh) and its latest (for resume), and let each scored unit's
+    checkpoints go as the next one trains."""
     import ray.train
 
     r2 = cfg.fold_round(round_)
     if n_units == 1:
         return ray.train.CheckpointConfig(num_to_keep=r2.num_to_keep, checkpoint_score_attribute=SELECTION_METRIC,
                                           checkpoint_score_order="max")
-    return ray.train.CheckpointConfig(num_to_keep=max(r2.num_to_keep, r2.patience + 1))
+    plateaus = 2 if getattr(r2, "unfreeze_lr", None) is not None else 1
+    return ray.train.CheckpointConfig(num_to_keep=max(r2.num_to_keep, plateaus * r2.patience + 1))
 
 
 def _checkpoint_place(resume: Path | None, first: tuple[str, int]) -> tuple[tuple[str, int], bool] | None:

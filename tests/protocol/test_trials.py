@@ -15,6 +15,7 @@ from pianoray.protocol.trials import (
     SCRATCH_PREFIX,
     _checkpoint_place,
     best_checkpoint,
+    fold_checkpoint_config,
     job_units,
     sweep_scratch,
     train_run_name,
@@ -119,3 +120,14 @@ def test_a_resumed_job_finds_the_unit_its_checkpoint_names(tmp_path: Path) -> No
     assert _checkpoint_place(tmp_path, ("F1", 0)) == (("F3", 1), True)
     (tmp_path / METRICS_FILE).write_text(json.dumps({"epoch": 2}))  # one written before units were named
     assert _checkpoint_place(tmp_path, ("F1", 0)) == (("F1", 0), False)
+
+
+def test_a_multi_unit_job_keeps_each_units_best_until_it_is_scored() -> None:
+    """Several units in one job keep the most recent checkpoints: enough to span from a unit's best to its end,
+    patience epochs, or two patiences when Round 3 unfreezes the winners at the first plateau."""
+    cfg = ProtocolConfig.model_validate({"round2": {"patience": 5, "num_to_keep": 3}, "round3": {"patience": 4}})
+    assert fold_checkpoint_config(cfg, 1).num_to_keep == 3
+    assert fold_checkpoint_config(cfg, 4).num_to_keep == 6
+    assert fold_checkpoint_config(cfg, 8, ROUND3).num_to_keep == 5
+    cfg.round3.unfreeze_lr = 1e-6
+    assert fold_checkpoint_config(cfg, 8, ROUND3).num_to_keep == 9
