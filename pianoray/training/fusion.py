@@ -3,8 +3,9 @@
 A fusion experiment (F1/F2/F3/F-score, ``pianoray.models.fusion``) is trained like any Round-2 fold (``fit``; a
 Round-3 Ray Train job trains every fusion of its folds), from a starting state per fold: the fusion encoder with
 both winners' fold-k best weights loaded (frozen) and its fusion module freshly initialised under the run's seed.
-Fold k's winners never saw fold k's test part, so neither does its fusion. The state is written once per (fusion, fold) and reaches the model
-through the experiment's ``init_encoder_folds``, the path pretrained encoders already take.
+Fold k's winners never saw fold k's test part, so neither does its fusion. The state is written once per
+(fusion, fold) and reaches the model through the experiment's ``init_encoder_folds``, the path pretrained
+encoders already take.
 """
 
 from __future__ import annotations
