@@ -175,12 +175,15 @@ class FaultRun:
         rows = []
         for d in (self.dir / round_).glob("*_trainable_*"):
             params = json.loads((d / "params.json").read_text())
-            folds = params.get("folds", [params.get("fold")])  # a Round-2 job may run several folds
-            if params["experiment"] != experiment or (fold is not None and fold not in folds):
+            folds = params.get("folds", [params.get("fold")])  # a fold job may run several folds
+            names = params.get("experiments", [params.get("experiment")])  # and several experiments (Round 3)
+            if experiment not in names or (fold is not None and fold not in folds):
                 continue
             for line in (d / "result.json").read_text().splitlines() if (d / "result.json").exists() else []:
-                if line.strip() and (fold is None or json.loads(line).get("fold", fold) == fold):
-                    rows.append(json.loads(line))
+                row = json.loads(line) if line.strip() else None
+                if row is not None and (fold is None or row.get("fold", fold) == fold) \
+                        and row.get("experiment", experiment) == experiment:
+                    rows.append(row)
         return sorted(rows, key=lambda r: r["timestamp"])
 
 
