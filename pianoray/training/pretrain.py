@@ -88,11 +88,20 @@ def corpus_hash(files: list[Path]) -> str:
     return hashlib.sha256("\n".join(shas).encode()).hexdigest()
 
 
+# What pretraining computes from the same inputs. Bump it whenever a change gives other weights for them (the
+# tokens or features read, the tasks, their losses, the sampling or the seeding), so that no cache written by the
+# code before is served as this code's. 2: the encoder built after seeding (before, its initial weights came
+# from a fresh process's RNG state, and a cache of that code differs from what this code trains).
+PRETRAIN_FORMAT = 2
+
+
 def pretrain_key(files_hash: str, task: str, encoder_config: dict[str, Any], epochs: int,
                  left_out: Collection[str] = ()) -> str:
-    """The cache key. ``left_out`` (content hashes removed from the configured corpus) enters it only when
-    non-empty, so a shared pretraining keeps its key and each fold's own pretraining gets its own."""
-    parts: dict[str, Any] = {"files": files_hash, "task": task, "config": encoder_config, "epochs": epochs}
+    """The cache key: the corpus, the task, the encoder config, the epochs and :data:`PRETRAIN_FORMAT`.
+    ``left_out`` (content hashes removed from the configured corpus) enters it only when non-empty, so a shared
+    pretraining keeps its key and each fold's own pretraining gets its own."""
+    parts: dict[str, Any] = {"files": files_hash, "task": task, "config": encoder_config, "epochs": epochs,
+                             "format": PRETRAIN_FORMAT}
     if left_out:
         parts["left_out"] = hashlib.sha256("\n".join(sorted(left_out)).encode()).hexdigest()
     blob = json.dumps(parts, sort_keys=True)

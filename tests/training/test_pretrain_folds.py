@@ -53,8 +53,13 @@ def test_a_folds_corpus_leaves_out_exactly_its_validation_and_test_midi(demo: Pa
         assert len(removed) == len(held) and len(read) == len(kept)
 
 
-def test_the_left_out_set_enters_the_cache_key() -> None:
+def test_the_left_out_set_and_the_format_enter_the_cache_key(monkeypatch) -> None:
+    from pianoray.training import pretrain
+
     base = pretrain_key("files", "task", {"d": 1}, 2)
+    monkeypatch.setattr(pretrain, "PRETRAIN_FORMAT", pretrain.PRETRAIN_FORMAT + 1)  # code that trains otherwise
+    assert pretrain_key("files", "task", {"d": 1}, 2) != base
+    monkeypatch.undo()
     assert pretrain_key("files", "task", {"d": 1}, 2, []) == base  # a shared pretraining keeps its old key
     assert pretrain_key("files", "task", {"d": 1}, 2, ["a"]) != base
     assert pretrain_key("files", "task", {"d": 1}, 2, ["a"]) != pretrain_key("files", "task", {"d": 1}, 2, ["b"])
