@@ -212,8 +212,8 @@ class FrozenFeatures:
     epoch, and a fold's fusions read the same validation and test batches through the same fold-k winners, so a
     process that trains every fusion of a fold (a Round-3 fold job) encodes each evaluation batch once per
     winner. Keyed by the winner's weights and the batch's inputs, both by content (:func:`digest`), and by the
-    autocast state: a changed weight, window or view is a new key, never another's features. Training batches
-    are random crops that never repeat, and are never kept.
+    autocast state and the winner's device: a changed weight, window or view is a new key, never another's
+    features. Training batches are random crops that never repeat, and are never kept.
 
     Bounded twice: the outputs of the ``winners`` most recently used weights only (a fold's two winners; the next
     fold's evict them), and ``max_bytes`` (on the device they were computed on), past which a batch is encoded
@@ -230,7 +230,8 @@ class FrozenFeatures:
         # of the key, F-score shares the other fusions' features (its score batch has only those).
         inputs = {k: v for k, v in batch.inputs.items() if not k.startswith(SCORE)}
         autocast = [torch.is_autocast_enabled(d) for d in ("cpu", "cuda")]
-        key = digest([inputs, autocast]).hexdigest()
+        device = str(next(encoder.parameters(), torch.empty(0)).device)  # where the output is: part of what it is
+        key = digest([inputs, autocast, device]).hexdigest()
         kept = self._kept.pop(weights, {})
         self._kept[weights] = kept  # most recently used last
         while len(self._kept) > self.winners:
