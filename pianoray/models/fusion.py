@@ -35,6 +35,7 @@ from pianoray.data.views import SCORE
 from pianoray.models import registry
 from pianoray.models.contract import Z_DIM, AttentionPooling, Encoder, EncoderOutput, PooledEncoder, SharedEncoder
 from pianoray.models.registry import DataSpec, FusionSpec, ModelConfig, register, register_track
+from pianoray.records import DEFAULT_TRACK_METRICS
 
 Modality = Literal["audio", "symbolic"]
 
@@ -391,8 +392,11 @@ def build_fusion(cfg: FusionConfig, data: DataSpec) -> FusionEncoder:
     raise TypeError(f"build_fusion: no fusion module for {type(cfg).__name__}")
 
 
+# Round 3 is evaluated, as the seed says, with the full metrics suite plus STOP prediction and competition
+# ranking: both join the fusion track's comparison table.
 TRACK = register_track(registry.TrackSpec(
-    "fusion", order=2, description="Round 3: a fusion module over the audio and symbolic winners, both frozen"))
+    "fusion", order=2, description="Round 3: a fusion module over the audio and symbolic winners, both frozen",
+    metrics=("competition_rho", "stop_auc", *DEFAULT_TRACK_METRICS)))
 
 for _name, _config, _description in (
     ("F1", CrossAttentionConfig, "cross-attention: each modality's tokens attend to the other's"),

@@ -550,8 +550,20 @@ def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any
     ctx.cfg = cfg.model_copy(update={"experiments": experiments})
     ctx.ledger.round_started(ROUND3, {f: {"track": ctx.tracks[f][0], "role": ctx.tracks[f][1], "fuses": parts}
                                       for f in fusions})
+    record_track_specs(ctx.storage, registry.tracks(("fusion",)))
     run_fold_jobs(ctx, ROUND3, fusions)
     return {"experiments": fusions, "fuses": parts, "not_run": not_run}
+
+
+def record_track_specs(storage: RunStorage, specs: Iterable[Any]) -> None:
+    """Add ``specs`` (registry ``TrackSpec``s) to ``run.json``'s ``track_specs`` where it lacks them: Round 3
+    records the fusion track when it starts, so that reading the run (its comparison table's figures, its
+    order) needs no registry. Idempotent."""
+    meta = storage.read_json("run.json")
+    recorded = meta.get("track_specs") or []
+    new = [t.to_json() for t in specs if t.name not in {r.get("name") for r in recorded}]
+    if new:
+        storage.write_json("run.json", {**meta, "track_specs": [*recorded, *new]})
 
 
 def score_missing(fusion: str, corpus: Any) -> str | None:
@@ -900,7 +912,8 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
     if not run_storage.exists("run.json"):
         run_storage.write_json("run.json", {"name": run_storage.name, "config": cfg.name,
                                             "dimensions": label_names(cfg), "tracks": tracks,
-                                            # Rounds 1-2's tracks; Round 3 records the fusion track
+                                            # Rounds 1-2's tracks; Round 3 adds the fusion track's
+                                            # (record_track_specs)
                                             "track_specs": [t.to_json() for t in registry.tracks(("neural", "fitted"))],
                                             "dashboard": session.dashboard_url, "folds": folds})
     board = ProgressBoard(tracks)

@@ -139,7 +139,26 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     md = (run.dir / "report" / "report.md").read_text()
     assert "Fusion track" in md and "R2 95% CI" in md and "errors of" in md and "gates_F3.png" in md
     assert "| Against chance (50%) |" in md and "| Head rho (test parts) | Probe rho |" in md
+    fusion_table = md.split("### Fusion track")[1].split("\n\n")[1]  # the seed's Round-3 figures beside the rest
+    assert "| Competition rho | STOP AUC |" in fusion_table.splitlines()[0]
     assert said in md.split("## Round 3: fusion")[1].split("\n\n")[1]  # in Round 3's paragraph
+
+
+def test_round3_records_the_fusion_track_in_the_run_once(tmp_path: Path) -> None:
+    """run.json holds Rounds 1-2's tracks from the start; Round 3 adds the fusion track (its comparison figures:
+    the seed's competition rho and STOP AUC too), so that reading the run needs no registry."""
+    from pianoray.models import registry
+    from pianoray.protocol.run import record_track_specs
+    from pianoray.protocol.view import RunView
+
+    storage = RunStorage(tmp_path, "r", fsync=False)
+    storage.write_json("run.json", {"name": "r", "track_specs": [t.to_json() for t in registry.tracks(("neural",))]})
+    for _ in range(2):
+        record_track_specs(storage, registry.tracks(("fusion",)))
+    specs = storage.read_json("run.json")["track_specs"]
+    assert [t["name"] for t in specs] == ["audio", "symbolic", "fusion"]
+    assert specs[-1]["metrics"][:2] == ["competition_rho", "stop_auc"]
+    assert [t["name"] for t in RunView.read(Ledger(storage)).track_specs()] == ["audio", "symbolic", "fusion"]
 
 
 def test_f_score_is_left_out_with_its_reason_where_a_segment_has_no_score(tmp_path: Path) -> None:
