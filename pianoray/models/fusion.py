@@ -24,6 +24,7 @@ builds with :func:`build_fusion`, then loads the winners' trained weights with
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any, ClassVar, Literal, Mapping
 
 import torch
@@ -36,6 +37,8 @@ from pianoray.models import registry
 from pianoray.models.contract import Z_DIM, AttentionPooling, Encoder, EncoderOutput, PooledEncoder, SharedEncoder
 from pianoray.models.registry import DataSpec, FusionSpec, ModelConfig, register, register_track
 from pianoray.records import DEFAULT_TRACK_METRICS
+
+logger = logging.getLogger(__name__)
 
 Modality = Literal["audio", "symbolic"]
 
@@ -223,6 +226,7 @@ class FrozenFeatures:
     def __init__(self, max_bytes: int = 2 << 30, winners: int = 2) -> None:
         self.max_bytes, self.winners = max_bytes, winners
         self.bytes = self.hits = self.misses = 0
+        self.full = False  # the byte bound was reached once (logged then)
         self._kept: dict[str, dict[str, EncoderOutput]] = {}  # weights -> inputs' key -> output; oldest first
 
     def encode(self, weights: str, encoder: Encoder, batch: Batch) -> EncoderOutput:
@@ -246,11 +250,11 @@ class FrozenFeatures:
         if self.bytes + _nbytes(out) <= self.max_bytes:
             kept[key] = out
             self.bytes += _nbytes(out)
+        elif not self.full:  # the result is the same, only slower: said once, not per batch
+            self.full = True
+            logger.info("frozen-feature memo full (%d MiB): further evaluation batches are encoded afresh",
+                        self.max_bytes >> 20)
         return out
-
-    def clear(self) -> None:
-        self._kept.clear()
-        self.bytes = self.hits = self.misses = 0
 
 
 def _nbytes(out: EncoderOutput) -> int:

@@ -480,14 +480,15 @@ def _round3_plan(cfg: ProtocolConfig, per_trial: Mapping[str, TrialPlan], throug
     scaling = {t.device: throughput.scaling(t.device, r3.workers_per_fold) for t in by_track.values()}
     unfrozen = max(0, r3.epochs - r3.patience - 1) if r3.unfreeze_lr is not None else 0
     hours: dict[str, float] = {}
-    scores = any(getattr(registry.get(f).config_cls, "reads_score", False) for f in r3.fusions)
+    reads = {f: getattr(registry.get(f).config_cls, "reads_score", False) for f in r3.fusions}
+    scores = any(reads.values())
     for track, t in by_track.items():
         rate = t.samples_per_s * throughput.eval_speedup
         train, val = (n / rate / 3600 * t.units for n in (t.train_samples, t.eval_samples))
         # the validation windows, encoded once per fold for every fusion (models.fusion.FROZEN_FEATURES)
         fold_hours = (2 if scores and track == "symbolic" else 1) * val
         for fusion in r3.fusions:
-            passes = 2 if getattr(registry.get(fusion).config_cls, "reads_score", False) and track == "symbolic" else 1
+            passes = 2 if reads[fusion] and track == "symbolic" else 1
             fold_hours += passes * ((r3.epochs - unfrozen) * train + unfrozen * t.epoch_hours)
         hours[t.device] = hours.get(t.device, 0.0) + fold_hours * r3.folds / scaling[t.device].efficiency
     jobs = len(r3.fusions) * r3.folds

@@ -296,5 +296,9 @@ def test_frozen_winners_encode_each_evaluation_batch_once_and_only_while_frozen(
         f1.parts(batch)
         assert memo.misses == misses + 2 and len(memo._kept) == 2
         assert memo.bytes == sum(fusion._nbytes(o) for kept in memo._kept.values() for o in kept.values())
+    tiny = fusion.FrozenFeatures(max_bytes=1)  # past its bound: encoded afresh, the same output, said once
+    monkeypatch.setattr(fusion, "FROZEN_FEATURES", tiny)
+    with torch.no_grad():
+        assert torch.equal(f1.parts(batch)[0].z, f1.audio.encode(batch).z) and tiny.full and tiny.bytes == 0
     with pytest.raises(TypeError, match="cannot hash a object"):
         fusion.digest(object())
