@@ -349,8 +349,9 @@ def run_round1(ctx: RunContext, live_refresh: Callable[[], None], board: Progres
             raise ProtocolError(f"round 1 stopped: {scheduler.failure}") from e
         raise
 
-    survivors, stopped, errored = round1_outcome(grid, scheduler.decisions)
-    if unfinished := round1_unfinished(grid, survivors, round1_finished(ctx.ledger)):
+    outcomes = trial_outcomes(grid)
+    survivors, stopped, errored = round1_outcome(outcomes, scheduler.decisions)
+    if unfinished := round1_unfinished(outcomes, survivors, round1_finished(ctx.ledger)):
         raise RunInterrupted(f"round 1 interrupted before {', '.join(unfinished)} finished its budget; nothing "
                              "was promoted. Rerun the same command to resume.")
     if not survivors:
@@ -398,21 +399,54 @@ def round2_config(cfg: ProtocolConfig, round1: dict[str, Any]) -> ProtocolConfig
     return with_promoted(cfg, promoted) if promoted else cfg
 
 
-def round1_unfinished(results: Any, survivors: list[str], finished: Iterable[str] = ()) -> list[str]:
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One Tune trial at the end of a round: its config (as Tune resolved it), its last report (empty when it
+    reported nothing in this session) and its error, if it failed for good."""
+
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    error: BaseException | None
+
+
+def trial_outcomes(grid: Any) -> list[TrialOutcome]:
+    """A Tune ``ResultGrid`` as :class:`TrialOutcome` records, each config taken from the trial itself.
+
+    A result carries its config only inside its last report, so a trial that reported nothing in this session (one
+    stopped at a rung in an earlier session, restored and ended at once; a fold job that failed on start) has
+    none; and its ``params.json`` in storage is no substitute: the driver uploads it on a timer, which a kill -9
+    can beat. The trials the grid was built from (``ExperimentAnalysis.trials``, in the grid's order) hold every
+    config, whatever was reported or synced."""
+    trials = grid._experiment_analysis.trials  # Ray keeps the trials private; ResultGrid builds its results from them
+    return [TrialOutcome(dict(trial.config), dict(result.metrics or {}), result.error)
+            for trial, result in zip(trials, grid, strict=True)]
+
+
+def newest_trials(results: Iterable[TrialOutcome]) -> dict[str, TrialOutcome]:
+    """Each Round-1 experiment's newest trial: an experiment restarted after a re-judgement has several, the newest
+    (``revived_at``, the rung it restarted from) stands for it."""
+    from pianoray.protocol.scheduler import REVIVED_KEY
+
+    def revived_at(result: TrialOutcome) -> int:
+        return int(result.config.get(REVIVED_KEY) or 0)
+
+    newest: dict[str, TrialOutcome] = {}
+    for result in results:
+        name = result.config["experiment"]
+        if name not in newest or revived_at(result) >= revived_at(newest[name]):
+            newest[name] = result
+    return newest
+
+
+def round1_unfinished(results: Iterable[TrialOutcome], survivors: list[str],
+                      finished: Iterable[str] = ()) -> list[str]:
     """Survivors whose newest trial's last report is not its last epoch (budget spent or early stopped):
     Tune ended without them finishing, as it does after a Ctrl-C. ``finished``: experiments the ledger has
     seen finish (:func:`round1_finished`), whatever this session's Tune results say: a survivor that finished
     in an earlier session, restored by Tune and ended at once, reports nothing in this one."""
-    from pianoray.protocol.scheduler import REVIVED_KEY
-
-    last: dict[str, Any] = {}
-    for result in results:
-        name = trial_config(result)["experiment"]
-        if name not in last or int(trial_config(result).get(REVIVED_KEY) or 0) >= \
-                int(trial_config(last[name]).get(REVIVED_KEY) or 0):
-            last[name] = result
+    last = newest_trials(results)
     done = set(finished)
-    return sorted(n for n in survivors if n in last and n not in done and not (last[n].metrics or {}).get("stop"))
+    return sorted(n for n in survivors if n in last and n not in done and not last[n].metrics.get("stop"))
 
 
 def round1_finished(ledger: Ledger) -> set[str]:
@@ -420,32 +454,13 @@ def round1_finished(ledger: Ledger) -> set[str]:
     return {e.experiment for e in ledger.epochs(round=ROUND1) if e.experiment and e.data.metrics.get("stop")}
 
 
-def trial_config(result: Any) -> dict[str, Any]:
-    """A Tune result's trial config. A trial that ended without reporting in this session (stopped at a rung in
-    an earlier one, restored by Tune and ended at once) has no metrics to carry it: read the trial's params.json."""
-    if result.config is not None:
-        return result.config
-    with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
-        return json.loads(f.read())
-
-
-def round1_outcome(results: Any, decisions: list[Decision]) -> tuple[list[str], list[str], list[str]]:
-    """(survivors, eliminated, errored) of Round 1, sorted, from Tune's results and the decisions as they stand.
-
-    An experiment restarted after a re-judgement has several trials: its newest (``revived_at``, the rung
-    it restarted from) stands for it. Eliminated: a stop decision (in this session or an earlier one);
-    errored: its trial errored for good; survivors: every other."""
-    from pianoray.protocol.scheduler import REVIVED_KEY
-
-    def revived_at(result: Any) -> int:
-        return int(trial_config(result).get(REVIVED_KEY) or 0)
-
+def round1_outcome(results: Iterable[TrialOutcome],
+                   decisions: list[Decision]) -> tuple[list[str], list[str], list[str]]:
+    """(survivors, eliminated, errored) of Round 1, sorted, from its trials' outcomes and the decisions as they
+    stand, each experiment judged by its newest trial (:func:`newest_trials`). Eliminated: a stop decision (in this
+    session or an earlier one); errored: its trial errored for good; survivors: every other."""
     stopped = {d.experiment for d in decisions if d.stopped}
-    latest: dict[str, Any] = {}
-    for result in results:
-        name = trial_config(result)["experiment"]
-        if name not in latest or revived_at(result) >= revived_at(latest[name]):
-            latest[name] = result
+    latest = newest_trials(results)
     errored = sorted(n for n, r in latest.items() if r.error is not None)
     survivors = sorted(n for n, r in latest.items() if r.error is None and n not in stopped)
     return survivors, sorted(stopped), errored
@@ -501,8 +516,7 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
     run_config = tune.RunConfig(name=round_, storage_path=ctx.storage.uri, callbacks=callbacks, verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=rcfg.max_failures))
     grid = new_or_restored_tuner(ctx.storage.uri, trainable, param_space, tune_config, run_config).fit()
-    failed = [f"{r.config['experiment']} folds {r.config['folds']}: {r.error}" for r in grid if r.error is not None]
-    if failed:
+    if failed := fold_job_failures(trial_outcomes(grid)):
         raise ProtocolError(f"{round_} fold jobs failed:\n" + "\n".join(failed))
     if missing := round2_missing(ctx.ledger, names, folds, round_):
         total = len(names) * len(folds)
@@ -510,6 +524,12 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
         raise RunInterrupted(f"{which} interrupted: {total - len(missing)} of {total} folds scored (missing e.g. "
                              f"{missing[0][0]} fold {missing[0][1]}); nothing was selected. Rerun the same command "
                              "to resume.")
+
+
+def fold_job_failures(outcomes: Iterable[TrialOutcome]) -> list[str]:
+    """One line per fold job that failed for good: the experiments and folds it held, and its error."""
+    return [f"{', '.join(o.config['experiments'])} folds {', '.join(map(str, o.config['folds']))}: {o.error}"
+            for o in outcomes if o.error is not None]
 
 
 def run_round3(ctx: RunContext, winners: dict[str, str | None]) -> dict[str, Any]:

@@ -174,6 +174,8 @@ class FaultRun:
         """
         rows = []
         for d in (self.dir / round_).glob("*_trainable_*"):
+            if not (d / "params.json").exists():  # the driver's files of a trial whose upload a kill -9 beat:
+                continue  # its result.json never reached storage either
             params = json.loads((d / "params.json").read_text())
             folds = params.get("folds", [params.get("fold")])  # a fold job may run several folds
             names = params.get("experiments", [params.get("experiment")])  # and several experiments (Round 3)

@@ -28,7 +28,7 @@ import ray
 from ray import tune
 
 from pianoray.protocol.ledger import Ledger
-from pianoray.protocol.run import new_or_restored_tuner, round1_history, round1_outcome
+from pianoray.protocol.run import new_or_restored_tuner, round1_history, round1_outcome, trial_outcomes
 from pianoray.protocol.scheduler import TrackGapScheduler
 from pianoray.protocol.storage import RunStorage
 from tests.protocol.conftest import REPO, kill_session
@@ -219,7 +219,7 @@ def test_leader_that_errors_for_good_is_not_a_leader_and_its_rung_is_rejudged(lo
     assert {(e["experiment"], e["restored"]) for e in restores(log) if e["trial"] in restarted_ids} == {
         ("A2", 3), ("A3", 3)}
     assert ledger_epochs(run_dir) == {"A1": [1, 2, 3, 4], "A2": [1, 2, 3, 4, 5, 6], "A3": [1, 2, 3, 4, 5, 6]}
-    assert round1_outcome(grid, scheduler.decisions) == (["A2", "A3"], [], ["A1"])
+    assert round1_outcome(trial_outcomes(grid), scheduler.decisions) == (["A2", "A3"], [], ["A1"])
 
 
 def test_driver_killed_while_a_trial_waits_at_an_undecided_rung_resumes_with_the_same_decisions(
@@ -284,7 +284,7 @@ def test_driver_killed_while_a_trial_waits_at_an_undecided_rung_resumes_with_the
     # Every checkpoint Tune kept for A2 is in storage, and nothing else is.
     kept = sorted(p.name for p in trial_dirs(run_dir, "A2")[0].glob("checkpoint_*"))
     assert len(kept) == 2, kept
-    assert round1_outcome(grid, scheduler.decisions) == (["A2", "A3"], ["A1"], [])
+    assert round1_outcome(trial_outcomes(grid), scheduler.decisions) == (["A2", "A3"], ["A1"], [])
 
 
 def test_restore_with_a_trial_that_finished_before_a_rung(local_ray, tmp_path):
@@ -323,4 +323,4 @@ def test_restore_with_a_trial_that_finished_before_a_rung(local_ray, tmp_path):
     assert time.monotonic() - start < 50, "the restored run waited for a finished trial"
     assert decisions_of(run_dir) == expected
     assert ledger_epochs(run_dir) == {"A1": [1, 2], "A2": [1, 2, 3, 4, 5, 6]}
-    assert round1_outcome(grid, scheduler.decisions)[:2] == (["A2"], ["A1"])
+    assert round1_outcome(trial_outcomes(grid), scheduler.decisions)[:2] == (["A2"], ["A1"])
