@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Iterable
 
 from ray.tune import Callback
 from rich.table import Table
@@ -67,16 +67,33 @@ class ProgressBoard:
             self.rows[key] = Row(round_, experiment, fold, track, role)
         return self.rows[key]
 
+    def scored_before(self, round_: str, experiment: str, fold: int, budget: int, epochs: Iterable[Any]) -> Row:
+        """The row of a unit scored in an earlier session (``epochs``: its ledger epoch events): DONE from the
+        start, with its last epoch and best validation figure. Ended, it is never taken for the unit a resumed job
+        is running (:meth:`ProtocolCallback._row`), so that unit's time is billed to it."""
+        row = self.row(round_, experiment, fold)
+        row.status, row.ended, row.budget = "DONE", row.started, budget
+        for e in sorted(epochs, key=lambda e: e.data.epoch):
+            row.epoch = e.data.epoch
+            value = e.data.metrics.get(SELECTION_METRIC)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                row.metric = float(value)
+                row.best = row.metric if math.isnan(row.best) else max(row.best, row.metric)
+        return row
+
     def leader(self, round_: str, track: str) -> float:
         best = [r.best for r in self.rows.values() if r.round == round_ and r.track == track
                 and r.role == "candidate" and not math.isnan(r.best)]
         return max(best) if best else float("nan")
 
-    def render(self, title: str = "pianoray") -> Table:
+    def render(self, title: str = "pianoray", rounds: Collection[str] | None = None) -> Table:
+        """The table of the rows of ``rounds`` (default: every row). A later round's board names only its own
+        rounds: the earlier rounds' board is already on screen (or in the log) above it."""
         table = Table(title=title, expand=False)
         for col in ("round", "trial", "track", "fold", "epoch", "pairwise", "best", "gap to leader", "status"):
             table.add_column(col, justify="right" if col not in ("trial", "track", "status", "round") else "left")
-        for r in sorted(self.rows.values(), key=lambda r: (r.round, r.track, r.experiment, r.fold)):
+        rows = [r for r in self.rows.values() if rounds is None or r.round in rounds]
+        for r in sorted(rows, key=lambda r: (r.round, r.track, r.experiment, r.fold)):
             lead = self.leader(r.round, r.track)
             gap = (lead - r.best) * 100 if not (math.isnan(lead) or math.isnan(r.best)) else float("nan")
             style = {"ELIMINATED": "red", "ERROR": "red", "DONE": "green", "PAUSED": "yellow"}.get(r.status, "")
@@ -178,6 +195,7 @@ class ProtocolCallback(Callback):
             self.hooks.on_final(self.round, row.experiment, row.fold, result)
             if len(self._units(trial)) > 1:
                 self._end_row(row, trial, "DONE")
+                self._start_next(trial, row)
         elif EpochRecord.is_report(result):
             row.epoch = int(result["epoch"])
             row.metric = float(result[SELECTION_METRIC])
@@ -192,11 +210,21 @@ class ProtocolCallback(Callback):
         now = time.time()
         for trial in trials:
             row = self._row(trial)
+            if row.status == "PENDING":  # not started (a job's next unit starts at its report): nothing to bill
+                continue
             if trial.status in ("PAUSED", "RUNNING") and row.status not in ("ELIMINATED", "DONE", "ERROR"):
                 row.status = trial.status
             if trial.status == "PAUSED":
                 row.hold(now)
         self.refresh()
+
+    def _start_next(self, trial: Any, ended: Row) -> None:
+        """A multi-unit job's next unit runs from the moment ``ended`` (its previous unit) ended: the job goes
+        straight on to it, so its running time (loading, its epochs, its scoring) is billed to it from there."""
+        row = self._row(trial)
+        if row is not ended and row.status == "PENDING":
+            row.status, row.started = "RUNNING", ended.ended
+            row.run(row.started)
 
     def _trial_rows(self, trial: Any) -> list[Row]:
         return [r for u in self._units(trial) if (r := self.board.rows.get((self.round, *u)))]

@@ -485,6 +485,10 @@ def run_fold_jobs(ctx: RunContext, round_: str, names: list[str]) -> None:
     record_stored_epochs(ctx, round_)
     done = {(e.experiment, e.fold) for e in ctx.ledger.events("fold") if e.round in (round_, None)}
     ctx.ended_before |= {(round_, n, int(k)) for n, k in done}
+    board = HOOKS[ctx.key].board
+    for n, k in sorted(done):
+        if n in names:
+            board.scored_before(round_, n, int(k), rcfg.epochs, ctx.ledger.epochs(n, round=round_, fold=int(k)))
     todo = [n for n in names if any((n, k) not in done for k in folds)]
     if not todo:
         return
@@ -978,7 +982,7 @@ def _run(cfg: ProtocolConfig, run_storage: RunStorage, ledger: Ledger, address: 
         ledger.selection({**sel, "summaries": summaries})
     winners = dict((ledger.selected() or {}).get("winners") or {})
     if cfg.round3.enabled and not ledger.is_round_finished(ROUND3):
-        with feedback.live(lambda: board.render(title)) as redraw:
+        with feedback.live(lambda: board.render(f"{title} · round 3", rounds=(ROUND3,))) as redraw:
             HOOKS[ctx.key] = _hooks(ctx, board, _throttled(redraw))
             try:
                 r3 = run_round3(ctx, winners)
