@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pianoray.config import ProtocolConfig, load_config
 from pianoray.errors import PianorayError
 from pianoray.feedback import Feedback
 from pianoray.settings import shared_data_dir
+from pianoray.terminal import console_for
 
 app = typer.Typer(
     help="Staged elimination of piano-performance evaluation encoders on Ray.",
@@ -30,8 +30,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Build and inspect data: demo corpus, folds, labels, symbolic caches.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
-err = Console(stderr=True)
+console = console_for()
+err = console_for(stderr=True)
 
 EXIT_USAGE = 2
 

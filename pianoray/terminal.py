@@ -7,6 +7,8 @@ sees :class:`pianoray.feedback.Feedback`.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from typing import Any, Callable, Iterator, Mapping
 
 from rich.console import Console
@@ -17,6 +19,18 @@ from rich.text import Text
 
 from pianoray.feedback import Advance, Feedback
 from pianoray.records import EpochRecord
+
+PIPED_WIDTH = 1000  # piped with no COLUMNS: wide enough that no table is cut and no line is broken
+
+
+def console_for(stderr: bool = False) -> Console:
+    """The command line's rich console. On a terminal, or with ``COLUMNS`` set, rich fits the width it finds.
+    Piped to a file with neither (a CI log, ``nohup``), rich would assume 80 columns: table cells cut to "…",
+    rows wrapped over several lines, sentences broken mid-way. There it prints each table at its natural width
+    and each line whole, as a log is read."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
 
 
 class RichFeedback(Feedback):
