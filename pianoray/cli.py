@@ -34,6 +34,7 @@ console = console_for()
 err = console_for(stderr=True)
 
 EXIT_USAGE = 2
+RUN_FOLDER_HELP = "The run folder (STORAGE/NAME), local or s3:// (default: where a plain `pianoray run` writes)."
 
 
 class UserError(PianorayError):
@@ -500,10 +501,15 @@ def _write_report(results: dict) -> dict:
     return {key: f"{remote.uri}/report/{p.name}" for key, p in written.items()}
 
 
-def _run_storage(storage: str, name: Optional[str]):
-    """The run at ``--storage`` (the run folder, or the storage root with ``--name``); one line if there is none."""
+def _run_storage(storage: Optional[str], name: Optional[str]):
+    """The run at ``--storage`` (the run folder, or the storage root with ``--name``); without it, the run a plain
+    ``pianoray run`` makes (the demo config's storage and name). One line if there is none."""
     from pianoray.protocol.storage import RunStorage
 
+    default = storage is None
+    if default:
+        cfg = load_config(_default_config())
+        storage, name = cfg.storage, name or cfg.name
     uri, _, last = storage.rstrip("/").rpartition("/")
     if name is None:  # --storage names the run folder itself
         if not uri:
@@ -512,11 +518,12 @@ def _run_storage(storage: str, name: Optional[str]):
     else:
         run_storage = RunStorage(storage, name)
     if not run_storage.exists("run.json"):
-        raise UserError(f"{run_storage.uri}: no pianoray run here (no run.json)")
+        hint = " (where a plain `pianoray run` writes: run it first, or give --storage)" if default else ""
+        raise UserError(f"{run_storage.uri}: no pianoray run here (no run.json){hint}")
     return run_storage
 
 
-def _open_ledger(storage: str, name: Optional[str]):
+def _open_ledger(storage: Optional[str], name: Optional[str]):
     from pianoray.protocol.ledger import Ledger
 
     return Ledger(_run_storage(storage, name))
@@ -524,7 +531,7 @@ def _open_ledger(storage: str, name: Optional[str]):
 
 @app.command()
 def status(
-    storage: str = typer.Option(..., "--storage", help="The run folder (STORAGE/NAME), local or s3://."),
+    storage: Optional[str] = typer.Option(None, "--storage", help=RUN_FOLDER_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="Run name, when --storage is the storage root."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -554,7 +561,7 @@ def status(
 
 @app.command()
 def report(
-    storage: str = typer.Option(..., "--storage", help="The run folder (STORAGE/NAME), local or s3://."),
+    storage: Optional[str] = typer.Option(None, "--storage", help=RUN_FOLDER_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="Run name, when --storage is the storage root."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
@@ -633,7 +640,7 @@ app.add_typer(cluster_app, name="cluster")
 
 @app.command()
 def export(
-    storage: str = typer.Option(..., "--storage", help="The run folder (STORAGE/NAME), local or s3://."),
+    storage: Optional[str] = typer.Option(None, "--storage", help=RUN_FOLDER_HELP),
     out: Path = typer.Option(..., "--out", help="The model folder to write (an existing model there is replaced)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name, when --storage is the storage root."),
     track: Optional[str] = typer.Option(None, "--track", help="Export this track's winner instead of the final model."),

@@ -232,3 +232,20 @@ def test_extract_refuses_real_audio_without_a_muq_checkpoint(tmp_path: Path, per
     r = runner.invoke(app, ["extract", "--audio", str(percepiano_dir / "examples"), "--out", str(tmp_path / "c")])
     one_error(r, "MuQ checkpoint")
     assert not (tmp_path / "c" / "corpus.json").exists()
+
+
+def test_status_without_storage_reads_the_plain_runs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pianoray run` then `pianoray status`: no --storage needed for the run a plain `run` makes (the default
+    config's storage and name); without one there, one line says where it looked."""
+    import pianoray.cli as cli
+    from pianoray.protocol.storage import RunStorage
+
+    config = tmp_path / "demo.yaml"
+    config.write_text(f"extends: {PROJECT_ROOT / 'experiments' / 'demo.yaml'}\nstorage: {tmp_path / 'runs'}\n")
+    monkeypatch.setattr(cli, "_default_config", lambda: config)
+    r = runner.invoke(app, ["status"])
+    assert r.exit_code == 2 and "no pianoray run here" in r.output and "run it first, or give --storage" in r.output
+    RunStorage(tmp_path / "runs", "demo").write_json("run.json", {"name": "demo", "config": "demo", "tracks": {}})
+    r = runner.invoke(app, ["status", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["run"]["name"] == "demo"
