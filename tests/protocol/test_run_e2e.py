@@ -57,6 +57,10 @@ def test_run_then_status_and_report(fault_run_factory) -> None:
     for e in r["experiments"]:
         assert e["status"] in {"eliminated", "promoted", "winner", "vetoed"}, e
         assert e["resource_hours"]["cpu_hours"] > 0, e
+    # every Round-2 unit ran, and is billed its running time: a job training several folds bills each its own
+    # (not the first fold the whole job and the others nothing)
+    units = [x["payload"] for x in run.events("resources") if x["round"] == "round2"]
+    assert len(units) == len(run.events("fold")) and all(u["wall_seconds"] > 0 for u in units), units
     # references never win; each track's winner is one of its candidates that reached round 2
     for track, name in r["winners"].items():
         if name is not None:
