@@ -71,6 +71,7 @@ class ExperimentRow(_Open):
     test: Optional[dict[str, Any]]
     difficulty_rho: Optional[Any]
     stop_auc: Optional[Any]
+    stop_group: Optional[str] = None  # what STOP AUC leaves out: recording, or performer (a corpus without them)
     competition_rho: Optional[Any]
     robustness: Optional[dict[str, Any]]
     folds: Optional[list[Any]]

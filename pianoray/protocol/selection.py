@@ -106,6 +106,7 @@ def summarise(folds: list[FoldOutcome]) -> dict[str, Any]:
                               "pearson": mean_ci(test("robustness_pearson"))["mean"]}),
         "difficulty_rho": mean_ci(test("difficulty_rho"))["mean"],
         "stop_auc": mean_ci(test("stop_auc"))["mean"],
+        "stop_group": next((f.test["stop_group"] for f in folds if f.test.get("stop_group")), None),
         "competition_rho": mean_ci(test("competition_rho"))["mean"],
         "folds": [
             {"fold": f.fold, "val_pairwise": f.val_pairwise, "val_r2": f.val_r2,

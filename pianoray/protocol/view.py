@@ -342,7 +342,7 @@ class RunView:
             else:  # Round-1 figures only (fold 0)
                 exp.update({"pairwise_accuracy": {"mean": r1.round1_best, "ci": [None, None], "per_dim": None},
                             "r2": None, "test": None, "difficulty_rho": None, "stop_auc": None,
-                            "competition_rho": None, "robustness": None, "folds": []})
+                            "stop_group": None, "competition_rho": None, "robustness": None, "folds": []})
             experiments.append(exp)
 
         rounds = [{"round": r, "started": _iso(self.round_times.get(r, {}).get("started")),

@@ -122,7 +122,7 @@ def comparison_rows(results: Mapping[str, Any], track: str) -> list[dict[str, An
     are 4-fold means, Round-1 figures are fold 0 only), then by pairwise accuracy (best first, unmeasured
     last), then by name. Keys: ``experiment`` (display name, "(ref)" appended for references), ``name``,
     ``role``, ``status``, ``furthest_round``, ``winner`` (bool), ``pairwise``/``pairwise_ci``, ``r2``/``r2_ci``,
-    ``test_pairwise``, ``test_r2``, ``difficulty_rho``, ``stop_auc``, ``competition_rho``,
+    ``test_pairwise``, ``test_r2``, ``difficulty_rho``, ``stop_auc``, ``stop_group``, ``competition_rho``,
     ``robustness_drop`` (relative, 0.12 = 12%), ``robustness_pearson``, ``hours`` (in ``hours_unit``),
     ``gpu_hours``, ``cpu_hours``, ``hours_unit``, ``folds`` (count), ``figures`` (the track's comparison figures
     by path, :func:`track_metrics`). Numbers are None where not measured.
@@ -155,6 +155,7 @@ def comparison_rows(results: Mapping[str, Any], track: str) -> list[dict[str, An
                 "test_r2": _mean(test.get("r2")),
                 "difficulty_rho": finite(e.get("difficulty_rho")),
                 "stop_auc": finite(e.get("stop_auc")),
+                "stop_group": e.get("stop_group"),
                 "competition_rho": finite(e.get("competition_rho")),
                 "robustness_drop": finite(rob.get("drop")),
                 "robustness_pearson": finite(rob.get("pearson")),
@@ -242,6 +243,11 @@ def comparison_data(results: Mapping[str, Any], track: str) -> TableData:
         vetoes = track_spec(results, track).get("robustness_veto") is not False
         note += (" Robustness: relative drop of pairwise accuracy under augmentation "
                  + ("(veto over 15%)." if vetoes else "(reported; no veto on this track)."))
+    groups = sorted({r["stop_group"] for r in rows if r["stop_group"] and r["stop_auc"] is not None})
+    if "stop_auc" in shown and groups:
+        note += (f" STOP AUC: a logistic probe on z, leaving one {' or '.join(groups)} out at a time"
+                 + (" (this corpus has no recordings, the seed's group, so performers stand in)."
+                    if groups == ["performer"] else "."))
     if unit == "CPU":
         note += " No GPU was used for this track: the hours column is CPU-hours."
     return TableData(

@@ -259,19 +259,24 @@ def _probes(data: ExperimentData, pred: Predictions, every_tier: Predictions) ->
         p = cross_val_predict(LogisticRegression(max_iter=1000, C=0.1), pred.z[rows], y, cv=LeaveOneGroupOut(),
                               groups=recordings, method="predict_proba")[:, 1]
         auc = metrics.stop_auc(p, y, recordings, n_boot=200)
-        out.update({"stop_auc": auc.mean, "stop_auc_ci": list(auc.ci), "stop_groups": len(set(recordings))})
+        out.update({"stop_auc": auc.mean, "stop_auc_ci": list(auc.ci), "stop_groups": len(set(recordings)),
+                    "stop_group": stop_group_column(corpus)})
     return out
 
 
+def stop_group_column(corpus: Any) -> str:
+    """The manifest column STOP AUC groups by: ``recording`` (the seed's leave-one-video-out: a teacher's stops
+    within one masterclass video are not independent), or for a corpus without recordings (the demo)
+    ``performer``, which stands in: one performer's takes share the skill the labels follow, so a probe must be
+    scored on performers it never saw."""
+    return "recording" if any("recording" in corpus.manifest(t).columns for t in corpus.tiers) else "performer"
+
+
 def stop_groups(corpus: Any, segment_ids: list[str]) -> np.ndarray:
-    """[M] the recording each segment's STOP label comes from, the group STOP AUC leaves out one at a time
-    (the seed's leave-one-video-out: a teacher's stops within one masterclass video are not independent).
-    A corpus without recordings (the demo) has its performer stand in: one performer's takes share the skill
-    the labels follow, so a probe must be scored on performers it never saw."""
+    """[M] the group (:func:`stop_group_column`) of each segment, which STOP AUC leaves out one at a time."""
     manifest = pd.concat([corpus.manifest(t).set_index("segment_id") for t in corpus.tiers])
     manifest = manifest[~manifest.index.duplicated()]
-    column = "recording" if "recording" in manifest.columns else "performer"
-    return manifest.loc[segment_ids, column].astype(str).to_numpy()
+    return manifest.loc[segment_ids, stop_group_column(corpus)].astype(str).to_numpy()
 
 
 def _concat(parts: list[Predictions]) -> Predictions:

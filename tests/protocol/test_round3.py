@@ -141,6 +141,9 @@ def test_round3_fuses_the_winners_and_a_kill_resumes_it(fault_run_factory) -> No
     assert "| Against chance (50%) |" in md and "| Head rho (test parts) | Probe rho |" in md
     fusion_table = md.split("### Fusion track")[1].split("\n\n")[1]  # the seed's Round-3 figures beside the rest
     assert "| Competition rho | STOP AUC |" in fusion_table.splitlines()[0]
+    # the demo has no recordings: its caption names the group STOP AUC left out instead, and results.json keeps it
+    assert "leaving one performer out at a time" in md.split("### Fusion track")[1].split("\n\n")[2]
+    assert {rows[f]["stop_group"] for f in ("F2", "F3")} == {"performer"}
     assert said in md.split("## Round 3: fusion")[1].split("\n\n")[1]  # in Round 3's paragraph
 
 

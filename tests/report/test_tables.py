@@ -172,6 +172,19 @@ def test_a_tracks_recorded_metrics_pick_its_columns(run_results):
     assert "veto over 15%" in comparison_data(run_results, "audio").note
 
 
+def test_a_table_showing_stop_auc_says_what_it_left_out(run_results):
+    """STOP AUC leaves one recording out at a time; on a corpus without recordings (the demo) the performer
+    stands in, and the table's note says which, from the folds' record (``stop_group``)."""
+    run_results["tracks"] = [{"name": "audio", "order": 0, "metrics": ["stop_auc"]}]
+    audio = [e for e in run_results["experiments"] if e.get("track") == "audio" and e.get("test")]
+    assert "STOP AUC" not in comparison_data(run_results, "audio").note  # no figure, nothing to explain
+    audio[0].update(stop_auc=0.71, stop_group="performer")
+    note = comparison_data(run_results, "audio").note
+    assert "leaving one performer out at a time (this corpus has no recordings" in note
+    audio[0]["stop_group"] = "recording"
+    assert "leaving one recording out at a time." in comparison_data(run_results, "audio").note
+
+
 def test_the_default_columns_show_the_held_out_figures(run_results):
     """Without a track's own list, every comparison table shows test R2 and test pairwise (mean over the
     Round-2 folds' held-out parts) beside the validation figures; rows without test scores show the dash."""

@@ -49,6 +49,7 @@ def test_evaluate_checkpoint_counts_give_back_the_reported_accuracies(tmp_path) 
     performers = data.corpus.manifest("T1").set_index("segment_id").loc[labelled, "performer"]
     assert stop_groups(data.corpus, labelled).tolist() == performers.astype(str).tolist()
     assert 3 <= out["stop_groups"] <= performers.nunique() and 0.0 <= out["stop_auc"] <= 1.0
+    assert out["stop_group"] == "performer"  # named in the fold's record, so the report can say what stood in
 
 
 def test_a_probe_that_cannot_be_scored_says_why() -> None:
@@ -75,6 +76,11 @@ def test_a_probe_that_cannot_be_scored_says_why() -> None:
     assert probes({s: 0 for s in ids}, {})["stop_auc_why"] == "every STOP label is the same"
     scored = probes({s: i % 2 for i, s in enumerate(ids)}, {})
     assert scored["stop_groups"] == 4 and 0.0 <= scored["stop_auc"] <= 1.0 and "stop_auc_why" not in scored
+    assert scored["stop_group"] == "performer"
+    # a corpus with recordings (the seed's masterclass videos) leaves one recording out, not one performer
+    manifest["recording"] = [f"r{i % 3}" for i in range(24)]
+    scored = probes({s: i % 2 for i, s in enumerate(ids)}, {})
+    assert (scored["stop_group"], scored["stop_groups"]) == ("recording", 3)
 
 
 def test_the_difficulty_head_is_scored_per_test_piece_against_the_grades() -> None:
