@@ -25,7 +25,9 @@ from tests.protocol.conftest import FaultRun, session_processes
 pytestmark = pytest.mark.slow
 
 ROUND1, ROUND2 = "round1", "round2"
-RUN_TIMEOUT = 300.0
+# A guard against a hang, not a speed target: this machine's speed varies 2-3x from day to day, and at 300 s the
+# Round-3 kill test timed out on a slow day (Rounds 1-2 and Round 3's start took longer than that) while CI passed.
+RUN_TIMEOUT = 900.0
 
 
 def assert_epochs_contiguous(run: FaultRun, round_: str, budget: dict[tuple[str, int], int] | None = None) -> None:

@@ -215,7 +215,7 @@ def test_whole_protocol_run_on_s3_storage(moto_s3, moto_server, e2e_data, tmp_pa
     env.pop("PIANORAY_REQUIRE_DATA", None)
     run = CliRun(["run", "--config", str(cfg), "--data", str(e2e_data), "--storage", root],
                  tmp_path / "run.log", env).start()
-    assert run.wait(timeout=300) == 0, run.tail()
+    assert run.wait(timeout=900) == 0, run.tail()
     assert f"run {root}/{name}" in run.log.read_text()
     # The CLI names where the report went: the bucket, not a scratch folder.
     assert f"report: {root}/{name}/report/report.html" in run.tail().replace("\n", ""), run.tail()

@@ -30,7 +30,7 @@ def test_search_one_experiment_writes_its_best_configuration(tmp_path: Path, e2e
     env.pop("PIANORAY_REQUIRE_DATA", None)
     args = ["search", "--experiment", "A1", "--trials", "2", "--config", str(config), "--data", str(e2e_data),
             "--storage", str(tmp_path / "runs"), "--out", str(out)]
-    done = subprocess.run(CLI + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(CLI + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert f"wrote {out}" in done.stdout.replace("\n", "")
 
